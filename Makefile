@@ -1,0 +1,28 @@
+# Set-up on a fresh machine with bare Python 3.11+: `make train` or `make test` creates .venv,
+# installs jresnet with what that target needs, and runs it.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The torch build for the interop tests; torch==2.13.0 is the local CPU wheel on the dev machines.
+TORCH ?= torch==2.13.0
+
+.PHONY: train test lint demo clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev,torch]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) -c "import jresnet; print(jresnet.summary(jresnet.ResNet50(num_classes=10), (1, 224, 224, 3)))"
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q tests
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check jresnet tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,12 @@
+"""jresnet: deep residual networks in JAX/Flax, exact to torchvision.
+
+`import jresnet` loads the models, `summary` and `interop` only; the input pipelines
+(`jresnet.data`, which needs TensorFlow) and the training side are imported on demand.
+"""
+
+from jresnet import interop
+from jresnet.models import *  # noqa: F401,F403
+from jresnet.models import ResNet, to_scanned, to_unrolled
+from jresnet.summary import Summary, summary
+
+__version__ = "0.1.0"

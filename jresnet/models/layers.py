@@ -1,0 +1,49 @@
+"""Padding, pooling and initialisers that reproduce PyTorch's layers exactly.
+
+XLA's 'SAME' padding puts the extra row/column of a strided convolution at the end, PyTorch pads
+symmetrically. Every convolution and pooling layer here therefore takes explicit symmetric padding,
+so that torchvision weights give torchvision's outputs.
+"""
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ModuleDef = Callable[..., nn.Module]
+Padding = tuple[tuple[int, int], tuple[int, int]]
+
+# torchvision: kaiming_normal_(mode='fan_out', nonlinearity='relu'), an untruncated normal.
+conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# torch.nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+dense_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_padding(kernel_size: int, dilation: int = 1) -> Padding:
+  """PyTorch's `padding=k // 2 * dilation` on both sides of both spatial axes."""
+  p = (kernel_size - 1) // 2 * dilation
+  return ((p, p), (p, p))
+
+
+def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
+  """torch.nn.MaxPool2d(3, stride=2, padding=1): the padding is -inf, never chosen."""
+  return nn.max_pool(x, (3, 3), strides=(2, 2), padding=torch_padding(3))
+
+
+def avg_pool_ceil(x: jax.Array, stride: int) -> jax.Array:
+  """torch.nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False): ResNet-D."""
+  pad = tuple((0, (-size) % stride) for size in x.shape[1:3])
+  return nn.avg_pool(x, (stride, stride), strides=(stride, stride), padding=pad,
+                     count_include_pad=False)
+
+
+def global_avg_pool(x: jax.Array) -> jax.Array:
+  return jnp.mean(x, axis=(1, 2))
+
+
+def zero_pad_channels(x: jax.Array, features: int) -> jax.Array:
+  """Pads channels with zeros on both sides, as the CIFAR option-A shortcut does."""
+  extra = features - x.shape[-1]
+  return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+

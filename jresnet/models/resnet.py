@@ -1,0 +1,137 @@
+"""The ResNet family as one Flax module, configured by depth or by explicit stages."""
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jresnet.models import architecture
+from jresnet.models.blocks import BLOCKS
+from jresnet.models.layers import ModuleDef, conv_kernel_init, dense_kernel_init, global_avg_pool
+from jresnet.models.stems import STEMS
+
+Dtype = Any
+
+
+class Stage(nn.Module):
+  """`num_blocks` blocks; the first may change shape, the others are identical.
+
+  With `scan=True` the identical blocks run as one `nn.scan` (parameters stacked along a leading
+  axis under `blocks`), so compile time does not grow with depth. `remat=True` recomputes each
+  block's activations in the backward pass instead of storing them.
+  """
+
+  block: ModuleDef
+  num_blocks: int
+  strides: int
+  scan: bool = False
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    block = self.block
+    if self.remat:
+      block = functools.partial(nn.remat(block.func), *block.args, **block.keywords)
+    x = block(strides=self.strides, name="block0")(x)
+    if self.scan and self.num_blocks > 1:
+      body = lambda module, carry, _: (module(carry), None)
+      scanned = nn.scan(body, variable_axes={"params": 0, "batch_stats": 0},
+                        split_rngs={"params": True}, length=self.num_blocks - 1)
+      x, _ = scanned(block(strides=1, name="blocks"), x, None)
+    else:
+      for i in range(1, self.num_blocks):
+        x = block(strides=1, name=f"block{i}")(x)
+    return x
+
+
+class ResNet(nn.Module):
+  """Deep residual network (He et al. 2015; v2: 2016), torchvision-compatible.
+
+  `ResNet(depth=50)` is torchvision's resnet50; `ResNet(depth=20, family='cifar')` the CIFAR
+  ResNet-20 of the paper; `ResNet(depth=1001, family='cifar', version='v2')` the pre-activation
+  ResNet-1001. See `jresnet.models.architecture` for the depth rules and defaults.
+
+  Call with NHWC images: `model.apply(variables, x, train=False)` returns float32 logits, or with
+  `return_features=True` a dict of the stem's and each stage's feature maps.
+  """
+
+  depth: int | None = None
+  num_classes: int | None = 1000
+  family: str = "imagenet"
+  stage_sizes: Sequence[int] | None = None
+  block: str | None = None             # 'basic' | 'bottleneck'; default from depth
+  version: str = "v1.5"                # 'v1' (stride on 1x1), 'v1.5' (on 3x3), 'v2' (pre-act)
+  stem: str | None = None              # 'imagenet' | 'cifar' | 'deep'; default from family
+  stem_width: int = 32                 # inner width of the deep stem
+  shortcut: str | None = None          # 'A' | 'B' | 'D'; default A for CIFAR v1, else B
+  widths: Sequence[int] | None = None  # base width per stage; default from family
+  width_multiplier: float = 1.0        # Wide ResNet (Zagoruyko & Komodakis): all stage widths
+  groups: int = 1                      # ResNeXt cardinality
+  width_per_group: int = 64            # bottleneck width per group (128: wide_resnet50_2)
+  input_channels: int = 3
+  zero_init_residual: bool = True
+  dtype: Dtype = jnp.float32           # computation
+  param_dtype: Dtype = jnp.float32
+  bn_momentum: float = 0.9             # = PyTorch's momentum 0.1
+  bn_epsilon: float = 1e-5
+  axis_name: str | None = None         # BatchNorm statistics across this mapped axis (pmap)
+  axis_index_groups: Any = None        # ... within these groups of devices only
+  scan_blocks: bool = False
+  remat: bool = False
+  conv_general_dilated: Callable | None = None  # convolution primitive override
+
+  def __post_init__(self):
+    self.architecture  # noqa: B018 validate eagerly: a bad depth fails at construction, not at trace time
+    super().__post_init__()
+
+  @property
+  def architecture(self) -> architecture.Architecture:
+    return architecture.resolve(
+        depth=self.depth, family=self.family, stage_sizes=self.stage_sizes, block=self.block,
+        version=self.version, stem=self.stem, shortcut=self.shortcut, widths=self.widths,
+        width_multiplier=self.width_multiplier, groups=self.groups,
+        width_per_group=self.width_per_group)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
+    arch = self.architecture
+    chex.assert_rank(x, 4)
+    if x.shape[-1] != self.input_channels:
+      raise ValueError(f"expected NHWC images with {self.input_channels} channels "
+                       f"(input_channels); got shape {x.shape}")
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                             param_dtype=self.param_dtype, kernel_init=conv_kernel_init,
+                             conv_general_dilated=self.conv_general_dilated)
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+                             momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                             dtype=self.dtype, param_dtype=self.param_dtype,
+                             axis_name=self.axis_name, axis_index_groups=self.axis_index_groups)
+
+    stem_kwargs = {"width": self.stem_width} if arch.stem == "deep" else {}
+    x = STEMS[arch.stem](arch.stem_features, conv, norm, preact=arch.preact, name="stem",
+                         **stem_kwargs)(x.astype(self.dtype))
+    features = {"stem": x}
+    block = functools.partial(
+        BLOCKS[arch.block, arch.preact], conv=conv, norm=norm, groups=self.groups,
+        width_per_group=self.width_per_group, shortcut=arch.shortcut,
+        zero_init_residual=self.zero_init_residual, stride_in_1x1=arch.stride_in_1x1)
+    for i, (num_blocks, width) in enumerate(zip(arch.stage_sizes, arch.widths)):
+      x = Stage(functools.partial(block, features=width), num_blocks, strides=1 if i == 0 else 2,
+                scan=self.scan_blocks, remat=self.remat, name=f"layer{i + 1}")(x)
+      features[f"layer{i + 1}"] = x
+    if arch.preact:  # v2 ends with the BN-ReLU that no later block applies
+      x = nn.relu(norm(name="bn_final")(x))
+      features[f"layer{len(arch.stage_sizes)}"] = x
+    if return_features:
+      return features
+
+    x = global_avg_pool(x)
+    if self.num_classes is not None:
+      x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                   kernel_init=dense_kernel_init, name="fc")(x)
+      chex.assert_shape(x, (features["stem"].shape[0], self.num_classes))
+    return x.astype(jnp.float32)

@@ -1,0 +1,89 @@
+"""jresnet against PyTorch: parameter counts, eval logits, and exact weight round trips."""
+
+import jax
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import torch_reference as ref  # noqa: E402
+
+import jresnet  # noqa: E402
+from jresnet import interop  # noqa: E402
+
+CASES = {
+    # name: (torch model factory, jresnet model, input shape NCHW)
+    "resnet18": (lambda: ref.ResNet(ref.BasicBlock, [2, 2, 2, 2]), jresnet.ResNet18(),
+                 (2, 3, 224, 224)),
+    "resnet50": (lambda: ref.ResNet(ref.Bottleneck, [3, 4, 6, 3]), jresnet.ResNet50(),
+                 (2, 3, 224, 224)),
+    # An odd input size exercises the symmetric padding of every strided layer.
+    "resnext50_32x4d": (lambda: ref.ResNet(ref.Bottleneck, [3, 4, 6, 3], groups=32,
+                                           width_per_group=4),
+                        jresnet.ResNeXt50_32x4d(), (2, 3, 97, 97)),
+    "cifar_resnet20": (lambda: ref.CifarResNet(20), jresnet.CifarResNet20(), (4, 3, 32, 32)),
+}
+
+
+def _torch_model(name):
+  torch.manual_seed(0)
+  return ref.randomise_batchnorm(CASES[name][0](), CASES[name][2])
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_eval_logits_equal_pytorch(name):
+  torch_model, (_, model, shape) = _torch_model(name), CASES[name]
+  variables = interop.from_torch(torch_model.state_dict(), model)
+  x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+  with torch.no_grad():
+    expected = torch_model(torch.from_numpy(x)).numpy()
+  got = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x.transpose(0, 2, 3, 1))
+  assert np.abs(expected).max() > 0.5  # the comparison is not between near-zero numbers
+  np.testing.assert_allclose(np.asarray(got), expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "cifar_resnet20"])
+def test_round_trips_are_exact(name, tmp_path):
+  torch_model, model = _torch_model(name), CASES[name][1]
+  state_dict = torch_model.state_dict()
+  variables = interop.from_torch(state_dict, model)
+
+  back = interop.to_torch(variables, model, as_tensors=True)
+  assert back.keys() == state_dict.keys()
+  for key, value in state_dict.items():
+    if not key.endswith("num_batches_tracked"):
+      assert torch.equal(back[key], value), key
+
+  fresh = CASES[name][0]()
+  fresh.load_state_dict(back, strict=True)  # torch accepts jresnet's export as it is
+  again = interop.from_torch(fresh.state_dict(), model)
+  jax.tree.map(np.testing.assert_array_equal, again, variables)
+
+  torch.save(state_dict, tmp_path / "weights.pth")
+  from_file = interop.load_torch_checkpoint(str(tmp_path / "weights.pth"), model)
+  jax.tree.map(np.testing.assert_array_equal, from_file, variables)
+
+
+def test_conversion_into_scanned_layout_gives_same_logits():
+  torch_model, model = _torch_model("cifar_resnet20"), CASES["cifar_resnet20"][1]
+  x = np.random.default_rng(1).standard_normal((2, 32, 32, 3), dtype=np.float32)
+  unrolled = model.apply(interop.from_torch(torch_model.state_dict(), model), x)
+  scanned_model = model.clone(scan_blocks=True)
+  scanned = scanned_model.apply(interop.from_torch(torch_model.state_dict(), scanned_model), x)
+  np.testing.assert_allclose(scanned, unrolled, atol=1e-5)
+
+
+def test_mismatched_state_dict_names_the_problem():
+  state_dict = _torch_model("resnet18").state_dict()
+  with pytest.raises(ValueError, match=r"missing layer1\.2\.conv1\.weight"):
+    interop.from_torch(state_dict, jresnet.ResNet34())
+  with pytest.raises(ValueError, match=r"fc\.weight: the state dict has shape \(1000, 512\), "
+                                       r"the model needs \(10, 512\)"):
+    interop.from_torch(state_dict, jresnet.ResNet18(num_classes=10))
+
+
+@pytest.mark.parametrize("depth", [20, 56, 110])
+def test_cifar_parameter_counts_equal_reference(depth):
+  expected = sum(p.numel() for p in ref.CifarResNet(depth).parameters())
+  model = jresnet.ResNet(depth=depth, family="cifar", num_classes=10)
+  assert jresnet.summary(model, (1, 32, 32, 3)).total_params == expected
