@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 # The torch build for the interop tests; torch==2.13.0 is the local CPU wheel on the dev machines.
 TORCH ?= torch==2.13.0
 
+WORKDIR ?= runs/digits
+
 .PHONY: train test lint demo clean
 
 $(VENV)/.installed: pyproject.toml
@@ -15,6 +17,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev,torch]"
 	touch $@
 
+# The main job: ResNet-20 on the embedded digits dataset, offline, a few minutes on 2 CPU cores.
+train: $(VENV)/.installed
+	$(PY) train.py --config configs/digits.py --workdir $(WORKDIR)
+
 demo: $(VENV)/.installed
 	$(PY) -c "import jresnet; print(jresnet.summary(jresnet.ResNet50(num_classes=10), (1, 224, 224, 3)))"
 
@@ -22,7 +28,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
 
 lint: $(VENV)/.installed
-	$(PY) -m ruff check jresnet tests
+	$(PY) -m ruff check jresnet tests configs bench train.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -37,6 +37,9 @@ class Shortcut(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.kind == "A":
+      if self.features < x.shape[-1]:
+        raise ValueError(f"an option-A shortcut can only add channels ({x.shape[-1]} -> "
+                         f"{self.features}); use shortcut='B' or 'D'")
       return zero_pad_channels(x[:, ::self.strides, ::self.strides, :], self.features)
     strides = self.strides
     if self.kind == "D" and strides > 1:

@@ -1,0 +1,1 @@
+"""Benchmarks of jresnet, run as modules: `python -m bench.<name> --help`."""

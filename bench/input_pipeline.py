@@ -1,0 +1,92 @@
+"""Throughput of the training input stream of an image folder (CIFAR preset), in images/s.
+
+    python -m bench.input_pipeline --folder /work/shared/datasets/cifar10_jpeg/train \
+        --batch 128 --steps 50 --threads 2 [--cold]
+
+--folder is one split of an image folder (the directory holding the class directories). The first
+load (listing, decoding or reading the decoded cache, first batch) is timed apart; --cold decodes
+into a fresh cache directory, as the very first run on a machine does. Then, after --warmup
+batches, --windows windows of --steps batches are timed and their median rate printed. One JSON
+line per run is appended to --results.
+
+Each measurement is a function of the batch iterator returning a dict that `main` merges into the
+JSON line, so a consumer (e.g. a ResNet-20 train step fed from the same iterator) can be added
+beside `input_rate` and compared with it in the same run.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+
+import jresnet.data as jd
+
+
+def folder_config(folder: str, threads: int | None, cache_dir: str):
+  root, split = os.path.split(os.path.abspath(folder.rstrip("/")))
+  cfg = jd.default_config()
+  cfg.update(source="folder", path=root, train_split=split, eval_split=split, preprocess="cifar",
+             threads=threads, cache_dir=cache_dir)
+  return cfg
+
+
+def first_load(cfg, batch: int, seed: int = 0):
+  """The train iterator after its first batch, and how long that took."""
+  start = time.perf_counter()
+  batches = jd.train_batches(cfg, global_batch_size=batch, seed=seed)
+  next(batches)
+  return batches, {"first_load_s": round(time.perf_counter() - start, 3)}
+
+
+def input_rate(batches, batch: int, steps: int, windows: int, warmup: int) -> dict:
+  """Steady-state images/s of the iterator: median (and spread) over timed windows."""
+  for _ in range(warmup):
+    next(batches)
+  rates = []
+  for _ in range(windows):
+    start = time.perf_counter()
+    for _ in range(steps):
+      next(batches)
+    rates.append(steps * batch / (time.perf_counter() - start))
+  return {"input_images_per_s": round(statistics.median(rates), 1),
+          "input_images_per_s_min": round(min(rates), 1),
+          "input_images_per_s_max": round(max(rates), 1)}
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--folder", required=True, help="<root>/<split> of an image folder")
+  parser.add_argument("--batch", type=int, default=128)
+  parser.add_argument("--steps", type=int, default=50, help="batches per timed window")
+  parser.add_argument("--windows", type=int, default=5)
+  parser.add_argument("--warmup", type=int, default=20, help="batches before timing")
+  parser.add_argument("--threads", type=int, default=None, help="TF threads (default: half)")
+  parser.add_argument("--cache-dir", default=jd.default_config().cache_dir)
+  parser.add_argument("--cold", action="store_true", help="decode into a fresh cache directory")
+  parser.add_argument("--results", default="bench/results.jsonl")
+  args = parser.parse_args(argv)
+
+  with tempfile.TemporaryDirectory() as fresh:
+    cfg = folder_config(args.folder, args.threads, fresh if args.cold else args.cache_dir)
+    batches, load = first_load(cfg, args.batch)
+    print(f"first load ({'cold' if args.cold else 'cache ' + cfg.cache_dir}): "
+          f"{load['first_load_s']:.1f} s")
+    rate = input_rate(batches, args.batch, args.steps, args.windows, args.warmup)
+    print(f"input: {rate['input_images_per_s']:.0f} images/s (median of {args.windows} windows "
+          f"of {args.steps} x {args.batch}; min {rate['input_images_per_s_min']:.0f}, "
+          f"max {rate['input_images_per_s_max']:.0f}), threads={args.threads or 'default'}")
+
+  now = datetime.datetime.now().isoformat(timespec="seconds")
+  record = {"bench": "input_pipeline", "time": now,
+            "host": platform.node(), "cpus": os.cpu_count(), **vars(args), **load, **rate}
+  os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
+  with open(args.results, "a") as f:
+    f.write(json.dumps(record) + "\n")
+
+
+if __name__ == "__main__":
+  main()

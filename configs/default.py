@@ -1,0 +1,62 @@
+"""Defaults that every config in this directory starts from; each config overrides a few fields.
+
+Every field can be overridden on the command line, e.g. `--config.batch_size=256`
+`--config.model.depth=56` `--config.optimizer.name=adamw`; an unknown key is an error.
+"""
+
+from ml_collections import ConfigDict, config_dict
+
+from jresnet import data
+
+
+def get_config() -> ConfigDict:
+  c = ConfigDict()
+  c.seed = 0
+
+  # jresnet.ResNet fields; num_classes and input_channels come from the dataset.
+  c.model = ConfigDict(dict(
+      depth=20, family="cifar", version="v1.5",
+      stage_sizes=config_dict.placeholder(tuple), block=config_dict.placeholder(str),
+      stem=config_dict.placeholder(str), stem_width=32, shortcut=config_dict.placeholder(str),
+      widths=config_dict.placeholder(tuple), width_multiplier=1.0, groups=1, width_per_group=64,
+      zero_init_residual=True, bn_momentum=0.9, bn_epsilon=1e-5,
+      scan_blocks=False, remat=False,
+  ))
+  c.data = data.default_config()
+
+  c.batch_size = 128                                 # global, over all devices and processes
+  c.eval_batch_size = config_dict.placeholder(int)   # None: batch_size
+  c.num_epochs = 30.0
+  c.num_train_steps = config_dict.placeholder(int)   # overrides num_epochs when set
+
+  c.optimizer = ConfigDict(dict(
+      name="sgd",                                    # sgd | adamw | lars
+      learning_rate=0.1,
+      lr_base_batch=config_dict.placeholder(int),    # lr *= batch_size / lr_base_batch (Goyal)
+      momentum=0.9, nesterov=False, weight_decay=1e-4,
+      b1=0.9, b2=0.999, eps=1e-8,                    # adamw
+      trust_coefficient=0.001,                       # lars
+  ))
+  c.schedule = ConfigDict(dict(
+      name="cosine",                                 # constant | piecewise | cosine | onecycle
+      warmup_epochs=0.0, warmup_start_lr=0.0,
+      boundaries=(0.5, 0.75), decay_factor=0.1,      # piecewise: fractions of the run
+      final_lr_fraction=0.0,                         # cosine
+      pct_start=0.3, div_factor=25.0, final_div_factor=1e4,  # onecycle
+  ))
+  c.weight_decay_mask = True                         # no decay on BatchNorm parameters, biases
+  c.label_smoothing = 0.0
+  c.grad_clip_norm = config_dict.placeholder(float)
+  c.ema_decay = config_dict.placeholder(float)       # evaluate an EMA of the weights
+
+  c.precision = "auto"                               # auto: bf16 on GPU/TPU, fp32 on CPU
+  c.parallel = "jit"                                 # jit (mesh, NamedSharding) | pmap
+
+  c.log_every_steps = 50
+  c.eval_every_steps = config_dict.placeholder(int)  # None: once an epoch
+  c.checkpoint_every_steps = config_dict.placeholder(int)  # None: at every evaluation
+  c.keep_checkpoints = 2                             # the last K, plus the best evaluated
+  c.async_checkpoints = True
+  c.init_from = config_dict.placeholder(str)         # a run's workdir or a torchvision .pth
+  c.eval_checkpoint = "latest"                       # --mode=eval: latest | best | <step>
+  return c

@@ -1,0 +1,128 @@
+"""Image folders, `<path>/<split>/<class>/<image>.{jpg,jpeg,png}`, read by tfds's ImageFolder.
+
+Classes are the sorted class directory names. ImageFolder lists each split in a fixed order, a
+seeded shuffle of the sorted file names (`random.Random(split_name)`), so slices such as
+'train[:45000]' / 'train[45000:]' of a class-sorted folder are disjoint, complete and balanced up
+to sampling noise; ImageFolder rejects such sub-splits itself, so they are cut here.
+
+Folders whose images all have one size and fit in `max_cache_mb` are decoded into memory once (in
+parallel) and saved under `cache_dir`, so the next run loads an array instead of decoding again;
+the cache key covers the folder's path, file counts and directory mtimes (editing an image in place
+is not noticed). Other folders are streamed; slicing a streamed split reads, but does not decode,
+the images before the slice.
+"""
+
+import functools
+import hashlib
+import json
+import logging
+import os
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from jresnet.data import splits, tf_runtime
+from jresnet.data.errors import DatasetNotFoundError
+from jresnet.data.sources import base
+
+_LAYOUT = "<path>/<split>/<class>/<image>.jpg (or .jpeg, .png)"
+
+
+class FolderSource(base.Source):
+
+  def __init__(self, cfg):
+    if not cfg.path:
+      raise ValueError(f"source='folder' needs config.data.path, the root of {_LAYOUT}.")
+    root = os.path.abspath(os.path.expanduser(cfg.path))
+    if not os.path.isdir(root):
+      raise DatasetNotFoundError(f"Image folder {root!r} does not exist; expected {_LAYOUT}.")
+    self._builder = tfds.folder_dataset.ImageFolder(root)
+    self._sizes = {name: s.num_examples for name, s in self._builder.info.splits.items()}
+    if not any(self._sizes.values()):
+      raise DatasetNotFoundError(
+          f"No images found under {root!r}; expected {_LAYOUT}, e.g. {root}/train/cat/0001.jpg. "
+          "If that directory is itself a split (it holds the class directories), set "
+          "config.data.path to its parent.")
+    self._root = root
+    self._cfg = cfg
+    names = tuple(self._builder.info.features["label"].names)
+    self.metadata = base.Metadata("folder", len(names), names, self._first_image_shape())
+
+  def _first_image_shape(self) -> tuple[int, int, int]:
+    """The first image's shape, taken as the folder's until decoding shows otherwise."""
+    split = next(name for name, n in self._sizes.items() if n)
+    ds = self._builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+    encoded = next(iter(ds.take(1)))["image"]
+    return tuple(self._decode(encoded).shape.as_list())
+
+  def _decode(self, encoded: tf.Tensor) -> tf.Tensor:
+    return self._builder.info.features["image"].decode_example(encoded)
+
+  def num_examples(self, split: str) -> int:
+    return splits.num_examples(split, self._sizes)
+
+  def load(self, split, cache, max_cache_mb):
+    parts = splits.resolve(split, self._sizes)
+    names = sorted({name for name, _, _ in parts})
+    fits = base.fits_in_memory(self.metadata.image_shape, sum(self._sizes[n] for n in names),
+                               max_cache_mb)
+    if cache or (cache is None and fits):
+      decoded = {name: self._decoded(name) for name in names}
+      if all(d is not None for d in decoded.values()):
+        return base.slice_arrays(split, decoded)
+      if cache:
+        raise ValueError(f"Images under {self._root!r} differ in size and cannot be held as one "
+                         "array: set config.data.cache=False (or None) to stream them.")
+      logging.info("Images under %s differ in size: streaming them.", self._root)
+    return base.RecordSplit(sum(stop - start for _, start, stop in parts),
+                            functools.partial(self._records, parts), self._decode)
+
+  def _records(self, parts, seed: int | None) -> tf.data.Dataset:
+    ds = None
+    for name, start, stop in parts:
+      part = self._builder.as_dataset(split=name, decoders={"image": tfds.decode.SkipDecoding()})
+      part = part.skip(start).take(stop - start)
+      ds = part if ds is None else ds.concatenate(part)
+    ds = ds.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
+    if seed is not None:
+      ds = ds.shuffle(self._cfg.shuffle_buffer, seed=seed)
+    return ds
+
+  def _decoded(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """All images of split `name` as one uint8 array (from the disk cache if there), or None
+    if they differ in size."""
+    path = self._cache_path(name)
+    if path and os.path.exists(path):
+      with np.load(path) as f:
+        return f["images"], f["labels"]
+    shape = self.metadata.image_shape
+
+    def same_size(ex):
+      ok = tf.reduce_all(tf.equal(tf.shape(ex["image"]), shape))
+      image = tf.cond(ok, lambda: tf.ensure_shape(ex["image"], shape),
+                      lambda: tf.zeros(shape, tf.uint8))
+      return image, tf.cast(ex["label"], tf.int32), ok
+
+    ds = self._builder.as_dataset(split=name, shuffle_files=False).map(same_size).batch(1024)
+    ds = ds.with_options(tf_runtime.options(tf_runtime.configure(self._cfg.threads)))
+    images, labels, ok = map(np.concatenate, zip(*ds.as_numpy_iterator()))
+    if not ok.all():
+      return None
+    if path:
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      tmp = f"{path}.{os.getpid()}.tmp.npz"
+      np.savez(tmp, images=images, labels=labels)
+      os.replace(tmp, path)
+    return images, labels
+
+  def _cache_path(self, name: str) -> str | None:
+    if not self._cfg.cache_dir:
+      return None
+    split_dir = os.path.join(self._root, name)
+    dirs = [split_dir] + [os.path.join(split_dir, c) for c in self.metadata.class_names]
+    stamp = [self._root, name, self._sizes[name], self.metadata.image_shape, tfds.__version__,
+             [(d, os.stat(d).st_mtime_ns) for d in dirs if os.path.isdir(d)]]
+    key = hashlib.sha1(json.dumps(stamp).encode()).hexdigest()[:16]
+    return os.path.join(os.path.expanduser(self._cfg.cache_dir),
+                        f"folder-{os.path.basename(self._root)}-{name}-{key}.npz")

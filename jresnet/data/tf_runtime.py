@@ -1,0 +1,49 @@
+"""TensorFlow as a guest in a JAX program: bounded threads, no GPU, quiet logs.
+
+tf.data only feeds the accelerator (or, on a CPU host, the XLA step), so it must not take every
+core nor reserve GPU memory. TensorFlow fixes its thread pools and visible devices when its runtime
+starts, so the first call wins; later calls with other values only bound tf.data (per pipeline).
+"""
+
+import os
+
+# Before TensorFlow is imported: without these it prints C++ info lines and a oneDNN notice.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+import tensorflow as tf  # noqa: E402
+
+_configured = False
+
+
+def default_threads() -> int:
+  """Half the cores: the rest are left to XLA (on a CPU host) or to the host side of the step."""
+  return max(1, (os.cpu_count() or 2) // 2)
+
+
+def configure(threads: int | None) -> int:
+  """Hides GPUs from TensorFlow and bounds its thread pools; returns the thread count to use."""
+  global _configured
+  threads = threads or default_threads()
+  if not _configured:
+    _configured = True
+    # RuntimeError: TensorFlow's runtime was started by someone else; its settings stay.
+    try:
+      tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:
+      pass
+    try:
+      tf.config.threading.set_intra_op_parallelism_threads(threads)
+      tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+      pass
+  return threads
+
+
+def options(threads: int) -> tf.data.Options:
+  """tf.data options for every pipeline here: its own pool of `threads`, deterministic order."""
+  opts = tf.data.Options()
+  opts.deterministic = True
+  opts.threading.private_threadpool_size = threads
+  opts.threading.max_intra_op_parallelism = 1
+  return opts

@@ -1,0 +1,217 @@
+"""train_and_evaluate and evaluate_checkpoint: what `train.py` runs.
+
+Order of work: check everything that can be checked cheaply (config keys, dataset presence, model
+architecture, batch divisibility, a checkpoint that fits) before anything is compiled; then train,
+evaluating and checkpointing on schedule. Records are written by process 0 only.
+"""
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+
+import jax
+import numpy as np
+from ml_collections import ConfigDict
+
+from jresnet.models import ResNet
+from jresnet.training import checkpoint as checkpoint_lib
+from jresnet.training import optim, parallel, pretrained
+from jresnet.training import step as step_lib
+from jresnet.training.records import Records
+from jresnet.training.state import create_train_state
+
+ACCELERATOR_BACKENDS = ("gpu", "cuda", "rocm", "tpu")
+
+
+def resolve_precision(precision: str) -> str:
+  """'auto': bfloat16 computation on GPU and TPU, float32 on CPU (where bf16 rarely pays)."""
+  if precision == "auto":
+    return "bfloat16" if jax.default_backend() in ACCELERATOR_BACKENDS else "float32"
+  if precision not in ("float32", "bfloat16"):
+    raise ValueError(f"precision must be auto, float32 or bfloat16; got {precision!r}")
+  return precision
+
+
+def build_model(config: ConfigDict, info) -> ResNet:
+  """The configured ResNet for this dataset (classes and channels from the data)."""
+  fields = {f.name for f in dataclasses.fields(ResNet)} - {"parent", "name"}
+  kwargs = config.model.to_dict()
+  unknown = set(kwargs) - fields
+  if unknown:
+    raise ValueError(f"unknown model option(s) {sorted(unknown)}; ResNet takes {sorted(fields)}")
+  return ResNet(**kwargs, num_classes=info.num_classes, input_channels=info.image_shape[-1],
+                dtype=config.precision)
+
+
+def model_meta(model: ResNet) -> dict:
+  """What a checkpoint must agree on with the configured model, as JSON values."""
+  meta = {**dataclasses.asdict(model.architecture), "num_classes": model.num_classes,
+          "groups": model.groups, "width_per_group": model.width_per_group,
+          "input_channels": model.input_channels, "scan_blocks": model.scan_blocks}
+  return json.loads(json.dumps(meta))
+
+
+@dataclasses.dataclass
+class Plan:
+  """Everything derived from the config and the dataset before compiling."""
+
+  config: ConfigDict
+  info: object
+  model: ResNet
+  total_steps: int
+  steps_per_epoch: float
+  runner: object
+  schedule: object
+  tx: object
+
+
+def plan(config: ConfigDict) -> Plan:
+  from jresnet import data  # noqa: PLC0415 (TensorFlow only where data is read)
+
+  config = ConfigDict(config.to_dict())  # a resolved copy; the caller's config is untouched
+  config.precision = resolve_precision(config.precision)
+  info = data.load_info(config.data)  # a missing dataset fails here, in seconds
+  model = build_model(config, info)   # so does an invalid architecture
+  parallel.check_batch_size(config.batch_size)
+  parallel.check_batch_size(config.eval_batch_size or config.batch_size)
+  steps_per_epoch = info.split_sizes[config.data.train_split] / config.batch_size
+  total_steps = config.num_train_steps or math.ceil(config.num_epochs * steps_per_epoch)
+  config.num_train_steps = total_steps
+  config.learning_rate_resolved = optim.base_learning_rate(config)
+  config.num_classes = info.num_classes
+  schedule = optim.create_schedule(config, total_steps, steps_per_epoch)
+  tx = optim.create_optimizer(config, schedule)
+  step_cfg = step_lib.StepConfig(model=model, tx=tx, schedule=schedule,
+                                 num_classes=info.num_classes,
+                                 label_smoothing=config.label_smoothing,
+                                 ema_decay=config.ema_decay)
+  runner = parallel.create(config.parallel, step_cfg)
+  return Plan(config, info, model, total_steps, steps_per_epoch, runner, schedule, tx)
+
+
+def evaluate(p: Plan, variables, split: str) -> dict:
+  """Loss, top-1 and top-5 accuracy over every example of `split`, each counted once."""
+  from jresnet import data  # noqa: PLC0415
+
+  batches = data.eval_batches(p.config.data, split,
+                              global_batch_size=p.config.eval_batch_size or p.config.batch_size)
+  sums = None
+  for batch in p.runner.feed(batches, p.config.data.prefetch):
+    out = p.runner.eval_step(variables, batch)
+    sums = out if sums is None else jax.tree.map(np.add, sums, out)
+  return step_lib.summarise_eval(p.runner.to_host(sums))
+
+
+class _Preemption:
+  """SIGTERM sets a flag; the loop then checkpoints and exits cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    self.previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    logging.warning("SIGTERM: checkpointing and stopping")
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self.previous)
+
+
+def _every(n: int | None, default: int) -> int:
+  return max(int(n) if n else default, 1)
+
+
+def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
+  """Trains (resuming from `workdir` if it holds checkpoints); returns the final eval metrics."""
+  from jresnet import data  # noqa: PLC0415
+
+  p = plan(config)
+  cfg = p.config
+  checkpoints = checkpoint_lib.Checkpoints(os.path.join(workdir, "checkpoints"),
+                                           keep=cfg.keep_checkpoints,
+                                           async_save=cfg.async_checkpoints)
+  meta = {"model": model_meta(p.model)}
+  create_fn = lambda: create_train_state(p.model, p.tx, p.info.image_shape, cfg.seed,
+                                         use_ema=cfg.ema_decay is not None)
+  state = p.runner.create_state(create_fn)
+  start = checkpoints.latest_step() or 0
+  if start:
+    state = p.runner.put_state(checkpoints.restore(start, p.runner.get_state(state), meta))
+  elif cfg.init_from:
+    state = p.runner.put_state(pretrained.initialise_from(
+        cfg.init_from, p.model, p.runner.get_state(state), p.tx))
+
+  epoch_steps = round(p.steps_per_epoch)
+  log_every = _every(cfg.log_every_steps, 100)
+  eval_every = _every(cfg.eval_every_steps, epoch_steps)
+  save_every = _every(cfg.checkpoint_every_steps, eval_every)
+  use_ema = cfg.ema_decay is not None
+
+  records = Records(workdir, p.total_steps, start, cfg.batch_size)
+  records.write_config(cfg)
+  if start:
+    records.note(f"resumed from {workdir}/checkpoints/{start}")
+  records.note(f"{p.model.architecture}\n{p.info}\ntraining for {p.total_steps} steps "
+               f"({p.steps_per_epoch:.1f} per epoch) from step {start} on {jax.device_count()} "
+               f"device(s), {cfg.parallel}, {cfg.precision}; records in {workdir}")
+  batches = p.runner.feed(
+      data.train_batches(cfg.data, global_batch_size=cfg.batch_size, seed=cfg.seed,
+                         start_step=start), cfg.data.prefetch)
+  preemption = _Preemption()
+  eval_metrics = None
+  try:
+    for step in range(start + 1, p.total_steps + 1):
+      state, metrics = p.runner.train_step(state, next(batches))
+      records.advance(1)
+      last = step == p.total_steps
+      save = last or step % save_every == 0 or preemption.requested
+      if step % log_every == 0 or save:
+        host = p.runner.to_host(metrics)
+        if not np.isfinite(host["loss"]):
+          raise FloatingPointError(
+              f"non-finite loss ({host['loss']}) at step {step}: training stopped before saving. "
+              f"The last good checkpoint (step {checkpoints.latest_step()}) is kept in {workdir}; "
+              "lower the learning rate or enable grad_clip_norm.")
+        records.scalars(step, "train", host)
+      if last or step % eval_every == 0:
+        eval_metrics = evaluate(p, state.eval_variables(use_ema), cfg.data.eval_split)
+        records.scalars(step, "eval", eval_metrics)
+      if save:
+        metrics_for_ckpt = eval_metrics if step % eval_every == 0 or last else None
+        checkpoints.save(p.runner.get_state(state), meta, metrics_for_ckpt)
+      if preemption.requested:
+        break
+  finally:
+    preemption.restore()
+    checkpoints.wait()
+    checkpoints.close()
+    records.close()
+  return eval_metrics or {}
+
+
+def evaluate_checkpoint(config: ConfigDict, workdir: str) -> dict:
+  """Eval mode: the checkpoint `config.eval_checkpoint` ('latest', 'best' or a step) of
+  `workdir` on `config.data.eval_split`; writes eval_<split>_<step>.json into the workdir."""
+  p = plan(config)
+  cfg = p.config
+  checkpoints = checkpoint_lib.Checkpoints(os.path.join(workdir, "checkpoints"), async_save=False)
+  which = str(cfg.eval_checkpoint)
+  step = {"latest": checkpoints.latest_step,
+          "best": checkpoints.best_step}.get(which, lambda: int(which))()
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint ({which}) in {workdir}/checkpoints")
+  create_fn = lambda: create_train_state(p.model, p.tx, p.info.image_shape, cfg.seed,
+                                         use_ema=cfg.ema_decay is not None)
+  target = p.runner.get_state(p.runner.create_state(create_fn))
+  state = p.runner.put_state(checkpoints.restore(step, target, {"model": model_meta(p.model)}))
+  metrics = evaluate(p, state.eval_variables(cfg.ema_decay is not None), cfg.data.eval_split)
+  metrics["step"] = step
+  if jax.process_index() == 0:
+    name = f"eval_{cfg.data.eval_split}_{step}.json".replace("/", "_")
+    with open(os.path.join(workdir, name), "w") as f:
+      json.dump({"split": cfg.data.eval_split, **metrics}, f, indent=2)
+  checkpoints.close()
+  return metrics

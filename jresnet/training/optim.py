@@ -1,0 +1,78 @@
+"""Optimisers and learning-rate schedules from the config, all from optax.
+
+Weight decay is part of the optimiser, never hidden in the loss, and masked off BatchNorm
+parameters and biases (Goyal et al. 2017) unless `weight_decay_mask=False`.
+"""
+
+from collections.abc import Callable
+
+import jax
+import optax
+from flax import traverse_util
+from ml_collections import ConfigDict
+
+OPTIMIZERS = ("sgd", "adamw", "lars")
+SCHEDULES = ("constant", "piecewise", "cosine", "onecycle")
+
+
+def base_learning_rate(config: ConfigDict) -> float:
+  """`optimizer.learning_rate`, times batch_size / lr_base_batch when that is set (Goyal et al.)."""
+  lr = config.optimizer.learning_rate
+  if config.optimizer.lr_base_batch:
+    lr *= config.batch_size / config.optimizer.lr_base_batch
+  return lr
+
+
+def create_schedule(config: ConfigDict, total_steps: int,
+                    steps_per_epoch: float) -> optax.Schedule:
+  """Linear warmup (`warmup_epochs`) into a constant, step-decay, cosine or one-cycle schedule."""
+  s, lr = config.schedule, base_learning_rate(config)
+  if s.name not in SCHEDULES:
+    raise ValueError(f"schedule.name must be one of {', '.join(SCHEDULES)}; got {s.name!r}")
+  if s.name == "onecycle":
+    return optax.cosine_onecycle_schedule(total_steps, lr, pct_start=s.pct_start,
+                                          div_factor=s.div_factor,
+                                          final_div_factor=s.final_div_factor)
+  warmup = round(s.warmup_epochs * steps_per_epoch)
+  rest = max(total_steps - warmup, 1)
+  if s.name == "constant":
+    main = optax.constant_schedule(lr)
+  elif s.name == "piecewise":  # boundaries are fractions of the whole run, e.g. (0.5, 0.75)
+    main = optax.piecewise_constant_schedule(
+        lr, {round(b * total_steps) - warmup: s.decay_factor for b in s.boundaries})
+  else:
+    main = optax.cosine_decay_schedule(lr, rest, alpha=s.final_lr_fraction)
+  if warmup == 0:
+    return main
+  return optax.join_schedules([optax.linear_schedule(s.warmup_start_lr, lr, warmup), main],
+                              [warmup])
+
+
+def decay_mask(params) -> dict:
+  """True for convolution and dense kernels; False for BatchNorm scales/offsets and biases."""
+  flat = traverse_util.flatten_dict(params)
+  return traverse_util.unflatten_dict({path: path[-1] == "kernel" for path in flat})
+
+
+def create_optimizer(config: ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
+  o = config.optimizer
+  if o.name not in OPTIMIZERS:
+    raise ValueError(f"optimizer.name must be one of {', '.join(OPTIMIZERS)}; got {o.name!r}")
+  mask: Callable | None = decay_mask if config.weight_decay_mask else None
+  if o.name == "sgd":
+    tx = optax.chain(optax.add_decayed_weights(o.weight_decay, mask),
+                     optax.sgd(schedule, momentum=o.momentum or None, nesterov=o.nesterov))
+  elif o.name == "adamw":
+    tx = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
+                     mask=mask)
+  else:  # LARS (You et al. 2017): per-layer trust ratio, masked like the weight decay
+    tx = optax.lars(schedule, weight_decay=o.weight_decay, weight_decay_mask=mask or True,
+                    trust_coefficient=o.trust_coefficient, trust_ratio_mask=mask or True,
+                    momentum=o.momentum, nesterov=o.nesterov)
+  if config.grad_clip_norm:
+    tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
+  return tx
+
+
+def ema_update(ema, params, decay: float):
+  return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)

@@ -1,0 +1,117 @@
+"""Where the steps run: `jax.jit` over a 1-D 'data' mesh of all devices (default), or `pmap`.
+
+jit: the state is replicated, the batch sharded along 'data', the state donated; BatchNorm sees the
+global batch because the batch is one global array. pmap: one replica per local device, the same
+step with `axis_name='batch'` (the model's BatchNorm and the gradient `pmean` use it).
+Both take host-local numpy batches from `jresnet.data` and return host-side metrics.
+"""
+
+import dataclasses
+import functools
+from collections.abc import Iterator
+
+import flax.jax_utils
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jresnet.training import step as step_lib
+from jresnet.training.state import TrainState
+
+PMAP_AXIS = "batch"
+
+
+def check_batch_size(global_batch_size: int) -> None:
+  """The global batch must split evenly over processes and devices; say so before compiling."""
+  devices, processes = jax.device_count(), jax.process_count()
+  if global_batch_size % devices:
+    raise ValueError(f"batch_size={global_batch_size} does not divide across {devices} devices "
+                     f"({processes} process(es)); use a multiple of {devices}")
+
+
+class JitMesh:
+  """`jax.jit` with NamedShardings over a 1-D mesh of every device in the job."""
+
+  name = "jit"
+
+  def __init__(self, step_cfg: step_lib.StepConfig, devices=None):
+    self.mesh = Mesh(np.asarray(devices or jax.devices()), ("data",))
+    self.replicated = NamedSharding(self.mesh, P())
+    self.data = NamedSharding(self.mesh, P("data"))
+    self.train_step = jax.jit(functools.partial(step_lib.train_step, cfg=step_cfg),
+                              in_shardings=(self.replicated, self.data),
+                              out_shardings=(self.replicated, self.replicated), donate_argnums=0)
+    self.eval_step = jax.jit(
+        functools.partial(step_lib.eval_step, model=step_cfg.model,
+                          num_classes=step_cfg.num_classes),
+        in_shardings=(self.replicated, self.data), out_shardings=self.replicated)
+
+  def create_state(self, create_fn) -> TrainState:
+    """Runs the (deterministic) initialisation on every process, replicated."""
+    return jax.jit(create_fn, out_shardings=self.replicated)()
+
+  def put_state(self, host_state: TrainState) -> TrainState:
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.replicated, x),
+                        host_state)
+
+  def get_state(self, state: TrainState) -> TrainState:
+    return state
+
+  def feed(self, batches: Iterator[dict], prefetch: int) -> Iterator[dict]:
+    from jresnet.data import prefetch_to_device  # noqa: PLC0415 (keeps TF out of model users)
+    return prefetch_to_device(batches, prefetch, self.data)
+
+  def state_sharding(self):
+    return self.replicated
+
+  @staticmethod
+  def to_host(tree):
+    return jax.device_get(tree)
+
+
+class Pmap:
+  """`jax.pmap` over the local devices; collectives span all processes' devices."""
+
+  name = "pmap"
+
+  def __init__(self, step_cfg: step_lib.StepConfig):
+    cfg = dataclasses.replace(step_cfg, axis_name=PMAP_AXIS,
+                              model=step_cfg.model.clone(axis_name=PMAP_AXIS))
+    self.train_step = jax.pmap(functools.partial(step_lib.train_step, cfg=cfg),
+                               axis_name=PMAP_AXIS, donate_argnums=0)
+    self.eval_step = jax.pmap(
+        functools.partial(step_lib.eval_step, model=step_cfg.model,
+                          num_classes=step_cfg.num_classes, axis_name=PMAP_AXIS),
+        axis_name=PMAP_AXIS)
+
+  def create_state(self, create_fn) -> TrainState:
+    return flax.jax_utils.replicate(jax.jit(create_fn)())
+
+  def put_state(self, host_state: TrainState) -> TrainState:
+    return flax.jax_utils.replicate(host_state)
+
+  def get_state(self, state: TrainState) -> TrainState:
+    return flax.jax_utils.unreplicate(state)
+
+  def feed(self, batches: Iterator[dict], prefetch: int) -> Iterator[dict]:
+    n = jax.local_device_count()
+    split = lambda x: x.reshape(n, x.shape[0] // n, *x.shape[1:])
+    return flax.jax_utils.prefetch_to_device(
+        (jax.tree.map(split, b) for b in batches), max(prefetch, 1))
+
+  def state_sharding(self):
+    return None
+
+  @staticmethod
+  def to_host(tree):
+    return jax.device_get(jax.tree.map(lambda x: x[0], tree))
+
+
+def create(kind: str, step_cfg: step_lib.StepConfig, devices=None):
+  """The runner for `kind`; `devices` (jit only) defaults to every device of the job."""
+  if kind == "jit":
+    return JitMesh(step_cfg, devices)
+  if kind == "pmap":
+    return Pmap(step_cfg)
+  raise ValueError(f"parallel must be 'jit' or 'pmap'; got {kind!r}")

@@ -1,0 +1,70 @@
+"""`init_from`: start training from another run's checkpoint or a torchvision `.pth` state dict.
+
+The classifier head (`fc`) is kept from the fresh initialisation when its shape differs (a new
+class count); any other difference is an error that names the tensors. The optimiser starts fresh.
+"""
+
+import logging
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import traverse_util
+
+from jresnet import interop
+from jresnet.models import ResNet, to_scanned, to_unrolled
+from jresnet.training.checkpoint import Checkpoints
+from jresnet.training.state import TrainState
+
+HEAD = "fc"
+
+
+def _load_torch(path: str, model: ResNet) -> dict:
+  state_dict = interop.load_state_dict(path)
+  headless = {k: v for k, v in state_dict.items() if not k.startswith(HEAD + ".")}
+  return interop.from_torch(headless, model.clone(num_classes=None, scan_blocks=False))
+
+
+def _load_checkpoint(path: str) -> dict:
+  directory = os.path.join(path, "checkpoints") if os.path.isdir(
+      os.path.join(path, "checkpoints")) else path
+  checkpoints = Checkpoints(directory, async_save=False)
+  step = checkpoints.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"init_from={path}: no checkpoint there (nor in {directory})")
+  raw = checkpoints.manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore()))["state"]
+  checkpoints.close()
+  return to_unrolled({"params": raw["params"], "batch_stats": raw["batch_stats"]})
+
+
+def _merge(loaded: dict, fresh: dict, source: str) -> dict:
+  """Loaded values where they fit; the fresh head where the class count differs."""
+  flat_loaded = traverse_util.flatten_dict(loaded, sep="/")
+  merged, problems = {}, []
+  for path, value in traverse_util.flatten_dict(fresh, sep="/").items():
+    old = flat_loaded.get(path)
+    if old is not None and np.shape(old) == value.shape:
+      merged[path] = np.asarray(old, value.dtype)
+    elif path.startswith(HEAD + "/") or path.startswith("params/" + HEAD + "/"):
+      merged[path] = value
+    else:
+      problems.append(f"{path}: model {value.shape}, {source} "
+                      f"{'missing' if old is None else np.shape(old)}")
+  if problems:
+    raise ValueError(f"init_from={source} does not fit the model:\n  " + "\n  ".join(problems))
+  return traverse_util.unflatten_dict(merged, sep="/")
+
+
+def initialise_from(path: str, model: ResNet, state: TrainState, tx) -> TrainState:
+  """`state` with parameters and BatchNorm statistics from `path`, fresh optimiser state."""
+  loaded = _load_torch(path, model) if path.endswith((".pth", ".pt")) else _load_checkpoint(path)
+  fresh = to_unrolled({"params": state.params, "batch_stats": state.batch_stats})
+  merged = _merge(loaded, jax.device_get(fresh), path)
+  if model.scan_blocks:
+    merged = to_scanned(merged)
+  logging.info("initialised from %s", path)
+  params = merged["params"]
+  return state.replace(params=params, batch_stats=merged["batch_stats"], opt_state=tx.init(params),
+                       ema_params=params if state.ema_params is not None else None)

@@ -1,0 +1,94 @@
+"""The pure train and eval steps, shared by the jit-over-a-mesh and the pmap paths.
+
+`axis_name=None` is the jit path: the batch is one global array, so BatchNorm statistics and the
+loss are over the global batch and XLA inserts the collectives. With `axis_name` set (pmap), the
+same function averages gradients and metrics over that axis, and the model's BatchNorm uses it.
+"""
+
+import dataclasses
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from jresnet.training.optim import ema_update
+from jresnet.training.state import TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  model: nn.Module
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  num_classes: int
+  label_smoothing: float = 0.0
+  ema_decay: float | None = None
+  axis_name: str | None = None
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
+                  label_smoothing: float = 0.0) -> jax.Array:
+  """Per-example softmax cross-entropy in float32, with optional label smoothing."""
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def _mean(x, axis_name):
+  return x if axis_name is None else jax.lax.pmean(x, axis_name)
+
+
+def train_step(state: TrainState, batch: dict, cfg: StepConfig) -> tuple[TrainState, dict]:
+  """One optimiser update on `batch` ({'image', 'label', 'mask'}); returns the state and metrics."""
+
+  def loss_fn(params):
+    logits, updates = cfg.model.apply(
+        {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
+        mutable=["batch_stats"])
+    loss = cross_entropy(logits, batch["label"], cfg.num_classes, cfg.label_smoothing).mean()
+    return loss, (logits, updates["batch_stats"])
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grads = _mean(grads, cfg.axis_name)
+  updates, opt_state = cfg.tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ema_params = (None if cfg.ema_decay is None
+                else ema_update(state.ema_params, params, cfg.ema_decay))
+  metrics = {
+      "loss": _mean(loss, cfg.axis_name),
+      "accuracy": _mean(jnp.mean(jnp.argmax(logits, -1) == batch["label"]), cfg.axis_name),
+      "learning_rate": cfg.schedule(state.step),
+      "grad_norm": optax.global_norm(grads),
+      "update_norm": optax.global_norm(updates),
+      "param_norm": optax.global_norm(params),
+  }
+  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                            opt_state=opt_state, ema_params=ema_params)
+  return new_state, metrics
+
+
+def eval_step(variables: dict, batch: dict, model: nn.Module, num_classes: int,
+              axis_name: str | None = None) -> dict:
+  """Sums over the real (mask True) examples of a batch: loss, top-1 and top-5 hits, count."""
+  logits = model.apply(variables, batch["image"], train=False)
+  mask = batch["mask"].astype(jnp.float32)
+  loss = cross_entropy(logits, batch["label"], num_classes)
+  top5 = jax.lax.top_k(logits, min(5, num_classes))[1]
+  sums = {
+      "loss": jnp.sum(loss * mask),
+      "top1": jnp.sum((top5[:, 0] == batch["label"]) * mask),
+      "top5": jnp.sum(jnp.any(top5 == batch["label"][:, None], axis=-1) * mask),
+      "count": jnp.sum(mask),
+  }
+  return sums if axis_name is None else jax.lax.psum(sums, axis_name)
+
+
+def summarise_eval(sums: dict) -> dict:
+  """Totals over a split -> loss, accuracy (top-1) and top-5 accuracy, plus the example count."""
+  n = float(sums["count"])
+  return {"loss": float(sums["loss"]) / n, "accuracy": float(sums["top1"]) / n,
+          "top5_accuracy": float(sums["top5"]) / n, "count": int(n)}
+
+
+StepFn = Callable[[TrainState, dict], tuple[TrainState, dict]]

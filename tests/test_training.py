@@ -1,0 +1,200 @@
+"""The training system end to end: train.py's loop on mock TFDS and synthetic data, exact resume
+after SIGTERM and SIGKILL, jit/pmap/1-device agreement, NaN handling, and early errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from conftest import MOCK_N
+from tiny_config import tiny_config
+
+import jresnet
+from jresnet.data import DatasetNotFoundError
+from jresnet.training import checkpoint as checkpoint_lib
+from jresnet.training import loop, optim, parallel
+from jresnet.training import step as step_lib
+from jresnet.training.records import read_metrics
+from jresnet.training.state import create_train_state
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _train_losses(workdir):
+  return {r["step"]: r["loss"] for r in read_metrics(os.path.join(workdir, "metrics.jsonl"))
+          if r["split"] == "train"}
+
+
+def _final_state(workdir, config):
+  p = loop.plan(config)
+  target = p.runner.get_state(p.runner.create_state(lambda: create_train_state(
+      p.model, p.tx, p.info.image_shape, config.seed, use_ema=False)))
+  ckpts = checkpoint_lib.Checkpoints(os.path.join(workdir, "checkpoints"), async_save=False)
+  step = ckpts.latest_step()
+  return step, ckpts.restore(step, target, {"model": loop.model_meta(p.model)})
+
+
+def test_end_to_end_on_mock_cifar10(mock_tfds, tmp_path):
+  config = tiny_config(**{"data.source": "tfds", "data.name": "cifar10",
+                          "data.data_dir": mock_tfds, "data.preprocess": "auto",
+                          "batch_size": 8, "num_train_steps": 4, "eval_every_steps": 2,
+                          "eval_batch_size": 16})
+  metrics = loop.train_and_evaluate(config, str(tmp_path))
+  assert metrics["count"] == MOCK_N  # 24 examples in batches of 16: none dropped, none doubled
+  assert 0 <= metrics["accuracy"] <= 1 and np.isfinite(metrics["loss"])
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
+  rows = read_metrics(tmp_path / "metrics.jsonl")
+  assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3, 4]
+  logged = {"grad_norm", "param_norm", "update_norm", "learning_rate", "images_per_sec"}
+  assert logged <= set(rows[0])
+  assert os.listdir(tmp_path / "tensorboard")[0].startswith("events.out.tfevents")
+  assert (tmp_path / "curves.png").stat().st_size > 10_000
+  resolved = json.load(open(tmp_path / "config.json"))
+  assert resolved["precision"] == "float32" and resolved["num_classes"] == 10
+
+  evaluated = loop.evaluate_checkpoint(config, str(tmp_path))  # --mode=eval: the same numbers
+  assert evaluated["step"] == 4
+  assert evaluated["accuracy"] == metrics["accuracy"] and evaluated["loss"] == metrics["loss"]
+
+
+def test_end_to_end_on_mock_imagenet(mock_tfds, tmp_path):
+  config = tiny_config(**{"data.source": "tfds", "data.name": "imagenet2012",
+                          "data.data_dir": mock_tfds, "data.preprocess": "auto",
+                          "data.image_size": 32, "data.eval_split": "validation",
+                          "model.family": "imagenet", "model.widths": (8, 16),
+                          "batch_size": 8, "num_train_steps": 2, "eval_every_steps": 2})
+  metrics = loop.train_and_evaluate(config, str(tmp_path))
+  assert metrics["count"] == MOCK_N
+  assert json.load(open(tmp_path / "config.json"))["num_classes"] == 1000
+
+
+def _run_train_py(workdir, *flags):
+  args = [sys.executable, os.path.join(REPO, "train.py"), "--config",
+          os.path.join(REPO, "tests", "tiny_config.py"), "--workdir", str(workdir), *flags]
+  return subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+
+
+def _wait_for_checkpoint(workdir, min_step, proc, timeout=120):
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    steps = [int(d) for d in os.listdir(workdir / "checkpoints")
+             if d.isdigit()] if (workdir / "checkpoints").exists() else []
+    if steps and max(steps) >= min_step:
+      return max(steps)
+    assert proc.poll() is None, proc.stdout.read()
+    time.sleep(0.02)
+  raise TimeoutError
+
+
+def test_resume_after_sigterm_and_sigkill_is_bitwise_exact(tmp_path):
+  """An uninterrupted run vs. one preempted (SIGTERM), then killed (SIGKILL), then finished."""
+  steps = ["--config.num_train_steps=60", "--config.checkpoint_every_steps=10"]
+  reference = tiny_config(num_train_steps=60, checkpoint_every_steps=10)
+  loop.train_and_evaluate(reference, str(tmp_path / "reference"))
+
+  workdir = tmp_path / "interrupted"
+  proc = _run_train_py(workdir, *steps)
+  _wait_for_checkpoint(workdir, 10, proc)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=60)
+  assert proc.returncode == 0, out  # preemption: checkpoint, then a clean exit
+  preempted_at = max(int(d) for d in os.listdir(workdir / "checkpoints"))
+  assert preempted_at < 60
+
+  proc = _run_train_py(workdir, *steps)
+  killed_after = _wait_for_checkpoint(workdir, preempted_at + 10, proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert killed_after < 60, "the run finished before it could be killed"
+
+  proc = _run_train_py(workdir, *steps)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out
+
+  expected, got = _train_losses(tmp_path / "reference"), _train_losses(workdir)
+  assert sorted(got) == list(range(1, 61))
+  assert got == expected  # every per-step loss, bitwise
+  step_a, state_a = _final_state(tmp_path / "reference", reference)
+  step_b, state_b = _final_state(workdir, reference)
+  assert step_a == step_b == 60
+  jax.tree.map(np.testing.assert_array_equal, state_a, state_b)
+
+
+def test_jit_pmap_and_single_device_steps_agree():
+  assert jax.device_count() == 8
+  model = jresnet.ResNet(stage_sizes=(1, 1), widths=(8, 16), family="cifar", shortcut="B",
+                         num_classes=10)
+  config = tiny_config()
+  schedule = optim.create_schedule(config, 5, 4.0)
+  tx = optim.create_optimizer(config, schedule)
+  cfg = step_lib.StepConfig(model=model, tx=tx, schedule=schedule, num_classes=10)
+  rng = np.random.default_rng(0)
+  batches = [{"image": rng.standard_normal((16, 8, 8, 3), dtype=np.float32),
+              "label": rng.integers(0, 10, 16).astype(np.int32),
+              "mask": np.ones(16, bool)} for _ in range(5)]
+  create = lambda: create_train_state(model, tx, (8, 8, 3), 0, use_ema=False)
+
+  losses = {}
+  for name, runner in [("jit8", parallel.create("jit", cfg)),
+                       ("pmap8", parallel.create("pmap", cfg)),
+                       ("jit1", parallel.create("jit", cfg, devices=jax.devices()[:1]))]:
+    state, out = runner.create_state(create), []
+    for batch in runner.feed(iter(batches), 2):
+      state, metrics = runner.train_step(state, batch)
+      out.append(float(runner.to_host(metrics)["loss"]))
+    losses[name] = np.array(out)
+  assert losses["jit8"][0] > 1.0
+  np.testing.assert_allclose(losses["pmap8"], losses["jit8"], rtol=1e-5)
+  np.testing.assert_allclose(losses["jit1"], losses["jit8"], rtol=1e-5)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  good = tiny_config(num_train_steps=4, checkpoint_every_steps=4)
+  loop.train_and_evaluate(good, str(tmp_path))
+  _, saved = _final_state(tmp_path, good)
+
+  absurd = tiny_config(num_train_steps=40, checkpoint_every_steps=2,
+                       **{"optimizer.learning_rate": 1e30, "schedule.name": "constant"})
+  with pytest.raises(FloatingPointError, match=r"non-finite loss .* last good checkpoint"):
+    loop.train_and_evaluate(absurd, str(tmp_path))
+  step, restored = _final_state(tmp_path, good)
+  assert step == 4
+  jax.tree.map(np.testing.assert_array_equal, restored, saved)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored))
+
+
+# --- bad input fails before any compilation, saying what to do --------------------------------
+
+def test_unknown_config_key_is_rejected(tmp_path):
+  proc = _run_train_py(tmp_path, "--config.optimizer.not_a_key=1")
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode != 0 and "not_a_key" in out
+
+
+@pytest.mark.parametrize("overrides, error, message", [
+    ({"batch_size": 12}, ValueError, r"batch_size=12 does not divide across 8 devices"),
+    ({"model.stage_sizes": None, "model.widths": None, "model.depth": 21}, ValueError,
+     r"depth 6n\+2"),
+    ({"data.source": "tfds", "data.name": "cifar10", "data.data_dir": "/nonexistent/tfds"},
+     DatasetNotFoundError, r"tfds build cifar10"),
+    ({"optimizer.name": "adagrad"}, ValueError, r"sgd, adamw, lars"),
+])
+def test_bad_input_fails_fast(overrides, error, message):
+  start = time.time()
+  with pytest.raises(error, match=message):
+    loop.plan(tiny_config(**overrides))
+  assert time.time() - start < 10
+
+
+def test_checkpoint_of_another_model_is_refused_with_the_difference(tmp_path):
+  loop.train_and_evaluate(tiny_config(num_train_steps=2), str(tmp_path))
+  with pytest.raises(checkpoint_lib.CheckpointMismatchError,
+                     match=r"stage_sizes: checkpoint has \[1, 1\], config has \[1, 2\]"):
+    loop.train_and_evaluate(tiny_config(num_train_steps=4, **{"model.stage_sizes": (1, 2)}),
+                            str(tmp_path))

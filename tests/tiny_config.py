@@ -1,0 +1,37 @@
+"""A two-stage ResNet on 8x8 synthetic images, for the training tests: seconds per run.
+
+Also a config file for train.py (`--config tests/tiny_config.py`), so tests can run the real
+command line.
+"""
+
+from configs import default
+
+
+def tiny_config(**overrides):
+  """A two-stage CIFAR-style ResNet on 8x8 synthetic images: seconds per run."""
+  c = default.get_config()
+  c.model.depth = None
+  c.model.stage_sizes = (1, 1)
+  c.model.widths = (8, 16)
+  c.model.shortcut = "B"
+  c.data.source = "synthetic"
+  c.data.preprocess = "none"
+  c.data.image_shape = (8, 8, 3)
+  c.data.num_examples = 64
+  c.data.threads = 1
+  c.batch_size = 16
+  c.num_train_steps = 6
+  c.log_every_steps = 1
+  c.eval_every_steps = 3
+  c.async_checkpoints = False
+  for key, value in overrides.items():
+    target = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return c
+
+
+def get_config():
+  return tiny_config()

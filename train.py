@@ -1,0 +1,38 @@
+"""Train or evaluate a jresnet model.
+
+    python train.py --config configs/cifar10_resnet20.py --workdir runs/r20 [--config.key=value ...]
+    python train.py --config configs/cifar10_resnet20.py --workdir runs/r20 --mode=eval \
+        [--config.eval_checkpoint=best] [--config.data.eval_split=test]
+
+A run resumes from the checkpoints in --workdir; SIGTERM checkpoints and exits 0.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from jresnet.training import distributed, loop
+
+config_flags.DEFINE_config_file("config", None, "Config file whose get_config() returns the run's "
+                                "ml_collections.ConfigDict.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and curves.")
+flags.DEFINE_enum("mode", "train", ["train", "eval"], "Train (and evaluate), or only evaluate a "
+                  "checkpoint of --workdir.")
+flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)  # orbax and tfds narrate every file at INFO
+  distributed.initialize()
+  if FLAGS.mode == "train":
+    metrics = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  else:
+    metrics = loop.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
+  print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                 for k, v in metrics.items()))
+
+
+if __name__ == "__main__":
+  app.run(main)
