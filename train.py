@@ -7,6 +7,7 @@
 A run resumes from the checkpoints in --workdir; SIGTERM checkpoints and exits 0.
 """
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -30,8 +31,9 @@ def main(argv):
     metrics = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   else:
     metrics = loop.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
-  print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                 for k, v in metrics.items()))
+  if jax.process_index() == 0:
+    print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                   for k, v in metrics.items()))
 
 
 if __name__ == "__main__":

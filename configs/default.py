@@ -51,12 +51,16 @@ def get_config() -> ConfigDict:
 
   c.precision = "auto"                               # auto: bf16 on GPU/TPU, fp32 on CPU
   c.parallel = "jit"                                 # jit (mesh, NamedSharding) | pmap
+  c.bn_span = config_dict.placeholder(int)           # BatchNorm statistics over groups of this
+                                                     # many devices (pmap); None: global batch
 
   c.log_every_steps = 50
   c.eval_every_steps = config_dict.placeholder(int)  # None: once an epoch
   c.checkpoint_every_steps = config_dict.placeholder(int)  # None: at every evaluation
   c.keep_checkpoints = 2                             # the last K, plus the best evaluated
   c.async_checkpoints = True
+  c.stop_after_steps = config_dict.placeholder(int)  # checkpoint and stop after this many steps
+                                                     # of this invocation (time-limited jobs)
   c.init_from = config_dict.placeholder(str)         # a run's workdir or a torchvision .pth
   c.eval_checkpoint = "latest"                       # --mode=eval: latest | best | <step>
   return c

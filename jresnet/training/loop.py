@@ -88,7 +88,7 @@ def plan(config: ConfigDict) -> Plan:
                                  num_classes=info.num_classes,
                                  label_smoothing=config.label_smoothing,
                                  ema_decay=config.ema_decay)
-  runner = parallel.create(config.parallel, step_cfg)
+  runner = parallel.create(config.parallel, step_cfg, bn_span=config.bn_span)
   return Plan(config, info, model, total_steps, steps_per_epoch, runner, schedule, tx)
 
 
@@ -167,7 +167,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
       state, metrics = p.runner.train_step(state, next(batches))
       records.advance(1)
       last = step == p.total_steps
-      save = last or step % save_every == 0 or preemption.requested
+      stop = preemption.requested or (cfg.stop_after_steps and step - start >= cfg.stop_after_steps)
+      save = last or step % save_every == 0 or stop
       if step % log_every == 0 or save:
         host = p.runner.to_host(metrics)
         if not np.isfinite(host["loss"]):
@@ -182,7 +183,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
       if save:
         metrics_for_ckpt = eval_metrics if step % eval_every == 0 or last else None
         checkpoints.save(p.runner.get_state(state), meta, metrics_for_ckpt)
-      if preemption.requested:
+      if stop:
         break
   finally:
     preemption.restore()

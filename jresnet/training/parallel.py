@@ -51,9 +51,14 @@ class JitMesh:
     """Runs the (deterministic) initialisation on every process, replicated."""
     return jax.jit(create_fn, out_shardings=self.replicated)()
 
-  def put_state(self, host_state: TrainState) -> TrainState:
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.replicated, x),
-                        host_state)
+  def put_state(self, state: TrainState) -> TrainState:
+    """Replicates host values (identical on every process); keeps arrays already replicated."""
+    def put(x):
+      if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(self.replicated, x.ndim):
+        return x
+      x = np.asarray(x)
+      return jax.make_array_from_callback(x.shape, self.replicated, lambda index: x[index])
+    return jax.tree.map(put, state)
 
   def get_state(self, state: TrainState) -> TrainState:
     return state
@@ -75,9 +80,9 @@ class Pmap:
 
   name = "pmap"
 
-  def __init__(self, step_cfg: step_lib.StepConfig):
-    cfg = dataclasses.replace(step_cfg, axis_name=PMAP_AXIS,
-                              model=step_cfg.model.clone(axis_name=PMAP_AXIS))
+  def __init__(self, step_cfg: step_lib.StepConfig, bn_groups: list[list[int]] | None = None):
+    model = step_cfg.model.clone(axis_name=PMAP_AXIS, axis_index_groups=bn_groups)
+    cfg = dataclasses.replace(step_cfg, axis_name=PMAP_AXIS, model=model)
     self.train_step = jax.pmap(functools.partial(step_lib.train_step, cfg=cfg),
                                axis_name=PMAP_AXIS, donate_argnums=0)
     self.eval_step = jax.pmap(
@@ -108,10 +113,25 @@ class Pmap:
     return jax.device_get(jax.tree.map(lambda x: x[0], tree))
 
 
-def create(kind: str, step_cfg: step_lib.StepConfig, devices=None):
-  """The runner for `kind`; `devices` (jit only) defaults to every device of the job."""
+def bn_groups(span: int) -> list[list[int]]:
+  """Consecutive groups of `span` devices (by pmap axis index) for BatchNorm statistics."""
+  n = jax.device_count()
+  if span < 1 or n % span:
+    raise ValueError(f"bn_span={span} must divide the {n} devices")
+  return [list(range(g, g + span)) for g in range(0, n, span)]
+
+
+def create(kind: str, step_cfg: step_lib.StepConfig, devices=None, bn_span: int | None = None):
+  """The runner for `kind`; `devices` (jit only) defaults to every device of the job.
+
+  `bn_span`: BatchNorm statistics over groups of that many devices instead of the global batch
+  (MLPerf ResNet-50's "BN span"); implemented with pmap's `axis_index_groups`.
+  """
+  if bn_span and kind != "pmap":
+    raise ValueError("bn_span needs parallel='pmap' (BatchNorm over device groups uses pmap's "
+                     "axis_index_groups); the jit path normalises over the global batch")
   if kind == "jit":
     return JitMesh(step_cfg, devices)
   if kind == "pmap":
-    return Pmap(step_cfg)
+    return Pmap(step_cfg, bn_groups(bn_span) if bn_span else None)
   raise ValueError(f"parallel must be 'jit' or 'pmap'; got {kind!r}")

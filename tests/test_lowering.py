@@ -1,0 +1,78 @@
+"""Accelerator readiness, checked from this CPU: the jitted ResNet-50 train and eval steps (bf16
+computation, batch sharded over a 'data' mesh of 8 devices) lower for CUDA and TPU with
+`jax.export`. Anything that only works on CPU (a CPU-only custom call or kernel, a host callback,
+an unsupported dtype or sharding) fails here rather than on the accelerator."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from tiny_config import tiny_config
+
+import jresnet
+from jresnet.training import optim, parallel
+from jresnet.training import step as step_lib
+from jresnet.training.state import create_train_state
+
+PLATFORMS = ("cuda", "tpu")
+BATCH = 16
+
+
+@pytest.fixture(scope="module")
+def resnet50_runner():
+  model = jresnet.ResNet50(dtype=jnp.bfloat16)
+  config = tiny_config()
+  schedule = optim.create_schedule(config, 100, 10.0)
+  tx = optim.create_optimizer(config, schedule)
+  cfg = step_lib.StepConfig(model=model, tx=tx, schedule=schedule, num_classes=1000)
+  runner = parallel.create("jit", cfg)
+  state = jax.eval_shape(lambda: create_train_state(model, tx, (224, 224, 3), 0, False))
+  state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype,
+                                                      sharding=runner.replicated), state)
+  batch = {"image": jax.ShapeDtypeStruct((BATCH, 224, 224, 3), jnp.float32, sharding=runner.data),
+           "label": jax.ShapeDtypeStruct((BATCH,), jnp.int32, sharding=runner.data),
+           "mask": jax.ShapeDtypeStruct((BATCH,), jnp.bool_, sharding=runner.data)}
+  return runner, state, batch
+
+
+def _check(exported, text_must_contain):
+  assert exported.platforms == PLATFORMS
+  assert exported.nr_devices == jax.device_count() == 8
+  text = exported.mlir_module()
+  for needle in text_must_contain:
+    assert needle in text, needle
+  assert "custom_call" not in text.replace("@Sharding", "").replace("@SPMDFullToShardShape", "") \
+      .replace("@SPMDShardToFullShape", ""), "a custom call is backend-specific"
+
+
+def test_train_step_lowers_for_gpu_and_tpu(resnet50_runner):
+  runner, state, batch = resnet50_runner
+  exported = jax.export.export(runner.train_step, platforms=PLATFORMS)(state, batch)
+  # bf16 convolutions, float32 parameters in and out, the batch split over the 8 devices.
+  _check(exported, ["stablehlo.convolution", "bf16",
+                    'tensor<16x224x224x3xf32> {sdy.sharding = #sdy.sharding<@mesh, [{"data"}'])
+  param_avals = [a for a in exported.in_avals if a.shape == (7, 7, 3, 64)]
+  assert param_avals and all(a.dtype == jnp.float32 for a in param_avals)
+
+
+def test_eval_step_lowers_for_gpu_and_tpu(resnet50_runner):
+  runner, state, batch = resnet50_runner
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  exported = jax.export.export(runner.eval_step, platforms=PLATFORMS)(variables, batch)
+  _check(exported, ["stablehlo.convolution", "bf16"])
+
+
+def test_the_check_catches_cpu_only_code():
+  """Negative control: a host callback (like a CPU-only kernel) cannot be exported for them."""
+  def step(x):
+    y = jax.pure_callback(lambda a: np.asarray(a) * 2, jax.ShapeDtypeStruct(x.shape, x.dtype), x)
+    return y + 1
+
+  mesh_data = NamedSharding(jax.make_mesh((8,), ("data",)), P("data"))
+  spec = jax.ShapeDtypeStruct((8, 4), jnp.float32, sharding=mesh_data)
+  with pytest.raises(Exception, match="(?i)callback"):
+    jax.export.export(jax.jit(functools.partial(step)), platforms=PLATFORMS)(spec)

@@ -1,0 +1,101 @@
+"""Scale-out: train.py as 2 processes x 2 CPU devices (jax.distributed on 127.0.0.1, gloo
+collectives) against 1 process x 4 devices on the same global batch, checkpoints crossing
+between the two, and BatchNorm statistics over groups of devices (BN span)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jresnet
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOTAL = "--config.num_train_steps=9"
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _train(workdir, processes: int, devices_per_process: int, *flags):
+  """Runs train.py on the tiny config as `processes` local processes; returns after all exit."""
+  port = _free_port()
+  procs = []
+  for i in range(processes):
+    env = {**os.environ,
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}"}
+    if processes > 1:
+      env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(processes),
+                 JAX_PROCESS_ID=str(i))
+    procs.append(subprocess.Popen(
+        [sys.executable, "train.py", "--config", "tests/tiny_config.py", "--workdir",
+         str(workdir), TOTAL, "--config.checkpoint_every_steps=3", *flags],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  for p in procs:
+    out, _ = p.communicate(timeout=170)
+    assert p.returncode == 0, out
+
+
+def _losses(workdir) -> dict[int, float]:
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
+
+
+def test_two_processes_match_one_process_and_checkpoints_cross(tmp_path):
+  reference = tmp_path / "one_process"
+  _train(reference, 1, 4)
+  expected = _losses(reference)
+  assert sorted(expected) == list(range(1, 10))
+
+  # 2 processes for 6 steps, then 1 process resumes their checkpoint; and the other way round.
+  for first, then in [((2, 2), (1, 4)), ((1, 4), (2, 2))]:
+    workdir = tmp_path / f"{first[0]}_then_{then[0]}"
+    _train(workdir, *first, "--config.stop_after_steps=6")
+    assert max(int(d) for d in os.listdir(workdir / "checkpoints")) == 6
+    _train(workdir, *then)
+    got = _losses(workdir)
+    assert sorted(got) == list(range(1, 10))
+    # Equal up to the order of the cross-device sums: overlapping or missing shards would change
+    # the global batch, and with it every loss.
+    np.testing.assert_allclose([got[s] for s in range(1, 10)],
+                               [expected[s] for s in range(1, 10)], rtol=1e-5)
+
+
+def test_bn_span_normalises_over_groups_of_devices():
+  assert jax.device_count() == 8
+  groups = [[0, 1], [2, 3], [4, 5], [6, 7]]
+  model = jresnet.ResNet(stage_sizes=(1,), widths=(8,), family="cifar", shortcut="B",
+                         num_classes=4)
+  x = jax.random.normal(jax.random.key(0), (8, 2, 8, 8, 3)) * jnp.arange(1, 9)[:, None, None,
+                                                                                 None, None]
+  variables = model.init(jax.random.key(1), x[0])
+  spanned = model.clone(axis_name="batch", axis_index_groups=groups)
+  out, stats = jax.pmap(lambda v, x: spanned.apply(v, x, train=True, mutable=["batch_stats"]),
+                        axis_name="batch", in_axes=(None, 0))(variables, x)
+  for a, b in groups:  # each group = one BatchNorm batch of its two shards
+    group_out, group_stats = model.apply(variables, jnp.concatenate([x[a], x[b]]), train=True,
+                                         mutable=["batch_stats"])
+    np.testing.assert_allclose(jnp.concatenate([out[a], out[b]]), group_out, rtol=1e-4,
+                               atol=1e-5)
+    jax.tree.map(lambda s, r, a=a: np.testing.assert_allclose(s[a], r, rtol=1e-4, atol=1e-6),
+                 stats, group_stats)
+  # ...and not one batch of all eight: groups with different input scales differ.
+  assert np.abs(stats["batch_stats"]["stem"]["bn1"]["var"][0]
+                - stats["batch_stats"]["stem"]["bn1"]["var"][6]).max() > 1e-2
+
+
+def test_bn_span_requires_pmap_and_a_divisor_of_the_devices():
+  from jresnet.training import parallel  # noqa: PLC0415
+  with pytest.raises(ValueError, match="needs parallel='pmap'"):
+    parallel.create("jit", None, bn_span=2)
+  with pytest.raises(ValueError, match="must divide the 8 devices"):
+    parallel.bn_groups(3)
