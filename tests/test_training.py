@@ -198,3 +198,33 @@ def test_checkpoint_of_another_model_is_refused_with_the_difference(tmp_path):
                      match=r"stage_sizes: checkpoint has \[1, 1\], config has \[1, 2\]"):
     loop.train_and_evaluate(tiny_config(num_train_steps=4, **{"model.stage_sizes": (1, 2)}),
                             str(tmp_path))
+
+
+def test_init_from_a_run_and_from_a_torchvision_state_dict(tmp_path):
+  """Fine-tuning starts from another run's weights or a .pth; a new class count gets a new head."""
+  torch = pytest.importorskip("torch")
+  from jresnet import interop  # noqa: PLC0415
+
+  source = tmp_path / "source"
+  loop.train_and_evaluate(tiny_config(num_train_steps=2), str(source))
+  _, trained = _final_state(source, tiny_config())
+
+  five_classes = {"data.num_classes": 5, "num_train_steps": 1, "optimizer.learning_rate": 0.0,
+                  "optimizer.weight_decay": 0.0}
+  model = loop.plan(tiny_config(**five_classes)).model
+  pth = tmp_path / "weights.pth"
+  ten_class_model = model.clone(num_classes=10)
+  torch.save(interop.to_torch({"params": trained.params, "batch_stats": trained.batch_stats},
+                              ten_class_model, as_tensors=True), pth)
+
+  for init_from in [str(source), str(pth)]:
+    workdir = tmp_path / f"finetune_{os.path.basename(init_from)}"
+    loop.train_and_evaluate(tiny_config(init_from=init_from, **five_classes), str(workdir))
+    _, tuned = _final_state(workdir, tiny_config(**five_classes))
+    assert tuned.params["fc"]["kernel"].shape == (16, 5)  # re-initialised for 5 classes
+    # lr 0: the backbone is exactly the loaded one; BatchNorm statistics moved by one step.
+    for path in [("stem", "conv1", "kernel"), ("layer2", "block0", "conv2", "kernel")]:
+      got, want = tuned.params, trained.params
+      for key in path:
+        got, want = got[key], want[key]
+      np.testing.assert_array_equal(got, want)
