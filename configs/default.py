@@ -21,6 +21,8 @@ def get_config() -> ConfigDict:
       widths=config_dict.placeholder(tuple), width_multiplier=1.0, groups=1, width_per_group=64,
       zero_init_residual=True, bn_momentum=0.9, bn_epsilon=1e-5,
       scan_blocks=False, remat=False,
+      output_stride=32,                              # 16 / 8: dilated last stages (dense tasks)
+      frozen_bn=False,                               # BatchNorm on running statistics, not updated
   ))
   c.data = data.default_config()
 
@@ -45,6 +47,7 @@ def get_config() -> ConfigDict:
       pct_start=0.3, div_factor=25.0, final_div_factor=1e4,  # onecycle
   ))
   c.weight_decay_mask = True                         # no decay on BatchNorm parameters, biases
+  c.frozen_stages = ()                               # e.g. ("stem", "layer1"): not updated
   c.label_smoothing = 0.0
   c.grad_clip_norm = config_dict.placeholder(float)
   c.ema_decay = config_dict.placeholder(float)       # evaluate an EMA of the weights

@@ -87,3 +87,27 @@ def test_cifar_parameter_counts_equal_reference(depth):
   expected = sum(p.numel() for p in ref.CifarResNet(depth).parameters())
   model = jresnet.ResNet(depth=depth, family="cifar", num_classes=10)
   assert jresnet.summary(model, (1, 32, 32, 3)).total_params == expected
+
+
+@pytest.mark.parametrize("output_stride, dilate", [(32, (False, False, False)),
+                                                   (16, (False, False, True)),
+                                                   (8, (False, True, True))])
+def test_backbone_features_at_output_stride_equal_torchvision_dilation(output_stride, dilate):
+  torch.manual_seed(0)
+  shape = (1, 3, 64, 64)
+  torch_model = ref.randomise_batchnorm(
+      ref.ResNet(ref.Bottleneck, [3, 4, 6, 3], replace_stride_with_dilation=dilate), shape)
+  model = jresnet.ResNet50(output_stride=output_stride)
+  variables = interop.from_torch(torch_model.state_dict(), model)
+  x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+  with torch.no_grad():
+    expected = {k: v.numpy().transpose(0, 2, 3, 1) for k, v in
+                torch_model.features(torch.from_numpy(x)).items()}
+  got = model.apply(variables, x.transpose(0, 2, 3, 1), return_features=True)
+  info = {f["name"]: f for f in model.feature_info()}
+  assert got.keys() == expected.keys() == info.keys()
+  for name, value in expected.items():
+    assert got[name].shape == value.shape
+    assert value.shape[1] == 64 // info[name]["stride"] and value.shape[3] == info[name]["channels"]
+    # float32 rounding, relative to the feature scale (unpooled maps, not averaged logits)
+    np.testing.assert_allclose(got[name], value, atol=1e-4 * np.abs(value).max(), rtol=1e-4)

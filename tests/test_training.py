@@ -228,3 +228,20 @@ def test_init_from_a_run_and_from_a_torchvision_state_dict(tmp_path):
       for key in path:
         got, want = got[key], want[key]
       np.testing.assert_array_equal(got, want)
+
+
+def test_frozen_batchnorm_and_frozen_stages_stay_bitwise_unchanged(tmp_path):
+  config = tiny_config(num_train_steps=3, frozen_stages=("stem", "layer1"),
+                       **{"model.frozen_bn": True})
+  loop.train_and_evaluate(config, str(tmp_path))
+  _, trained = _final_state(tmp_path, config)
+  p = loop.plan(config)
+  initial = jax.jit(lambda: create_train_state(p.model, p.tx, p.info.image_shape, config.seed,
+                                               use_ema=False))()
+  jax.tree.map(np.testing.assert_array_equal, trained.batch_stats, initial.batch_stats)
+  for frozen in ("stem", "layer1"):
+    jax.tree.map(np.testing.assert_array_equal, trained.params[frozen], initial.params[frozen])
+  for trainable in ("layer2", "fc"):
+    changed = jax.tree.map(lambda a, b: bool(np.any(a != b)), trained.params[trainable],
+                           initial.params[trainable])
+    assert any(jax.tree.leaves(changed)), trainable  # (zero gamma keeps some at 0 early on)

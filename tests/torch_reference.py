@@ -23,8 +23,11 @@ def conv1x1(cin, cout, stride=1):
 class BasicBlock(nn.Module):
   expansion = 1
 
-  def __init__(self, inplanes, planes, stride=1, downsample=None, groups=1, base_width=64):
+  def __init__(self, inplanes, planes, stride=1, downsample=None, groups=1, base_width=64,
+               dilation=1):
     super().__init__()
+    if dilation > 1:
+      raise NotImplementedError("Dilation > 1 not supported in BasicBlock")  # as torchvision
     self.conv1 = conv3x3(inplanes, planes, stride)
     self.bn1 = nn.BatchNorm2d(planes)
     self.relu = nn.ReLU(inplace=True)
@@ -42,12 +45,13 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
   expansion = 4
 
-  def __init__(self, inplanes, planes, stride=1, downsample=None, groups=1, base_width=64):
+  def __init__(self, inplanes, planes, stride=1, downsample=None, groups=1, base_width=64,
+               dilation=1):
     super().__init__()
     width = int(planes * (base_width / 64.0)) * groups
     self.conv1 = conv1x1(inplanes, width)
     self.bn1 = nn.BatchNorm2d(width)
-    self.conv2 = conv3x3(width, width, stride, groups)
+    self.conv2 = conv3x3(width, width, stride, groups, dilation)
     self.bn2 = nn.BatchNorm2d(width)
     self.conv3 = conv1x1(width, planes * self.expansion)
     self.bn3 = nn.BatchNorm2d(planes * self.expansion)
@@ -65,37 +69,52 @@ class Bottleneck(nn.Module):
 class ResNet(nn.Module):
   """torchvision.models.resnet.ResNet (without dilation options)."""
 
-  def __init__(self, block, layers, num_classes=1000, groups=1, width_per_group=64):
+  def __init__(self, block, layers, num_classes=1000, groups=1, width_per_group=64,
+               replace_stride_with_dilation=(False, False, False)):
     super().__init__()
     self.inplanes, self.groups, self.base_width = 64, groups, width_per_group
+    self.dilation = 1
     self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
     self.bn1 = nn.BatchNorm2d(64)
     self.relu = nn.ReLU(inplace=True)
     self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
     self.layer1 = self._make_layer(block, 64, layers[0])
-    self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
-    self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
-    self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
+    dilate = replace_stride_with_dilation
+    self.layer2 = self._make_layer(block, 128, layers[1], stride=2, dilate=dilate[0])
+    self.layer3 = self._make_layer(block, 256, layers[2], stride=2, dilate=dilate[1])
+    self.layer4 = self._make_layer(block, 512, layers[3], stride=2, dilate=dilate[2])
     self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
     self.fc = nn.Linear(512 * block.expansion, num_classes)
     for m in self.modules():
       if isinstance(m, nn.Conv2d):
         nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
-  def _make_layer(self, block, planes, blocks, stride=1):
+  def _make_layer(self, block, planes, blocks, stride=1, dilate=False):
+    previous_dilation = self.dilation
+    if dilate:
+      self.dilation *= stride
+      stride = 1
     downsample = None
     if stride != 1 or self.inplanes != planes * block.expansion:
       downsample = nn.Sequential(conv1x1(self.inplanes, planes * block.expansion, stride),
                                  nn.BatchNorm2d(planes * block.expansion))
-    layers = [block(self.inplanes, planes, stride, downsample, self.groups, self.base_width)]
+    layers = [block(self.inplanes, planes, stride, downsample, self.groups, self.base_width,
+                    previous_dilation)]
     self.inplanes = planes * block.expansion
-    layers += [block(self.inplanes, planes, groups=self.groups, base_width=self.base_width)
-               for _ in range(1, blocks)]
+    layers += [block(self.inplanes, planes, groups=self.groups, base_width=self.base_width,
+                     dilation=self.dilation) for _ in range(1, blocks)]
     return nn.Sequential(*layers)
 
-  def forward(self, x):
+  def features(self, x):
+    """The stem's and every stage's output, as timm's `features_only` returns them."""
     x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-    x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+    out = {"stem": x}
+    for i, layer in enumerate([self.layer1, self.layer2, self.layer3, self.layer4]):
+      x = out[f"layer{i + 1}"] = layer(x)
+    return out
+
+  def forward(self, x):
+    x = self.features(x)["layer4"]
     return self.fc(torch.flatten(self.avgpool(x), 1))
 
 

@@ -56,6 +56,7 @@ class ResidualBlock(nn.Module):
   norm: ModuleDef
   strides: int = 1
   dilation: int = 1
+  first_dilation: int | None = None  # of the first 3x3 (the stage's previous dilation); None: same
   groups: int = 1
   width_per_group: int = 64
   shortcut: str = "B"
@@ -80,9 +81,13 @@ class ResidualBlock(nn.Module):
     return Shortcut(self.out_features, self.strides, self.shortcut, self.conv,
                     self.norm if preact is None else None, name="downsample")(x)
 
-  def conv3x3(self, features: int, strides: int, name: str, groups: int = 1) -> nn.Module:
-    return self.conv(features, (3, 3), strides, padding=torch_padding(3, self.dilation),
-                     kernel_dilation=self.dilation, feature_group_count=groups, name=name)
+  def conv3x3(self, features: int, strides: int, name: str, groups: int = 1,
+              first: bool = False) -> nn.Module:
+    """A 3x3 convolution; `first` marks the block's first 3x3, which keeps the dilation the
+    stage had before it was dilated (torchvision's `previous_dilation`, timm's `first_dilation`)."""
+    d = (self.first_dilation or self.dilation) if first else self.dilation
+    return self.conv(features, (3, 3), strides, padding=torch_padding(3, d), kernel_dilation=d,
+                     feature_group_count=groups, name=name)
 
   def conv1x1(self, features: int, strides: int, name: str) -> nn.Module:
     return self.conv(features, (1, 1), strides, padding="VALID", name=name)
@@ -97,7 +102,8 @@ class BasicBlock(ResidualBlock):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = self.act(self.norm(name="bn1")(self.conv3x3(self.features, self.strides, "conv1")(x)))
+    y = self.conv3x3(self.features, self.strides, "conv1", first=True)(x)
+    y = self.act(self.norm(name="bn1")(y))
     y = self.conv3x3(self.features, 1, "conv2")(y)
     y = self.norm(scale_init=_last_bn_init(self.zero_init_residual), name="bn2")(y)
     return self.act(y + self.project(x))
@@ -117,7 +123,7 @@ class BottleneckBlock(ResidualBlock):
     s1, s3 = (self.strides, 1) if self.stride_in_1x1 else (1, self.strides)
     width = self.bottleneck_width
     y = self.act(self.norm(name="bn1")(self.conv1x1(width, s1, "conv1")(x)))
-    y = self.act(self.norm(name="bn2")(self.conv3x3(width, s3, "conv2", self.groups)(y)))
+    y = self.act(self.norm(name="bn2")(self.conv3x3(width, s3, "conv2", self.groups, True)(y)))
     y = self.conv1x1(self.out_features, 1, "conv3")(y)
     y = self.norm(scale_init=_last_bn_init(self.zero_init_residual), name="bn3")(y)
     return self.act(y + self.project(x))
@@ -133,7 +139,7 @@ class PreActBasicBlock(ResidualBlock):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     preact = self.act(self.norm(name="bn1")(x))
-    y = self.conv3x3(self.features, self.strides, "conv1")(preact)
+    y = self.conv3x3(self.features, self.strides, "conv1", first=True)(preact)
     y = self.norm(scale_init=_last_bn_init(self.zero_init_residual), name="bn2")(y)
     y = self.conv3x3(self.features, 1, "conv2")(self.act(y))
     return y + self.project(x, preact)
@@ -150,7 +156,7 @@ class PreActBottleneckBlock(ResidualBlock):
     width = self.bottleneck_width
     preact = self.act(self.norm(name="bn1")(x))
     y = self.conv1x1(width, s1, "conv1")(preact)
-    y = self.conv3x3(width, s3, "conv2", self.groups)(self.act(self.norm(name="bn2")(y)))
+    y = self.conv3x3(width, s3, "conv2", self.groups, True)(self.act(self.norm(name="bn2")(y)))
     y = self.norm(scale_init=_last_bn_init(self.zero_init_residual), name="bn3")(y)
     y = self.conv1x1(self.out_features, 1, "conv3")(self.act(y))
     return y + self.project(x, preact)

@@ -30,13 +30,15 @@ class Stage(nn.Module):
   strides: int
   scan: bool = False
   remat: bool = False
+  dilation: int = 1
+  first_dilation: int = 1
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    block = self.block
+    block = functools.partial(self.block, dilation=self.dilation)
     if self.remat:
       block = functools.partial(nn.remat(block.func), *block.args, **block.keywords)
-    x = block(strides=self.strides, name="block0")(x)
+    x = block(strides=self.strides, first_dilation=self.first_dilation, name="block0")(x)
     if self.scan and self.num_blocks > 1:
       body = lambda module, carry, _: (module(carry), None)
       scanned = nn.scan(body, variable_axes={"params": 0, "batch_stats": 0},
@@ -83,9 +85,13 @@ class ResNet(nn.Module):
   scan_blocks: bool = False
   remat: bool = False
   conv_general_dilated: Callable | None = None  # convolution primitive override
+  output_stride: int = 32              # 16 or 8: dilate the last stages instead of striding
+  frozen_bn: bool = False              # BatchNorm always uses (and never updates) running stats
 
   def __post_init__(self):
-    self.architecture  # noqa: B018 validate eagerly: a bad depth fails at construction, not at trace time
+    self.architecture  # noqa: B018 (a bad depth fails here, at construction, not at trace time)
+    if self.output_stride not in (8, 16, 32):
+      raise ValueError(f"output_stride must be 8, 16 or 32; got {self.output_stride}")
     super().__post_init__()
 
   @property
@@ -95,6 +101,35 @@ class ResNet(nn.Module):
         version=self.version, stem=self.stem, shortcut=self.shortcut, widths=self.widths,
         width_multiplier=self.width_multiplier, groups=self.groups,
         width_per_group=self.width_per_group)
+
+  def stage_strides(self) -> list[tuple[int, int, int]]:
+    """(stride, dilation, first block's dilation) per stage for the requested output stride.
+
+    Past `output_stride`, a stage keeps the resolution and dilates its 3x3 convolutions instead
+    (torchvision's `replace_stride_with_dilation`, timm's `output_stride`).
+    """
+    arch = self.architecture
+    stride = 4 if arch.stem in ("imagenet", "deep") else 1
+    dilation, out = 1, []
+    for i in range(len(arch.stage_sizes)):
+      s = 1 if i == 0 else 2
+      previous = dilation
+      if s > 1 and stride >= self.output_stride:
+        dilation, s = dilation * s, 1
+      stride *= s
+      out.append((s, dilation, previous))
+    return out
+
+  def feature_info(self) -> list[dict]:
+    """Name, channels and stride of each feature map that `return_features=True` returns."""
+    arch = self.architecture
+    expansion = 4 if arch.block == "bottleneck" else 1
+    stride = 4 if arch.stem in ("imagenet", "deep") else 1
+    info = [{"name": "stem", "channels": arch.stem_features, "stride": stride}]
+    for i, ((s, _, _), width) in enumerate(zip(self.stage_strides(), arch.widths)):
+      stride *= s
+      info.append({"name": f"layer{i + 1}", "channels": width * expansion, "stride": stride})
+    return info
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
@@ -106,7 +141,7 @@ class ResNet(nn.Module):
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
                              param_dtype=self.param_dtype, kernel_init=conv_kernel_init,
                              conv_general_dilated=self.conv_general_dilated)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train or self.frozen_bn,
                              momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                              dtype=self.dtype, param_dtype=self.param_dtype,
                              axis_name=self.axis_name, axis_index_groups=self.axis_index_groups)
@@ -119,9 +154,11 @@ class ResNet(nn.Module):
         BLOCKS[arch.block, arch.preact], conv=conv, norm=norm, groups=self.groups,
         width_per_group=self.width_per_group, shortcut=arch.shortcut,
         zero_init_residual=self.zero_init_residual, stride_in_1x1=arch.stride_in_1x1)
-    for i, (num_blocks, width) in enumerate(zip(arch.stage_sizes, arch.widths)):
-      x = Stage(functools.partial(block, features=width), num_blocks, strides=1 if i == 0 else 2,
-                scan=self.scan_blocks, remat=self.remat, name=f"layer{i + 1}")(x)
+    for i, ((strides, dilation, first_dilation), num_blocks, width) in enumerate(
+        zip(self.stage_strides(), arch.stage_sizes, arch.widths)):
+      x = Stage(functools.partial(block, features=width), num_blocks, strides=strides,
+                scan=self.scan_blocks, remat=self.remat, dilation=dilation,
+                first_dilation=first_dilation, name=f"layer{i + 1}")(x)
       features[f"layer{i + 1}"] = x
     if arch.preact:  # v2 ends with the BN-ReLU that no later block applies
       x = nn.relu(norm(name="bn_final")(x))

@@ -29,13 +29,18 @@ def _shape_dtype(x):
   return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
 
 
-def describe_mismatch(saved_tree, target_tree, saved_meta: dict, target_meta: dict) -> str | None:
-  """Human-readable differences between a checkpoint and the state the config builds, or None."""
-  lines = [f"model {k}: checkpoint has {saved_meta['model'].get(k)!r}, config has {v!r}"
-           for k, v in target_meta["model"].items() if saved_meta["model"].get(k) != v]
+def model_differences(saved_meta: dict, target_meta: dict) -> list[str]:
+  """Architecture fields (depth, stages, widths, classes, ...) on which the two disagree."""
+  return [f"model {k}: checkpoint has {saved_meta['model'].get(k)!r}, config has {v!r}"
+          for k, v in target_meta["model"].items() if saved_meta["model"].get(k) != v]
+
+
+def tree_differences(saved_tree, target_tree) -> list[str]:
+  """Tensors missing on either side or of another shape, by path."""
   arrays = lambda tree: {k: v for k, v in traverse_util.flatten_dict(tree, sep="/").items()
                          if v is not None}
   saved, target = arrays(saved_tree), arrays(target_tree)
+  lines = []
   for path in sorted(set(saved) | set(target)):
     if path not in target:
       lines.append(f"{path}: in the checkpoint, not in the model")
@@ -44,10 +49,7 @@ def describe_mismatch(saved_tree, target_tree, saved_meta: dict, target_meta: di
     elif tuple(saved[path].shape) != tuple(target[path].shape):
       lines.append(f"{path}: checkpoint shape {tuple(saved[path].shape)}, "
                    f"model shape {tuple(target[path].shape)}")
-  if not lines:
-    return None
-  more = f"\n  ... and {len(lines) - 12} more" if len(lines) > 12 else ""
-  return "\n  ".join(lines[:12]) + more
+  return lines
 
 
 class Checkpoints:
@@ -88,15 +90,24 @@ class Checkpoints:
         state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
         meta=ocp.args.JsonSave(meta)), metrics=metrics, force=True)
 
+  def _refuse(self, step: int, problems: list[str]) -> None:
+    if problems:
+      more = f"\n  ... and {len(problems) - 12} more" if len(problems) > 12 else ""
+      raise CheckpointMismatchError(
+          f"checkpoint {self.directory / str(step)} does not fit the configured model:\n  "
+          + "\n  ".join(problems[:12]) + more
+          + "\nUse a fresh --workdir, or the config the checkpoint was written with.")
+
+  def check_model(self, step: int, target_meta: dict) -> None:
+    """Cheap early check (no arrays read) that `step` was written for this architecture."""
+    self._refuse(step, model_differences(self.meta(step), target_meta))
+
   def restore(self, step: int, target: TrainState, target_meta: dict) -> TrainState:
     """Restores `step` into the structure, shapes and shardings of `target` (arrays or specs)."""
     target_tree = jax.tree.map(_shape_dtype, flax.serialization.to_state_dict(target))
     saved_tree = self.manager.item_metadata(step)["state"].tree
-    problem = describe_mismatch(saved_tree, target_tree, self.meta(step), target_meta)
-    if problem:
-      raise CheckpointMismatchError(
-          f"checkpoint {self.directory / str(step)} does not fit the configured model:\n  "
-          f"{problem}\nUse a fresh --workdir, or the config the checkpoint was written with.")
+    self._refuse(step, model_differences(self.meta(step), target_meta)
+                 + tree_differences(saved_tree, target_tree))
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target_tree)))["state"]
     logging.info("restored checkpoint %s", self.directory / str(step))

@@ -134,10 +134,12 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
                                            keep=cfg.keep_checkpoints,
                                            async_save=cfg.async_checkpoints)
   meta = {"model": model_meta(p.model)}
+  start = checkpoints.latest_step() or 0
+  if start:
+    checkpoints.check_model(start, meta)  # before anything is compiled
   create_fn = lambda: create_train_state(p.model, p.tx, p.info.image_shape, cfg.seed,
                                          use_ema=cfg.ema_decay is not None)
   state = p.runner.create_state(create_fn)
-  start = checkpoints.latest_step() or 0
   if start:
     state = p.runner.put_state(checkpoints.restore(start, p.runner.get_state(state), meta))
   elif cfg.init_from:

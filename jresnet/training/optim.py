@@ -4,6 +4,7 @@ Weight decay is part of the optimiser, never hidden in the loss, and masked off 
 parameters and biases (Goyal et al. 2017) unless `weight_decay_mask=False`.
 """
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -71,7 +72,16 @@ def create_optimizer(config: ConfigDict, schedule: optax.Schedule) -> optax.Grad
                     momentum=o.momentum, nesterov=o.nesterov)
   if config.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
+  if config.frozen_stages:
+    tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()},
+                               functools.partial(_freeze_labels, frozen=set(config.frozen_stages)))
   return tx
+
+
+def _freeze_labels(params, frozen: set[str]) -> dict:
+  """'frozen' for every parameter of the named top-level modules (e.g. stem, layer1)."""
+  return {name: jax.tree.map(lambda _, f=name in frozen: "frozen" if f else "trained", tree)
+          for name, tree in params.items()}
 
 
 def ema_update(ema, params, decay: float):

@@ -1,0 +1,59 @@
+"""The benchmarks run end to end in their smoke modes, print their tables and write JSON lines.
+
+`bench.gpu` runs in a subprocess that cannot import ml_collections or TensorFlow, as on the GPU
+machine it is written for.
+"""
+
+import json
+import re
+import subprocess
+import sys
+
+from bench import compile_time, speed
+
+BLOCK = "import sys; sys.modules['ml_collections'] = sys.modules['tensorflow'] = None; "
+
+
+def read_jsonl(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_speed_quick(tmp_path, capsys):
+  out = tmp_path / "speed.jsonl"
+  speed.main(["--quick", "--models", "resnet20", "--out", str(out)])
+  printed = capsys.readouterr().out
+  rows = [re.split(r"\s{2,}", line) for line in printed.splitlines()
+          if line.startswith("ResNet-20 CIFAR train")]
+  assert {(row[1], row[2]) for row in rows} == {
+      ("jresnet", "fp32"), ("jresnet", "bf16"), ("pytorch", "fp32 contiguous"),
+      ("pytorch", "fp32 channels_last"), ("pytorch", "bf16 autocast contiguous"),
+      ("pytorch", "bf16 autocast channels_last")}
+  records = read_jsonl(out)
+  assert [r["framework"] for r in records] == ["jresnet"] * 2 + ["pytorch"] * 4
+  assert all(r["images_per_s"] > 0 and r["machine"]["cores"] >= 1 for r in records)
+  assert records[0]["vs_torch_best"] > 0 and records[0]["compile_s"] > 0
+
+
+def test_compile_time_one_model(tmp_path, capsys):
+  out = tmp_path / "compile.jsonl"
+  compile_time.main(["--models", "resnet20", "--out", str(out)])
+  printed = capsys.readouterr().out
+  assert "unrolled" in printed and "scan" in printed
+  records = read_jsonl(out)
+  assert [r["layout"] for r in records] == ["unrolled", "scan"]
+  assert all(r["params"] == 269_722 and r["compile_s"] > 0 for r in records)
+
+
+def test_gpu_smoke_without_ml_collections_or_tensorflow(tmp_path):
+  out = tmp_path / "gpu.jsonl"
+  code = BLOCK + f"from bench import gpu; gpu.main(['--smoke', '--out', {str(out)!r}])"
+  run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+  assert run.returncode == 0, run.stderr[-2000:]
+  assert "SMOKE" in run.stdout and "PyTorch models:" in run.stdout
+  records = read_jsonl(out)
+  assert {r["workload"] for r in records} == {"ResNet-50 train", "ResNet-50 eval",
+                                              "ResNet-20 CIFAR train"}
+  assert len(records) == 9
+  for r in records:
+    assert "images_per_s" in r or r["note"].startswith("skipped")
