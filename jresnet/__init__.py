@@ -4,7 +4,7 @@
 (`jresnet.data`, which needs TensorFlow) and the training side are imported on demand.
 """
 
-from jresnet import interop
+from jresnet import export, interop
 from jresnet.models import *  # noqa: F401,F403
 from jresnet.models import ResNet, to_scanned, to_unrolled
 from jresnet.summary import Summary, summary

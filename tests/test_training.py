@@ -58,8 +58,17 @@ def test_end_to_end_on_mock_cifar10(mock_tfds, tmp_path):
   assert resolved["precision"] == "float32" and resolved["num_classes"] == 10
 
   evaluated = loop.evaluate_checkpoint(config, str(tmp_path))  # --mode=eval: the same numbers
-  assert evaluated["step"] == 4
+  assert evaluated["checkpoint"] == "4"
   assert evaluated["accuracy"] == metrics["accuracy"] and evaluated["loss"] == metrics["loss"]
+
+  # The inference export, evaluated on its own (its architecture, no checkpoint): the same again.
+  exported = str(tmp_path / loop.EXPORT_FILE)
+  model, variables = jresnet.export.load(exported)
+  assert model.num_classes == 10 and set(variables) == {"params", "batch_stats"}
+  config.eval_checkpoint = exported
+  from_export = loop.evaluate_checkpoint(config, str(tmp_path / "elsewhere"))
+  assert from_export["accuracy"] == metrics["accuracy"]
+  np.testing.assert_allclose(from_export["loss"], metrics["loss"], rtol=1e-6)
 
 
 def test_end_to_end_on_mock_imagenet(mock_tfds, tmp_path):

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
+from jresnet import export
 from jresnet.models import ResNet
 from jresnet.training import checkpoint as checkpoint_lib
 from jresnet.training import optim, parallel, pretrained
@@ -24,6 +25,7 @@ from jresnet.training.records import Records
 from jresnet.training.state import create_train_state
 
 ACCELERATOR_BACKENDS = ("gpu", "cuda", "rocm", "tpu")
+EXPORT_FILE = "model.msgpack"  # inference export written at the end of training
 
 
 def resolve_precision(precision: str) -> str:
@@ -163,7 +165,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
       data.train_batches(cfg.data, global_batch_size=cfg.batch_size, seed=cfg.seed,
                          start_step=start), cfg.data.prefetch)
   preemption = _Preemption()
-  eval_metrics = None
+  eval_metrics, step = None, start
   try:
     for step in range(start + 1, p.total_steps + 1):
       state, metrics = p.runner.train_step(state, next(batches))
@@ -192,13 +194,14 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     checkpoints.wait()
     checkpoints.close()
     records.close()
+  if step == p.total_steps and jax.process_index() == 0:
+    export.save(os.path.join(workdir, EXPORT_FILE), p.model,
+                p.runner.to_host(state.eval_variables(use_ema)))
   return eval_metrics or {}
 
 
-def evaluate_checkpoint(config: ConfigDict, workdir: str) -> dict:
-  """Eval mode: the checkpoint `config.eval_checkpoint` ('latest', 'best' or a step) of
-  `workdir` on `config.data.eval_split`; writes eval_<split>_<step>.json into the workdir."""
-  p = plan(config)
+def _restore_for_eval(p: Plan, workdir: str) -> tuple[dict, str]:
+  """Variables of checkpoint `eval_checkpoint` ('latest', 'best' or a step) of `workdir`."""
   cfg = p.config
   checkpoints = checkpoint_lib.Checkpoints(os.path.join(workdir, "checkpoints"), async_save=False)
   which = str(cfg.eval_checkpoint)
@@ -206,15 +209,37 @@ def evaluate_checkpoint(config: ConfigDict, workdir: str) -> dict:
           "best": checkpoints.best_step}.get(which, lambda: int(which))()
   if step is None:
     raise FileNotFoundError(f"no checkpoint ({which}) in {workdir}/checkpoints")
+  checkpoints.check_model(step, {"model": model_meta(p.model)})
   create_fn = lambda: create_train_state(p.model, p.tx, p.info.image_shape, cfg.seed,
                                          use_ema=cfg.ema_decay is not None)
   target = p.runner.get_state(p.runner.create_state(create_fn))
   state = p.runner.put_state(checkpoints.restore(step, target, {"model": model_meta(p.model)}))
-  metrics = evaluate(p, state.eval_variables(cfg.ema_decay is not None), cfg.data.eval_split)
-  metrics["step"] = step
+  checkpoints.close()
+  return state.eval_variables(cfg.ema_decay is not None), str(step)
+
+
+def evaluate_checkpoint(config: ConfigDict, workdir: str) -> dict:
+  """Eval mode: `config.eval_checkpoint` ('latest', 'best', a step of `workdir`'s checkpoints,
+  or an exported `.msgpack` file, whose own architecture is used) on `config.data.eval_split`;
+  writes eval_<split>_<checkpoint>.json into the workdir."""
+  p = plan(config)
+  cfg = p.config
+  if str(cfg.eval_checkpoint).endswith(".msgpack"):
+    model, variables = export.load(cfg.eval_checkpoint)
+    if model.num_classes != p.info.num_classes:
+      raise ValueError(f"{cfg.eval_checkpoint} has {model.num_classes} classes, the data "
+                       f"{p.info.num_classes}")
+    runner = parallel.create(cfg.parallel, step_lib.StepConfig(
+        model=model, tx=p.tx, schedule=p.schedule, num_classes=p.info.num_classes))
+    p = dataclasses.replace(p, model=model, runner=runner)
+    variables, which = runner.put_state(variables), os.path.basename(cfg.eval_checkpoint)
+  else:
+    variables, which = _restore_for_eval(p, workdir)
+  metrics = evaluate(p, variables, cfg.data.eval_split)
+  metrics["checkpoint"] = which
   if jax.process_index() == 0:
-    name = f"eval_{cfg.data.eval_split}_{step}.json".replace("/", "_")
+    os.makedirs(workdir, exist_ok=True)
+    name = f"eval_{cfg.data.eval_split}_{which}.json".replace("/", "_")
     with open(os.path.join(workdir, name), "w") as f:
       json.dump({"split": cfg.data.eval_split, **metrics}, f, indent=2)
-  checkpoints.close()
   return metrics
