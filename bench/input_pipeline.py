@@ -9,9 +9,9 @@ into a fresh cache directory, as the very first run on a machine does. Then, aft
 batches, --windows windows of --steps batches are timed and their median rate printed. One JSON
 line per run is appended to --results.
 
-Each measurement is a function of the batch iterator returning a dict that `main` merges into the
-JSON line, so a consumer (e.g. a ResNet-20 train step fed from the same iterator) can be added
-beside `input_rate` and compared with it in the same run.
+In the same run, the consumer: the project's jitted CIFAR ResNet-20 train step at the same batch
+(on a device-resident batch, so it is the step alone), and the ratio input/consumer: how many times
+over the pipeline can feed the model on this machine (--no-consumer skips it).
 """
 
 import argparse
@@ -57,6 +57,24 @@ def input_rate(batches, batch: int, steps: int, windows: int, warmup: int) -> di
           "input_images_per_s_max": round(max(rates), 1)}
 
 
+def consumer_rate(batch: int, steps: int, windows: int) -> dict:
+  """Images/s of the CIFAR ResNet-20 train step that this stream feeds."""
+  import jresnet  # noqa: PLC0415 (keeps the input-only run free of JAX compilation)
+  from bench import project_step  # noqa: PLC0415
+
+  _, step, sync = project_step.train(jresnet.CifarResNet20(), batch, 32)
+  step()
+  sync()
+  rates = []
+  for _ in range(windows):
+    start = time.perf_counter()
+    for _ in range(steps):
+      step()
+    sync()
+    rates.append(steps * batch / (time.perf_counter() - start))
+  return {"train_step_images_per_s": round(statistics.median(rates), 1)}
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--folder", required=True, help="<root>/<split> of an image folder")
@@ -68,6 +86,9 @@ def main(argv=None):
   parser.add_argument("--cache-dir", default=jd.default_config().cache_dir)
   parser.add_argument("--cold", action="store_true", help="decode into a fresh cache directory")
   parser.add_argument("--results", default="bench/results.jsonl")
+  parser.add_argument("--no-consumer", dest="consumer", action="store_false",
+                      help="skip the ResNet-20 train-step measurement")
+  parser.add_argument("--consumer-steps", type=int, default=5, help="train steps per window")
   args = parser.parse_args(argv)
 
   with tempfile.TemporaryDirectory() as fresh:
@@ -79,6 +100,13 @@ def main(argv=None):
     print(f"input: {rate['input_images_per_s']:.0f} images/s (median of {args.windows} windows "
           f"of {args.steps} x {args.batch}; min {rate['input_images_per_s_min']:.0f}, "
           f"max {rate['input_images_per_s_max']:.0f}), threads={args.threads or 'default'}")
+  if args.consumer:
+    rate.update(consumer_rate(args.batch, args.consumer_steps, args.windows))
+    rate["input_over_train_step"] = round(
+        rate["input_images_per_s"] / rate["train_step_images_per_s"], 1)
+    print(f"CIFAR ResNet-20 train step: {rate['train_step_images_per_s']:.0f} images/s "
+          f"(median of {args.windows} windows of {args.consumer_steps} x {args.batch}); the "
+          f"input stream delivers {rate['input_over_train_step']:.1f}x that")
 
   now = datetime.datetime.now().isoformat(timespec="seconds")
   record = {"bench": "input_pipeline", "time": now,

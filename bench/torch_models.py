@@ -1,0 +1,78 @@
+"""PyTorch counterparts of the jresnet workloads, and their train and eval steps.
+
+torchvision's resnet50/resnet18 when torchvision imports; otherwise the restatement of
+torchvision's `resnet.py` in tests/torch_reference.py (loaded by path: tests/ is not a package).
+The CIFAR ResNet-20 always comes from tests/torch_reference.py (torchvision has none). `source`
+names what was built, so that a table never hides which model was measured.
+"""
+
+import importlib.util
+import os
+
+import torch
+import torch.nn.functional as F
+
+_REFERENCE = os.path.join(os.path.dirname(__file__), os.pardir, "tests", "torch_reference.py")
+_IMAGENET = {"resnet18": ("BasicBlock", [2, 2, 2, 2]), "resnet50": ("Bottleneck", [3, 4, 6, 3])}
+
+
+def reference():
+  spec = importlib.util.spec_from_file_location("torch_reference", _REFERENCE)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def build(name: str, num_classes: int) -> tuple[torch.nn.Module, str]:
+  """(model, source) for 'resnet18', 'resnet50' or 'resnet20' (CIFAR)."""
+  if name == "resnet20":
+    return reference().CifarResNet(20, num_classes), "tests/torch_reference.py CifarResNet(20)"
+  try:
+    import torchvision  # noqa: PLC0415 (optional)
+    return getattr(torchvision.models, name)(num_classes=num_classes), f"torchvision.models.{name}"
+  except ImportError:
+    ref = reference()
+    block, layers = _IMAGENET[name]
+    return (ref.ResNet(getattr(ref, block), layers, num_classes),
+            f"tests/torch_reference.py ResNet({block}, {layers}) (torchvision not importable)")
+
+
+def inputs(size: int, image_size: int, num_classes: int, device, channels_last: bool):
+  x = torch.randn(size, 3, image_size, image_size, device=device)
+  if channels_last:
+    x = x.contiguous(memory_format=torch.channels_last)
+  return x, torch.randint(0, num_classes, (size,), device=device)
+
+
+def prepare(model: torch.nn.Module, device, channels_last: bool) -> torch.nn.Module:
+  model = model.to(device)
+  return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def train_step(model, x, y, bf16: bool):
+  """step() doing forward, cross-entropy, backward and an SGD momentum update."""
+  opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+  model.train()
+
+  def step():
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+      loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+  return step
+
+
+def eval_step(model, x, bf16: bool):
+  model.eval()
+
+  def step():
+    with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+      model(x)
+
+  return step
+
+
+def sync_for(device):
+  return torch.cuda.synchronize if torch.device(device).type == "cuda" else lambda: None
