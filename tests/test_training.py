@@ -254,3 +254,18 @@ def test_frozen_batchnorm_and_frozen_stages_stay_bitwise_unchanged(tmp_path):
     changed = jax.tree.map(lambda a, b: bool(np.any(a != b)), trained.params[trainable],
                            initial.params[trainable])
     assert any(jax.tree.leaves(changed)), trainable  # (zero gamma keeps some at 0 early on)
+
+
+def test_ema_weights_are_tracked_and_used_for_evaluation(tmp_path):
+  config = tiny_config(num_train_steps=3, ema_decay=0.5, eval_every_steps=3)
+  metrics = loop.train_and_evaluate(config, str(tmp_path))
+  p = loop.plan(config)
+  target = p.runner.get_state(p.runner.create_state(lambda: create_train_state(
+      p.model, p.tx, p.info.image_shape, config.seed, use_ema=True)))
+  ckpts = checkpoint_lib.Checkpoints(os.path.join(tmp_path, "checkpoints"), async_save=False)
+  state = ckpts.restore(3, target, {"model": loop.model_meta(p.model)})
+  ema, params = state.ema_params["fc"]["kernel"], state.params["fc"]["kernel"]
+  assert np.abs(ema - params).max() > 0  # an average of the trajectory, not the last point
+  config.eval_checkpoint = str(tmp_path / loop.EXPORT_FILE)
+  assert loop.evaluate_checkpoint(config, str(tmp_path))["loss"] == pytest.approx(
+      metrics["loss"], rel=1e-6)  # the export and the final evaluation both use the EMA
