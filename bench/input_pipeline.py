@@ -1,4 +1,5 @@
-"""Throughput of the training input stream of an image folder (CIFAR preset), in images/s.
+"""Throughput of the training input stream of an image folder (CIFAR or ImageNet preset), in
+images/s.
 
     python -m bench.input_pipeline --folder /work/shared/datasets/cifar10_jpeg/train \
         --batch 128 --steps 50 --threads 2 [--cold]
@@ -26,11 +27,13 @@ import time
 import jresnet.data as jd
 
 
-def folder_config(folder: str, threads: int | None, cache_dir: str):
+def folder_config(folder: str, threads: int | None, cache_dir: str, preset: str = "cifar"):
   root, split = os.path.split(os.path.abspath(folder.rstrip("/")))
   cfg = jd.default_config()
-  cfg.update(source="folder", path=root, train_split=split, eval_split=split, preprocess="cifar",
+  cfg.update(source="folder", path=root, train_split=split, eval_split=split, preprocess=preset,
              threads=threads, cache_dir=cache_dir)
+  if preset == "imagenet":  # as on ImageNet, which fits no memory: decode every file, every epoch
+    cfg.update(cache=False, cache_dir="")
   return cfg
 
 
@@ -83,6 +86,8 @@ def main(argv=None):
   parser.add_argument("--windows", type=int, default=5)
   parser.add_argument("--warmup", type=int, default=20, help="batches before timing")
   parser.add_argument("--threads", type=int, default=None, help="TF threads (default: half)")
+  parser.add_argument("--preset", default="cifar", help="cifar, or imagenet (random-resized "
+                      "crops to 224 from the JPEG files, streamed: see bench.make_jpegs)")
   parser.add_argument("--cache-dir", default=jd.default_config().cache_dir)
   parser.add_argument("--cold", action="store_true", help="decode into a fresh cache directory")
   parser.add_argument("--results", default="bench/results.jsonl")
@@ -92,7 +97,8 @@ def main(argv=None):
   args = parser.parse_args(argv)
 
   with tempfile.TemporaryDirectory() as fresh:
-    cfg = folder_config(args.folder, args.threads, fresh if args.cold else args.cache_dir)
+    cfg = folder_config(args.folder, args.threads, fresh if args.cold else args.cache_dir,
+                        args.preset)
     batches, load = first_load(cfg, args.batch)
     print(f"first load ({'cold' if args.cold else 'cache ' + cfg.cache_dir}): "
           f"{load['first_load_s']:.1f} s")
