@@ -63,19 +63,11 @@ def input_rate(batches, batch: int, steps: int, windows: int, warmup: int) -> di
 def consumer_rate(batch: int, steps: int, windows: int) -> dict:
   """Images/s of the CIFAR ResNet-20 train step that this stream feeds."""
   import jresnet  # noqa: PLC0415 (keeps the input-only run free of JAX compilation)
-  from bench import project_step  # noqa: PLC0415
+  from bench import project_step, timing  # noqa: PLC0415
 
   _, step, sync = project_step.train(jresnet.CifarResNet20(), batch, 32)
-  step()
-  sync()
-  rates = []
-  for _ in range(windows):
-    start = time.perf_counter()
-    for _ in range(steps):
-      step()
-    sync()
-    rates.append(steps * batch / (time.perf_counter() - start))
-  return {"train_step_images_per_s": round(statistics.median(rates), 1)}
+  rate = timing.throughput(step, sync, batch, windows, min_steps=steps, max_steps=steps)
+  return {"train_step_images_per_s": round(rate["images_per_s"], 1)}
 
 
 def main(argv=None):

@@ -102,6 +102,11 @@ class ResNet(nn.Module):
         width_multiplier=self.width_multiplier, groups=self.groups,
         width_per_group=self.width_per_group)
 
+  @property
+  def stem_stride(self) -> int:
+    """ImageNet and deep stems reduce by 4 (strided conv + max-pool); the CIFAR stem keeps size."""
+    return 4 if self.architecture.stem in ("imagenet", "deep") else 1
+
   def stage_strides(self) -> list[tuple[int, int, int]]:
     """(stride, dilation, first block's dilation) per stage for the requested output stride.
 
@@ -109,7 +114,7 @@ class ResNet(nn.Module):
     (torchvision's `replace_stride_with_dilation`, timm's `output_stride`).
     """
     arch = self.architecture
-    stride = 4 if arch.stem in ("imagenet", "deep") else 1
+    stride = self.stem_stride
     dilation, out = 1, []
     for i in range(len(arch.stage_sizes)):
       s = 1 if i == 0 else 2
@@ -124,7 +129,7 @@ class ResNet(nn.Module):
     """Name, channels and stride of each feature map that `return_features=True` returns."""
     arch = self.architecture
     expansion = 4 if arch.block == "bottleneck" else 1
-    stride = 4 if arch.stem in ("imagenet", "deep") else 1
+    stride = self.stem_stride
     info = [{"name": "stem", "channels": arch.stem_features, "stride": stride}]
     for i, ((s, _, _), width) in enumerate(zip(self.stage_strides(), arch.widths)):
       stride *= s
