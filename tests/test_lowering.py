@@ -4,11 +4,13 @@ computation, batch sharded over a 'data' mesh of 8 devices) lower for CUDA and T
 an unsupported dtype or sharding) fails here rather than on the accelerator."""
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tiny_config import tiny_config
@@ -76,3 +78,26 @@ def test_the_check_catches_cpu_only_code():
   spec = jax.ShapeDtypeStruct((8, 4), jnp.float32, sharding=mesh_data)
   with pytest.raises(Exception, match="(?i)callback"):
     jax.export.export(jax.jit(functools.partial(step)), platforms=PLATFORMS)(spec)
+
+
+def test_cpu_convolution_stays_out_of_accelerator_lowering():
+  """jresnet's default convolution lowers for GPU/TPU to exactly lax's graph; for CPU to its
+  matmul formulation (the control: the comparison can tell the two apart)."""
+  def grads(conv):
+    def loss(x, w):
+      return jnp.sum(conv(x, w, (1, 1), ((0, 0), (0, 0)),
+                          dimension_numbers=("NHWC", "HWIO", "NHWC")) ** 2)
+    return jax.jit(jax.grad(loss, argnums=(0, 1)))
+
+  spec = (jax.ShapeDtypeStruct((4, 8, 8, 16), jnp.float32),
+          jax.ShapeDtypeStruct((1, 1, 16, 32), jnp.float32))
+
+  def ops(conv, platforms):
+    text = jax.export.export(grads(conv), platforms=platforms)(*spec).mlir_module()
+    return set(re.findall(r"stablehlo\.(\w+)", text))
+
+  from jresnet.models.convolution import conv_general_dilated
+  assert ops(conv_general_dilated, PLATFORMS) == ops(lax.conv_general_dilated, PLATFORMS)
+  assert "dot_general" not in ops(conv_general_dilated, PLATFORMS)
+  assert "dot_general" in ops(conv_general_dilated, ("cpu",))
+  assert "dot_general" not in ops(lax.conv_general_dilated, ("cpu",))

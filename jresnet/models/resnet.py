@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jresnet.models import architecture
+from jresnet.models import architecture, convolution
 from jresnet.models.blocks import BLOCKS
 from jresnet.models.layers import ModuleDef, conv_kernel_init, dense_kernel_init, global_avg_pool
 from jresnet.models.stems import STEMS
@@ -84,7 +84,8 @@ class ResNet(nn.Module):
   axis_index_groups: Any = None        # ... within these groups of devices only
   scan_blocks: bool = False
   remat: bool = False
-  conv_general_dilated: Callable | None = None  # convolution primitive override
+  # The convolution primitive: a CPU-fast gradient by default; lax.conv_general_dilated is plain.
+  conv_general_dilated: Callable = convolution.conv_general_dilated
   output_stride: int = 32              # 16 or 8: dilate the last stages instead of striding
   frozen_bn: bool = False              # BatchNorm always uses (and never updates) running stats
 
