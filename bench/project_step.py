@@ -23,7 +23,8 @@ def sgd_config() -> ConfigDict:
   the TensorFlow input pipeline, which a step benchmark must not load)."""
   return ConfigDict(dict(optimizer=dict(name="sgd", momentum=0.9, nesterov=False,
                                         weight_decay=1e-4),
-                         weight_decay_mask=True, grad_clip_norm=None, frozen_stages=None))
+                         weight_decay_mask=True, grad_clip_norm=None, frozen_stages=None,
+                         backbone_lr_scale=1.0))
 
 
 def runner(model) -> tuple[parallel.JitMesh, state_lib.TrainState]:

@@ -47,6 +47,7 @@ def get_config() -> ConfigDict:
       pct_start=0.3, div_factor=25.0, final_div_factor=1e4,  # onecycle
   ))
   c.weight_decay_mask = True                         # no decay on BatchNorm parameters, biases
+  c.backbone_lr_scale = 1.0                          # fine-tuning: lr of all but `fc` times this
   c.frozen_stages = ()                               # e.g. ("stem", "layer1"): not updated
   c.label_smoothing = 0.0
   c.grad_clip_norm = config_dict.placeholder(float)
@@ -64,6 +65,8 @@ def get_config() -> ConfigDict:
   c.async_checkpoints = True
   c.stop_after_steps = config_dict.placeholder(int)  # checkpoint and stop after this many steps
                                                      # of this invocation (time-limited jobs)
-  c.init_from = config_dict.placeholder(str)         # a run's workdir or a torchvision .pth
+  c.init_from = config_dict.placeholder(str)         # a run's workdir, a .pth/.safetensors file
+                                                     # or a jresnet.weights name (new head if the
+                                                     # class count differs)
   c.eval_checkpoint = "latest"                       # --mode=eval: latest | best | <step>
   return c

@@ -1,12 +1,13 @@
 """jresnet: deep residual networks in JAX/Flax, exact to torchvision.
 
-`import jresnet` loads the models, `summary` and `interop` only; the input pipelines
+`import jresnet` loads the models, `summary`, `interop` and `weights` only; the input pipelines
 (`jresnet.data`, which needs TensorFlow) and the training side are imported on demand.
 """
 
-from jresnet import export, interop
+from jresnet import export, interop, weights
 from jresnet.models import *  # noqa: F401,F403
 from jresnet.models import ResNet, to_scanned, to_unrolled
 from jresnet.summary import Summary, summary
+from jresnet.weights import pretrained
 
 __version__ = "0.1.0"

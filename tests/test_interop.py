@@ -111,3 +111,41 @@ def test_backbone_features_at_output_stride_equal_torchvision_dilation(output_st
     assert value.shape[1] == 64 // info[name]["stride"] and value.shape[3] == info[name]["channels"]
     # float32 rounding, relative to the feature scale (unpooled maps, not averaged logits)
     np.testing.assert_allclose(got[name], value, atol=1e-4 * np.abs(value).max(), rtol=1e-4)
+
+
+def _reference_for(model: jresnet.ResNet):
+  """The PyTorch reference of the same architecture (torchvision's, or timm's for ResNet-D)."""
+  arch = model.architecture
+  block = ref.Bottleneck if arch.block == "bottleneck" else ref.BasicBlock
+  return ref.ResNet(block, list(arch.stage_sizes), groups=model.groups,
+                    width_per_group=model.width_per_group, deep_stem=arch.stem == "deep",
+                    avg_down=arch.shortcut == "D")
+
+
+REGISTRY_ARCHITECTURES = sorted({w.architecture.__name__: w.architecture
+                                 for w in jresnet.weights.REGISTRY.values()}.items())
+
+
+@pytest.mark.parametrize("name, architecture", REGISTRY_ARCHITECTURES,
+                         ids=[n for n, _ in REGISTRY_ARCHITECTURES])
+def test_every_registry_architecture_equals_pytorch(name, architecture):
+  """Converted random weights (randomised BatchNorm) give PyTorch's eval logits; the export back
+  to the PyTorch layout is exact and torch's strict load accepts it. 64x64 keeps it quick."""
+  model = architecture()
+  torch.manual_seed(0)
+  torch_model = ref.randomise_batchnorm(_reference_for(model), (2, 3, 64, 64))
+  state_dict = torch_model.state_dict()
+  variables = interop.from_torch(state_dict, model)
+  x = np.random.default_rng(0).standard_normal((2, 3, 64, 64), dtype=np.float32)
+  with torch.no_grad():
+    expected = torch_model(torch.from_numpy(x)).numpy()
+  got = jax.jit(lambda v, x: model.apply(v, x))(variables, x.transpose(0, 2, 3, 1))
+  # Random deep networks reach logits of 10^2-10^3, where PyTorch's own float32 and float64
+  # results differ by ~1e-3: the 1e-4 tolerance is relative to the largest logit.
+  scale = np.abs(expected).max()
+  assert scale > 0.5
+  np.testing.assert_allclose(np.asarray(got), expected, atol=1e-4 * max(1.0, scale), rtol=0)
+  back = interop.to_torch(variables, model, as_tensors=True)
+  assert back.keys() == state_dict.keys()
+  assert all(torch.equal(back[k], v) for k, v in state_dict.items()
+             if not k.endswith("num_batches_tracked"))

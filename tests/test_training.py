@@ -269,3 +269,68 @@ def test_ema_weights_are_tracked_and_used_for_evaluation(tmp_path):
   config.eval_checkpoint = str(tmp_path / loop.EXPORT_FILE)
   assert loop.evaluate_checkpoint(config, str(tmp_path))["loss"] == pytest.approx(
       metrics["loss"], rel=1e-6)  # the export and the final evaluation both use the EMA
+
+
+def test_backbone_learns_at_a_fraction_of_the_heads_rate():
+  config = tiny_config(backbone_lr_scale=0.1, **{"optimizer.weight_decay": 0.0})
+  plain = optim.create_optimizer(tiny_config(**{"optimizer.weight_decay": 0.0}), 0.5)
+  scaled = optim.create_optimizer(config, 0.5)
+  params = {"layer1": {"kernel": np.ones(3)}, "fc": {"kernel": np.ones(2)}}
+  grads = {"layer1": {"kernel": np.full(3, 2.0)}, "fc": {"kernel": np.full(2, 2.0)}}
+  want, _ = plain.update(grads, plain.init(params), params)
+  got, _ = scaled.update(grads, scaled.init(params), params)
+  np.testing.assert_allclose(got["layer1"]["kernel"], 0.1 * want["layer1"]["kernel"], rtol=1e-6)
+  np.testing.assert_array_equal(got["fc"]["kernel"], want["fc"]["kernel"])
+
+
+def test_finetune_config_runs_on_an_image_folder_from_converted_weights(tmp_path):
+  """configs/finetune.py end to end: ImageNet-layout weights (random, 1000 classes, saved as
+  .safetensors) on a generated two-class folder. Backbone lr scale 0 and frozen BatchNorm: the
+  backbone stays exactly the file's while the new two-class head trains."""
+  from PIL import Image  # noqa: PLC0415
+
+  from configs import finetune  # noqa: PLC0415
+
+  rng = np.random.default_rng(0)
+  for split, n in (("train", 8), ("test", 4)):
+    for label in ("cat", "dog"):
+      (tmp_path / "images" / split / label).mkdir(parents=True)
+      for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), np.uint8)).save(
+            tmp_path / "images" / split / label / f"{i}.png")
+  source = jresnet.ResNet18()
+  published = source.init(jax.random.key(1), np.zeros((1, 32, 32, 3), np.float32))
+  jresnet.weights.save_safetensors(str(tmp_path / "resnet18.safetensors"), published, source)
+
+  config = finetune.get_config()
+  overrides = {"init_from": str(tmp_path / "resnet18.safetensors"), "model.depth": 18,
+               "model.frozen_bn": True, "backbone_lr_scale": 0.0,
+               "data.path": str(tmp_path / "images"), "data.image_size": 32, "data.threads": 1,
+               "data.cache_dir": None, "batch_size": 8, "num_train_steps": 3,
+               "eval_every_steps": 3, "log_every_steps": 1, "async_checkpoints": False}
+  for key, value in overrides.items():
+    *parents, leaf = key.split(".")
+    target = config
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  metrics = loop.train_and_evaluate(config, str(tmp_path / "run"))
+  assert np.isfinite(metrics["loss"]) and metrics["count"] == 8
+  _, tuned = _final_state(tmp_path / "run", config)
+  assert tuned.params["fc"]["kernel"].shape == (512, 2)
+  for stage in ("stem", "layer1", "layer4"):
+    jax.tree.map(np.testing.assert_array_equal, tuned.params[stage], published["params"][stage])
+    jax.tree.map(np.testing.assert_array_equal, tuned.batch_stats[stage],
+                 published["batch_stats"][stage])
+  initial = loop.plan(config)
+  fresh = jax.jit(lambda: create_train_state(initial.model, initial.tx, (32, 32, 3), config.seed,
+                                             use_ema=False))()
+  head, fresh_head = tuned.params["fc"]["kernel"], fresh.params["fc"]["kernel"]
+  assert np.any(np.asarray(head) != np.asarray(fresh_head))  # the new head trained
+
+
+def test_relative_workdir_with_asynchronous_checkpoints(tmp_path, monkeypatch):
+  """Orbax needs absolute paths; `--workdir runs/x` must still checkpoint (in the background)."""
+  monkeypatch.chdir(tmp_path)
+  loop.train_and_evaluate(tiny_config(async_checkpoints=True), "runs/relative")
+  assert _final_state(tmp_path / "runs" / "relative", tiny_config())[0] == 6

@@ -67,14 +67,22 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-  """torchvision.models.resnet.ResNet (without dilation options)."""
+  """torchvision.models.resnet.ResNet; `deep_stem` and `avg_down` add timm's ResNet-D options
+  (timm/models/resnet.py: stem_type='deep', stem_width=32; avg_down=True)."""
 
   def __init__(self, block, layers, num_classes=1000, groups=1, width_per_group=64,
-               replace_stride_with_dilation=(False, False, False)):
+               replace_stride_with_dilation=(False, False, False), deep_stem=False,
+               avg_down=False):
     super().__init__()
     self.inplanes, self.groups, self.base_width = 64, groups, width_per_group
-    self.dilation = 1
-    self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    self.dilation, self.avg_down = 1, avg_down
+    if deep_stem:
+      self.conv1 = nn.Sequential(
+          nn.Conv2d(3, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
+          nn.Conv2d(32, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
+          nn.Conv2d(32, 64, 3, 1, 1, bias=False))
+    else:
+      self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
     self.bn1 = nn.BatchNorm2d(64)
     self.relu = nn.ReLU(inplace=True)
     self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
@@ -96,8 +104,14 @@ class ResNet(nn.Module):
       stride = 1
     downsample = None
     if stride != 1 or self.inplanes != planes * block.expansion:
-      downsample = nn.Sequential(conv1x1(self.inplanes, planes * block.expansion, stride),
-                                 nn.BatchNorm2d(planes * block.expansion))
+      if self.avg_down:  # timm: an identity in place of the pool where nothing is strided
+        pool = (nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False)
+                if stride != 1 else nn.Identity())
+        downsample = nn.Sequential(pool, conv1x1(self.inplanes, planes * block.expansion),
+                                   nn.BatchNorm2d(planes * block.expansion))
+      else:
+        downsample = nn.Sequential(conv1x1(self.inplanes, planes * block.expansion, stride),
+                                   nn.BatchNorm2d(planes * block.expansion))
     layers = [block(self.inplanes, planes, stride, downsample, self.groups, self.base_width,
                     previous_dilation)]
     self.inplanes = planes * block.expansion

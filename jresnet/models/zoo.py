@@ -22,8 +22,14 @@ ResNet50 = _named("ResNet50", "ResNet-50 v1.5 (torchvision), 25,557,032 paramete
 ResNet101 = _named("ResNet101", "ResNet-101 v1.5, 44,549,160 parameters.", depth=101)
 ResNet152 = _named("ResNet152", "ResNet-152 v1.5, 60,192,808 parameters.", depth=152)
 ResNet200 = _named("ResNet200", "ResNet-200 v1.5, 64,673,832 parameters.", depth=200)
+ResNet26D = _named("ResNet26D", "ResNet-26-D (timm resnet26d): bottlenecks (2, 2, 2, 2), deep "
+                   "stem, average-pool shortcuts.", depth=26, stem="deep", shortcut="D")
 ResNet50D = _named("ResNet50D", "ResNet-50-D (He et al. 2019; timm resnet50d): deep stem and "
                    "average-pool shortcuts.", depth=50, stem="deep", shortcut="D")
+ResNet101D = _named("ResNet101D", "ResNet-101-D (timm resnet101d).", depth=101, stem="deep",
+                    shortcut="D")
+ResNet152D = _named("ResNet152D", "ResNet-152-D (timm resnet152d).", depth=152, stem="deep",
+                    shortcut="D")
 ResNeXt50_32x4d = _named("ResNeXt50_32x4d", "ResNeXt-50 32x4d, 25,028,904 parameters.",
                          depth=50, groups=32, width_per_group=4)
 ResNeXt101_32x8d = _named("ResNeXt101_32x8d", "ResNeXt-101 32x8d, 88,791,336 parameters.",

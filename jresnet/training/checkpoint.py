@@ -7,6 +7,7 @@ renames it when complete, so a crash or SIGKILL mid-save leaves the previous che
 """
 
 import logging
+import os
 
 import flax.serialization
 import jax
@@ -56,7 +57,7 @@ class Checkpoints:
   """A CheckpointManager for TrainStates in `directory`."""
 
   def __init__(self, directory: str, keep: int = 2, async_save: bool = True):
-    self.directory = epath.Path(directory)
+    self.directory = epath.Path(os.path.abspath(os.path.expanduser(directory)))  # orbax: absolute
     keep_policy = policy.AnyPreservationPolicy([
         policy.LatestN(n=keep),
         policy.BestN(get_metric_fn=lambda m: m["accuracy"], reverse=False, n=1,

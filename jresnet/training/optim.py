@@ -72,10 +72,16 @@ def create_optimizer(config: ConfigDict, schedule: optax.Schedule) -> optax.Grad
                     momentum=o.momentum, nesterov=o.nesterov)
   if config.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
+  if config.backbone_lr_scale != 1.0:  # fine-tuning: everything but the head learns slower
+    tx = optax.chain(tx, optax.masked(optax.scale(config.backbone_lr_scale), _backbone_mask))
   if config.frozen_stages:
     tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()},
                                functools.partial(_freeze_labels, frozen=set(config.frozen_stages)))
   return tx
+
+
+def _backbone_mask(params) -> dict:
+  return {name: jax.tree.map(lambda _, b=name != "fc": b, tree) for name, tree in params.items()}
 
 
 def _freeze_labels(params, frozen: set[str]) -> dict:

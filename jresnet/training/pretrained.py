@@ -1,4 +1,5 @@
-"""`init_from`: start training from another run's checkpoint or a torchvision `.pth` state dict.
+"""`init_from`: start training from another run's checkpoint, a weights file (torchvision/timm
+layout, `.pth` or `.safetensors`) or a `jresnet.weights` registry name (downloaded once).
 
 The classifier head (`fc`) is kept from the fresh initialisation when its shape differs (a new
 class count); any other difference is an error that names the tensors. The optimiser starts fresh.
@@ -12,7 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from jresnet import interop
+from jresnet import interop, weights
 from jresnet.models import ResNet, to_scanned, to_unrolled
 from jresnet.training.checkpoint import Checkpoints
 from jresnet.training.state import TrainState
@@ -20,8 +21,14 @@ from jresnet.training.state import TrainState
 HEAD = "fc"
 
 
+WEIGHT_FILES = (".pth", ".pt", ".bin", ".safetensors")
+
+
 def _load_torch(path: str, model: ResNet) -> dict:
-  state_dict = interop.load_state_dict(path)
+  if path in weights.REGISTRY:
+    entry = weights.REGISTRY[path]
+    path = weights.fetch(entry.url, entry.file_name, entry.sha256)
+  state_dict = weights.read_state_dict(path)
   headless = {k: v for k, v in state_dict.items() if not k.startswith(HEAD + ".")}
   return interop.from_torch(headless, model.clone(num_classes=None, scan_blocks=False))
 
@@ -59,7 +66,8 @@ def _merge(loaded: dict, fresh: dict, source: str) -> dict:
 
 def initialise_from(path: str, model: ResNet, state: TrainState, tx) -> TrainState:
   """`state` with parameters and BatchNorm statistics from `path`, fresh optimiser state."""
-  loaded = _load_torch(path, model) if path.endswith((".pth", ".pt")) else _load_checkpoint(path)
+  from_weights = path in weights.REGISTRY or path.endswith(WEIGHT_FILES)
+  loaded = _load_torch(path, model) if from_weights else _load_checkpoint(path)
   fresh = to_unrolled({"params": state.params, "batch_stats": state.batch_stats})
   merged = _merge(loaded, jax.device_get(fresh), path)
   if model.scan_blocks:

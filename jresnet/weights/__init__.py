@@ -1,0 +1,83 @@
+"""Pretrained weights without PyTorch: `jresnet.pretrained(name)` -> model, variables, transform.
+
+    net = jresnet.pretrained("resnet50.tv2_in1k")   # downloads once into ~/.cache/jresnet
+    logits = net.model.apply(net.variables, net.transform(image)[None])
+
+`.safetensors` files load with numpy alone; torch's `.pth` files need the `torch` extra.
+`save_safetensors` converts once, on a machine that has torch, for every machine that has not.
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+
+from jresnet import interop
+from jresnet.models import ResNet
+from jresnet.weights.download import (
+                                      ChecksumError,
+                                      WeightsUnavailableError,
+                                      cache_dir,
+                                      fetch,
+                                      sha256_of,
+)
+from jresnet.weights.registry import REGISTRY, EvalTransform, Weights, get
+
+__all__ = ["REGISTRY", "ChecksumError", "EvalTransform", "Pretrained", "Weights",
+           "WeightsUnavailableError", "cache_dir", "fetch", "get", "pretrained",
+           "read_state_dict", "save_safetensors", "sha256_of"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+  model: ResNet
+  variables: dict
+  transform: EvalTransform
+  weights: Weights | None   # the registry entry, None for a local file
+
+
+def read_state_dict(path: str) -> dict:
+  """A torchvision/timm-layout state dict from `.safetensors` (numpy only) or `.pth`/`.pt`/`.bin`
+  (needs torch)."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"no weights file at {path}")
+  if path.endswith(".safetensors"):
+    from safetensors.numpy import load_file  # noqa: PLC0415 (imported on use)
+    return load_file(path)
+  return interop.load_state_dict(path)
+
+
+def save_safetensors(path: str, variables: dict, model: ResNet) -> None:
+  """Writes `variables` in torchvision/timm layout as `.safetensors` (what `read_state_dict`
+  and `pretrained(path, model=...)` read, and timm/torchvision load with `load_file`)."""
+  from safetensors.numpy import save_file  # noqa: PLC0415 (imported on use)
+  state_dict = {k: np.ascontiguousarray(v) for k, v in interop.to_torch(variables, model).items()
+                if not k.endswith("num_batches_tracked")}  # save_file writes raw memory
+  save_file(state_dict, path)
+
+
+def pretrained(name_or_path: str, model: ResNet | None = None, *, cache: str | None = None,
+               progress: bool = True, transform: EvalTransform | None = None,
+               **model_overrides) -> Pretrained:
+  """A registry entry (downloaded into the cache once) or a local weights file.
+
+  For a registry name the architecture comes from the entry (`model_overrides` such as
+  `dtype=jnp.bfloat16`, `output_stride=16` or `frozen_bn=True` apply to it); a local file
+  needs `model`. The state dict must fit the model exactly (see `interop.from_torch`).
+  """
+  if name_or_path in REGISTRY:
+    entry = REGISTRY[name_or_path]
+    model = model or entry.model(**model_overrides)
+    path = fetch(entry.url, entry.file_name, entry.sha256, cache, progress)
+    transform = transform or entry.transform
+  elif os.path.exists(name_or_path) or os.sep in name_or_path:
+    if model is None:
+      raise ValueError(f"loading the local file {name_or_path} needs model=..., e.g. "
+                       "jresnet.ResNet50()")
+    entry, path = None, name_or_path
+    model = model.clone(**model_overrides) if model_overrides else model
+    transform = transform or EvalTransform()
+  else:
+    get(name_or_path)  # raises KeyError listing the known names
+  variables = interop.from_torch(read_state_dict(path), model)
+  return Pretrained(model, variables, transform, entry)

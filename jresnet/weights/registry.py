@@ -1,0 +1,143 @@
+"""Published ImageNet weights that jresnet's models load: where each file is, how to check it,
+what it needs, how to evaluate it, and what its publisher reports.
+
+torchvision publishes the first 8 hex digits of each file's sha256 in its name (what
+`torch.hub` checks with `check_hash=True`); that prefix is the `sha256` recorded here and
+checked on download. timm's files on the Hugging Face hub carry no hash in timm's code; where
+none is recorded (`sha256=None`) the download is checked for completeness only and its digest
+is logged, so that a user can pin it.
+"""
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jresnet.models import ResNet, zoo
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalTransform:
+  """Resize the shorter side to `resize`, centre-crop `crop` x `crop`, scale to [0, 1],
+  normalise: torchvision's `ImageClassification` and timm's eval transform."""
+  resize: int = 256
+  crop: int = 224
+  interpolation: str = "bilinear"   # bilinear | bicubic
+  mean: tuple[float, float, float] = IMAGENET_MEAN
+  std: tuple[float, float, float] = IMAGENET_STD
+
+  def __call__(self, image) -> jax.Array:
+    """(H, W, 3) uint8 image -> (crop, crop, 3) float32 model input (antialiased resize)."""
+    image = jnp.asarray(image, jnp.float32) / 255.0
+    h, w = image.shape[:2]
+    scale = self.resize / min(h, w)
+    size = (max(self.resize, round(h * scale)), max(self.resize, round(w * scale)))
+    method = {"bilinear": "linear", "bicubic": "cubic"}[self.interpolation]
+    image = jax.image.resize(image, (*size, image.shape[2]), method, antialias=True)
+    top, left = (size[0] - self.crop) // 2, (size[1] - self.crop) // 2
+    image = image[top:top + self.crop, left:left + self.crop]
+    return (image - jnp.asarray(self.mean)) / jnp.asarray(self.std)
+
+
+@dataclasses.dataclass(frozen=True)
+class Weights:
+  name: str
+  architecture: Callable[..., ResNet]   # a jresnet.zoo constructor
+  url: str
+  sha256: str | None                    # full hex digest, a published prefix of it, or None
+  file_format: str                      # 'pth' | 'safetensors'
+  license: str
+  transform: EvalTransform
+  top1: float                           # ImageNet-1k validation top-1 (%), as published
+  source: str                           # where the publisher reports `top1`
+
+  @property
+  def file_name(self) -> str:
+    """The cache file name: torchvision's own, or `<name>.safetensors` for hub files (which
+    are all called model.safetensors)."""
+    if self.file_format == "pth":
+      return self.url.rsplit("/", 1)[-1]
+    return f"{self.name}.{self.file_format}"
+
+  def model(self, **overrides) -> ResNet:
+    return self.architecture(**overrides)
+
+
+TORCHVISION = "https://download.pytorch.org/models/"
+TV_LICENSE = "BSD-3-Clause (torchvision); trained on ImageNet-1k, non-commercial terms of ImageNet"
+TV_SOURCE = "torchvision.models.resnet, *_Weights meta['_metrics']['ImageNet-1K']['acc@1']"
+TV_V1 = EvalTransform(resize=256)
+TV_V2 = EvalTransform(resize=232)
+
+
+def _torchvision(name, architecture, file, top1, transform):
+  return Weights(name, architecture, TORCHVISION + file, file.rsplit("-", 1)[1].split(".")[0],
+                 "pth", TV_LICENSE, transform, top1, TV_SOURCE)
+
+
+_ENTRIES = [
+    _torchvision("resnet18.tv_in1k", zoo.ResNet18, "resnet18-f37072fd.pth", 69.758, TV_V1),
+    _torchvision("resnet34.tv_in1k", zoo.ResNet34, "resnet34-b627a593.pth", 73.314, TV_V1),
+    _torchvision("resnet50.tv_in1k", zoo.ResNet50, "resnet50-0676ba61.pth", 76.130, TV_V1),
+    _torchvision("resnet50.tv2_in1k", zoo.ResNet50, "resnet50-11ad3fa6.pth", 80.858, TV_V2),
+    _torchvision("resnet101.tv_in1k", zoo.ResNet101, "resnet101-63fe2227.pth", 77.374, TV_V1),
+    _torchvision("resnet101.tv2_in1k", zoo.ResNet101, "resnet101-cd907fc2.pth", 81.886, TV_V2),
+    _torchvision("resnet152.tv_in1k", zoo.ResNet152, "resnet152-394f9c45.pth", 78.312, TV_V1),
+    _torchvision("resnet152.tv2_in1k", zoo.ResNet152, "resnet152-f82ba261.pth", 82.284, TV_V2),
+    _torchvision("resnext50_32x4d.tv_in1k", zoo.ResNeXt50_32x4d, "resnext50_32x4d-7cdf4587.pth",
+                 77.618, TV_V1),
+    _torchvision("resnext50_32x4d.tv2_in1k", zoo.ResNeXt50_32x4d,
+                 "resnext50_32x4d-1a0047aa.pth", 81.198, TV_V2),
+    _torchvision("resnext101_32x8d.tv_in1k", zoo.ResNeXt101_32x8d,
+                 "resnext101_32x8d-8ba56ff5.pth", 79.312, TV_V1),
+    _torchvision("resnext101_32x8d.tv2_in1k", zoo.ResNeXt101_32x8d,
+                 "resnext101_32x8d-110c445d.pth", 82.834, TV_V2),
+    _torchvision("resnext101_64x4d.tv_in1k", zoo.ResNeXt101_64x4d,
+                 "resnext101_64x4d-173b62eb.pth", 83.246, TV_V2),
+    _torchvision("wide_resnet50_2.tv_in1k", zoo.WideResNet50_2, "wide_resnet50_2-95faca4d.pth",
+                 78.468, TV_V1),
+    _torchvision("wide_resnet50_2.tv2_in1k", zoo.WideResNet50_2, "wide_resnet50_2-9ba9bcbe.pth",
+                 81.602, TV_V2),
+    _torchvision("wide_resnet101_2.tv_in1k", zoo.WideResNet101_2,
+                 "wide_resnet101_2-32ee1156.pth", 78.848, TV_V1),
+    _torchvision("wide_resnet101_2.tv2_in1k", zoo.WideResNet101_2,
+                 "wide_resnet101_2-d733dc28.pth", 82.510, TV_V2),
+]
+
+TIMM_LICENSE = "Apache-2.0 (timm's model cards); trained on ImageNet-1k"
+TIMM_SOURCE = "timm results/results-imagenet.csv, the row at the eval transform's crop"
+
+
+def _timm(name, architecture, sha256, top1, resize, crop):
+  """A timm weight file on the Hugging Face hub, evaluated at timm's test size (bicubic)."""
+  return Weights(name, architecture, f"https://huggingface.co/timm/{name}/resolve/main/"
+                 "model.safetensors", sha256, "safetensors", TIMM_LICENSE,
+                 EvalTransform(resize, crop, "bicubic"), top1, TIMM_SOURCE)
+
+
+# sha256: the Git LFS digests shown on the hub's file pages; None where none was at hand.
+_ENTRIES += [
+    _timm("resnet18.a1_in1k", zoo.ResNet18,
+          "80c49dee3da4822c009c5a7fe591e9223c5a2cfcf95a4067ca4dfb5a7b89c612", 73.164, 288, 288),
+    _timm("resnet34.a1_in1k", zoo.ResNet34, None, 77.930, 288, 288),
+    _timm("resnet50.a1_in1k", zoo.ResNet50,
+          "773525d5821de224f8f30c33377b7a795d7863e08522698200d3217d3f2a41bb", 81.240, 288, 288),
+    _timm("resnet26d.bt_in1k", zoo.ResNet26D,
+          "43fa069f9736cd25599153d7dc7b387a9339193676d36e2c6d88d08631f4ed62", 77.422, 303, 288),
+    _timm("resnet50d.ra2_in1k", zoo.ResNet50D, None, 81.354, 303, 288),
+    _timm("resnet101d.ra2_in1k", zoo.ResNet101D,
+          "c2192596da2e8d652cbf0465b8694704247b524efb68ed194504af453830709c", 83.020, 320, 320),
+    _timm("resnet152d.ra2_in1k", zoo.ResNet152D, None, 83.684, 320, 320),
+]
+
+REGISTRY: dict[str, Weights] = {w.name: w for w in _ENTRIES}
+
+
+def get(name: str) -> Weights:
+  if name not in REGISTRY:
+    raise KeyError(f"no weights named {name!r}; known: {', '.join(sorted(REGISTRY))}")
+  return REGISTRY[name]

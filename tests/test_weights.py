@@ -1,0 +1,209 @@
+"""Pretrained weights: the registry, downloads from a server this test runs on 127.0.0.1
+(complete, corrupt, interrupted, unreachable), and safetensors without torch."""
+
+import http.server
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import jresnet
+from jresnet import interop, weights
+from jresnet.weights import registry
+
+TORCHVISION_PARAMS = {  # torchvision's meta["num_params"]
+    "ResNet18": 11_689_512, "ResNet34": 21_797_672, "ResNet50": 25_557_032,
+    "ResNet101": 44_549_160, "ResNet152": 60_192_808, "ResNeXt50_32x4d": 25_028_904,
+    "ResNeXt101_32x8d": 88_791_336, "ResNeXt101_64x4d": 83_455_272,
+    "WideResNet50_2": 68_883_240, "WideResNet101_2": 126_886_696,
+}
+
+
+def test_registry_entries_are_complete():
+  for name, entry in weights.REGISTRY.items():
+    assert entry.url.startswith("https://") and entry.license and entry.source, name
+    assert 50.0 < entry.top1 < 90.0, name
+    assert entry.transform.crop <= entry.transform.resize, name
+    if entry.file_format == "pth" and "download.pytorch.org" in entry.url:
+      assert entry.url.endswith(f"-{entry.sha256}.pth"), name  # torchvision's hash prefix
+
+
+def test_torchvision_entries_have_torchvisions_parameter_counts():
+  for entry in weights.REGISTRY.values():
+    if entry.architecture.__name__ in TORCHVISION_PARAMS:
+      shapes = interop.variable_shapes(entry.model())["params"]
+      count = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes))
+      assert count == TORCHVISION_PARAMS[entry.architecture.__name__], entry.name
+
+
+def test_unknown_name_lists_the_known_ones():
+  with pytest.raises(KeyError, match="resnet50.tv2_in1k"):
+    jresnet.pretrained("resnet51.imagenet")
+
+
+def test_eval_transform_resizes_crops_and_normalises():
+  transform = registry.EvalTransform(resize=40, crop=32)
+  image = np.full((60, 80, 3), 255, np.uint8)
+  out = np.asarray(transform(image))
+  assert out.shape == (32, 32, 3)
+  np.testing.assert_allclose(out[5, 5], (1 - np.array(registry.IMAGENET_MEAN))
+                             / np.array(registry.IMAGENET_STD), rtol=1e-5)
+
+
+# --- downloads -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory):
+  """A CIFAR ResNet-20 with random weights saved as .safetensors, its variables and sha256."""
+  model = jresnet.CifarResNet20()
+  variables = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))
+  path = str(tmp_path_factory.mktemp("published") / "model.safetensors")
+  weights.save_safetensors(path, variables, model)
+  return path, variables, weights.sha256_of(path)
+
+
+@pytest.fixture(scope="module")
+def server(weights_file):
+  """127.0.0.1 serving /model.safetensors whole, and /cut.safetensors cut off half way."""
+  body = open(weights_file[0], "rb").read()
+
+  class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 (http.server's name)
+      if self.path not in ("/model.safetensors", "/cut.safetensors"):
+        self.send_error(404)
+        return
+      self.send_response(200)
+      self.send_header("Content-Length", str(len(body)))
+      self.end_headers()
+      self.wfile.write(body if self.path == "/model.safetensors" else body[:len(body) // 2])
+
+    def log_message(self, *args):
+      pass
+
+  httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+  threading.Thread(target=httpd.serve_forever, daemon=True).start()
+  yield f"http://127.0.0.1:{httpd.server_address[1]}"
+  httpd.shutdown()
+
+
+def entry_at(url, sha256):
+  return registry.Weights("test.r20", jresnet.CifarResNet20, url, sha256, "safetensors",
+                          "test", registry.EvalTransform(36, 32), 91.0, "this test")
+
+
+@pytest.fixture
+def registered(monkeypatch):
+  def register(url, sha256):
+    entry = entry_at(url, sha256)
+    monkeypatch.setitem(weights.REGISTRY, entry.name, entry)
+    return entry.name
+  return register
+
+
+def test_download_verifies_and_loads(server, weights_file, registered, tmp_path, capfd):
+  _, variables, digest = weights_file
+  name = registered(f"{server}/model.safetensors", digest)
+  net = jresnet.pretrained(name, cache=str(tmp_path))
+  assert "100%" in capfd.readouterr().err  # the progress bar ran to the end
+  assert os.listdir(tmp_path) == ["test.r20.safetensors"]
+  jax.tree.map(np.testing.assert_array_equal, net.variables, variables)
+  assert net.transform.resize == 36 and net.weights.name == name
+  again = jresnet.pretrained(name, cache=str(tmp_path), progress=False)  # from the cache
+  jax.tree.map(np.testing.assert_array_equal, again.variables, variables)
+
+
+def test_wrong_checksum_keeps_nothing(server, registered, tmp_path):
+  name = registered(f"{server}/model.safetensors", "0" * 64)
+  with pytest.raises(weights.ChecksumError, match="expected 0000"):
+    jresnet.pretrained(name, cache=str(tmp_path), progress=False)
+  assert os.listdir(tmp_path) == []
+
+
+def test_interrupted_transfer_keeps_nothing(server, weights_file, registered, tmp_path):
+  name = registered(f"{server}/cut.safetensors", weights_file[2])
+  with pytest.raises(weights.WeightsUnavailableError):
+    jresnet.pretrained(name, cache=str(tmp_path), progress=False)
+  assert os.listdir(tmp_path) == []
+
+
+def test_corrupt_cached_file_is_refused(server, weights_file, registered, tmp_path):
+  name = registered(f"{server}/model.safetensors", weights_file[2])
+  jresnet.pretrained(name, cache=str(tmp_path), progress=False)
+  with open(tmp_path / "test.r20.safetensors", "r+b") as f:
+    f.seek(-8, os.SEEK_END)
+    f.write(b"corrupt!")
+  with pytest.raises(weights.ChecksumError, match="delete it"):
+    jresnet.pretrained(name, cache=str(tmp_path), progress=False)
+
+
+def test_offline_error_names_the_url_and_the_cache_path(registered, tmp_path):
+  with socket_closed_port() as port:
+    url = f"http://127.0.0.1:{port}/model.safetensors"
+    name = registered(url, "ab" * 32)
+    start = time.perf_counter()
+    with pytest.raises(weights.WeightsUnavailableError) as error:
+      jresnet.pretrained(name, cache=str(tmp_path), progress=False)
+  assert time.perf_counter() - start < 10
+  assert url in str(error.value)
+  assert str(tmp_path / "test.r20.safetensors") in str(error.value)
+
+
+class socket_closed_port:  # noqa: N801 (a context manager used like a function)
+  """A port on 127.0.0.1 that nothing listens on."""
+
+  def __enter__(self):
+    import socket  # noqa: PLC0415
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    self.port = s.getsockname()[1]
+    s.close()
+    return self.port
+
+  def __exit__(self, *exc):
+    return False
+
+
+# --- local files -----------------------------------------------------------------------------
+
+def test_safetensors_loads_without_torch(weights_file):
+  path, variables, _ = weights_file
+  code = textwrap.dedent(f"""
+      import sys
+      sys.modules["torch"] = None  # any import of torch now fails
+      import numpy as np, jax, jresnet
+      net = jresnet.pretrained({path!r}, model=jresnet.CifarResNet20())
+      x = np.zeros((1, 32, 32, 3), np.float32)
+      print(float(np.abs(net.model.apply(net.variables, x)).sum()))
+      try:
+        jresnet.weights.read_state_dict({path!r}.replace(".safetensors", ".pth"))
+      except FileNotFoundError:
+        pass
+  """)
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr
+  expected = jresnet.CifarResNet20().apply(variables, np.zeros((1, 32, 32, 3), np.float32))
+  np.testing.assert_allclose(float(out.stdout.split()[-1]), float(np.abs(expected).sum()),
+                             rtol=1e-5)
+
+
+def test_pth_without_torch_says_which_extra(tmp_path):
+  (tmp_path / "w.pth").write_bytes(b"not read")
+  code = textwrap.dedent(f"""
+      import sys
+      sys.modules["torch"] = None
+      import jresnet
+      jresnet.weights.read_state_dict({str(tmp_path / "w.pth")!r})
+  """)
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0 and "jresnet[torch]" in out.stderr
+
+
+def test_local_file_needs_a_model(weights_file):
+  with pytest.raises(ValueError, match="model="):
+    jresnet.pretrained(weights_file[0])
