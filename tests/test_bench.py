@@ -57,3 +57,14 @@ def test_gpu_smoke_without_ml_collections_or_tensorflow(tmp_path):
   assert len(records) == 9
   for r in records:
     assert "images_per_s" in r or r["note"].startswith("skipped")
+
+
+def test_conv_layers_one_repeat(tmp_path, monkeypatch, capsys):
+  from bench import conv_layers  # noqa: PLC0415
+  monkeypatch.setattr(conv_layers, "LAYERS", [("tiny 3x3", 2, 8, 4, 4, 3, 1),
+                                              ("tiny 1x1 stride 2", 2, 8, 4, 8, 1, 2)])
+  rows = conv_layers.main(["--repeats", "1", "--out", str(tmp_path / "r.jsonl")])
+  assert [r["layer"] for r in rows] == ["tiny 3x3", "tiny 1x1 stride 2"]
+  assert all(r["lax_ms"] > 0 and r["jresnet_ms"] > 0 for r in rows)
+  assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 2
+  assert "jresnet_vs_torch" in capsys.readouterr().out
