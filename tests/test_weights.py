@@ -34,12 +34,19 @@ def test_registry_entries_are_complete():
       assert entry.url.endswith(f"-{entry.sha256}.pth"), name  # torchvision's hash prefix
 
 
-def test_torchvision_entries_have_torchvisions_parameter_counts():
+TIMM_PARAMS_M = {"ResNet26D": 16.01, "ResNet50D": 25.58, "ResNet101D": 44.57,
+                 "ResNet152D": 60.21}  # timm's results-imagenet.csv param_count (millions)
+
+
+def test_entries_have_their_publishers_parameter_counts():
   for entry in weights.REGISTRY.values():
-    if entry.architecture.__name__ in TORCHVISION_PARAMS:
-      shapes = interop.variable_shapes(entry.model())["params"]
-      count = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes))
-      assert count == TORCHVISION_PARAMS[entry.architecture.__name__], entry.name
+    shapes = interop.variable_shapes(entry.model())["params"]
+    count = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes))
+    name = entry.architecture.__name__
+    if name in TORCHVISION_PARAMS:
+      assert count == TORCHVISION_PARAMS[name], entry.name
+    else:
+      assert round(count / 1e6, 2) == TIMM_PARAMS_M[name], entry.name
 
 
 def test_unknown_name_lists_the_known_ones():
