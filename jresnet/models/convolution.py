@@ -57,7 +57,8 @@ def batch_chunk(batch: int, bytes_per_example: int) -> int:
 
 def weight_gradient(geometry: Geometry, lhs: jax.Array, cotangent: jax.Array,
                     kernel_shape: tuple[int, ...], precision=None) -> jax.Array:
-  """d(loss)/d(kernel) = sum over examples and positions of patches^T @ cotangent, chunked."""
+  """d(loss)/d(kernel) = sum over examples and positions of patches^T @ cotangent, chunked;
+  accumulated and returned in float32."""
   kh, kw, c, o = kernel_shape
   n, oh, ow, _ = cotangent.shape
   chunk = batch_chunk(n, oh * ow * kh * kw * c * lhs.dtype.itemsize)
@@ -74,7 +75,7 @@ def weight_gradient(geometry: Geometry, lhs: jax.Array, cotangent: jax.Array,
     split = lambda a: a.reshape(n // chunk, chunk, *a.shape[1:])  # noqa: E731
     total, _ = lax.scan(body, jnp.zeros((kh * kw * c, o), jnp.float32),
                         (split(lhs), split(cotangent)))
-  return total.reshape(kernel_shape).astype(lhs.dtype)
+  return total.reshape(kernel_shape)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))

@@ -26,8 +26,7 @@ WEIGHT_FILES = (".pth", ".pt", ".bin", ".safetensors")
 
 def _load_torch(path: str, model: ResNet) -> dict:
   if path in weights.REGISTRY:
-    entry = weights.REGISTRY[path]
-    path = weights.fetch(entry.url, entry.file_name, entry.sha256)
+    path = weights.REGISTRY[path].download()
   state_dict = weights.read_state_dict(path)
   headless = {k: v for k, v in state_dict.items() if not k.startswith(HEAD + ".")}
   return interop.from_torch(headless, model.clone(num_classes=None, scan_blocks=False))

@@ -68,7 +68,7 @@ def pretrained(name_or_path: str, model: ResNet | None = None, *, cache: str | N
   if name_or_path in REGISTRY:
     entry = REGISTRY[name_or_path]
     model = model or entry.model(**model_overrides)
-    path = fetch(entry.url, entry.file_name, entry.sha256, cache, progress)
+    path = entry.download(cache, progress)
     transform = transform or entry.transform
   elif os.path.exists(name_or_path) or os.sep in name_or_path:
     if model is None:

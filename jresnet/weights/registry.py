@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jresnet.models import ResNet, zoo
+from jresnet.weights import download
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -65,6 +66,10 @@ class Weights:
 
   def model(self, **overrides) -> ResNet:
     return self.architecture(**overrides)
+
+  def download(self, cache: str | None = None, progress: bool = True) -> str:
+    """The verified file's path in the cache, downloaded first if it is not there."""
+    return download.fetch(self.url, self.file_name, self.sha256, cache, progress)
 
 
 TORCHVISION = "https://download.pytorch.org/models/"
