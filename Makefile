@@ -5,6 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The torch build for the interop tests; torch==2.13.0 is the local CPU wheel on the dev machines.
 TORCH ?= torch==2.13.0
+# The publishers' own models, the references of the equivalence tests and benchmarks. --no-deps:
+# their only unmet requirement is torch, which must stay the build installed above.
+REFERENCE ?= torchvision==0.28.0 timm==1.0.31
 
 WORKDIR ?= runs/digits
 
@@ -15,6 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[dev,torch]"
+	$(PY) -m pip install -q --no-deps $(REFERENCE)
 	touch $@
 
 # The main job: ResNet-20 on the embedded digits dataset, offline, a few minutes on 2 CPU cores.

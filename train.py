@@ -7,6 +7,8 @@
 A run resumes from the checkpoints in --workdir; SIGTERM checkpoints and exits 0.
 """
 
+import os
+
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -27,6 +29,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # orbax and tfds narrate every file at INFO
   distributed.initialize()
+  if FLAGS.config.compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir",
+                      os.path.expanduser(FLAGS.config.compilation_cache_dir))
   if FLAGS.mode == "train":
     metrics = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   else:

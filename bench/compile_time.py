@@ -2,6 +2,7 @@
 
     python -m bench.compile_time [--models resnet20,resnet56] [--batch 8] [--with-unrolled-1001]
     python -m bench.compile_time --memory     # + peak RSS of ResNet-1001 at batch 128, +/- remat
+    python -m bench.compile_time --persistent-cache /tmp/xla   # twice: cold, then cache hits
 
 Compile time is `lower` + `compile` of the project's jitted train step (`bench.project_step`).
 The unrolled ResNet-1001 is left out unless asked for: it takes minutes and gigabytes to compile.
@@ -90,8 +91,12 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--remat", action=argparse.BooleanOptionalAction, default=False,
                       help=argparse.SUPPRESS)
+  parser.add_argument("--persistent-cache", metavar="DIR",
+                      help="JAX's compilation cache directory: a second run measures loading")
   parser.add_argument("--out", default="bench/results.jsonl", help="JSON lines appended here")
   args = parser.parse_args(argv)
+  if args.persistent_cache:
+    jax.config.update("jax_compilation_cache_dir", args.persistent_cache)
   if args.memory_child:
     print(json.dumps(memory_child(args.remat, args.memory_batch)))
     return []
@@ -103,7 +108,8 @@ def main(argv=None) -> list[dict]:
     for scan in (False, True):
       if name == "preact1001" and not scan and not args.with_unrolled_1001:
         continue
-      row = {**compile_row(name, scan, args.batch), **report.conditions()}
+      row = {**compile_row(name, scan, args.batch), **report.conditions(),
+             "persistent_cache": args.persistent_cache}
       print(report.table([row], COLUMNS).splitlines()[-1], flush=True)
       rows.append(row)
   print("\n" + report.table(rows, COLUMNS))

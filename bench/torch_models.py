@@ -1,9 +1,9 @@
 """PyTorch counterparts of the jresnet workloads, and their train and eval steps.
 
-torchvision's resnet50/resnet18 when torchvision imports; otherwise the restatement of
-torchvision's `resnet.py` in tests/torch_reference.py (loaded by path: tests/ is not a package).
-The CIFAR ResNet-20 always comes from tests/torch_reference.py (torchvision has none). `source`
-names what was built, so that a table never hides which model was measured.
+torchvision's resnet50/resnet18, imported by tests/torch_reference.py (loaded by path: tests/ is
+not a package), which also works beside a CPU build of torch that torchvision's compiled
+operators do not load with. The CIFAR ResNet-20 comes from tests/torch_reference.py (torchvision
+has none). `source` names what was built, so that a table never hides which model was measured.
 """
 
 import importlib.util
@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 
 _REFERENCE = os.path.join(os.path.dirname(__file__), os.pardir, "tests", "torch_reference.py")
-_IMAGENET = {"resnet18": ("BasicBlock", [2, 2, 2, 2]), "resnet50": ("Bottleneck", [3, 4, 6, 3])}
 
 
 def reference():
@@ -27,14 +26,8 @@ def build(name: str, num_classes: int) -> tuple[torch.nn.Module, str]:
   """(model, source) for 'resnet18', 'resnet50' or 'resnet20' (CIFAR)."""
   if name == "resnet20":
     return reference().CifarResNet(20, num_classes), "tests/torch_reference.py CifarResNet(20)"
-  try:
-    import torchvision  # noqa: PLC0415 (optional)
-    return getattr(torchvision.models, name)(num_classes=num_classes), f"torchvision.models.{name}"
-  except ImportError:
-    ref = reference()
-    block, layers = _IMAGENET[name]
-    return (ref.ResNet(getattr(ref, block), layers, num_classes),
-            f"tests/torch_reference.py ResNet({block}, {layers}) (torchvision not importable)")
+  torchvision = reference().import_torchvision()
+  return getattr(torchvision.models, name)(num_classes=num_classes), f"torchvision.models.{name}"
 
 
 def inputs(size: int, image_size: int, num_classes: int, device, channels_last: bool):

@@ -55,6 +55,9 @@ def get_config() -> ConfigDict:
 
   c.precision = "auto"                               # auto: bf16 on GPU/TPU, fp32 on CPU
   c.parallel = "jit"                                 # jit (mesh, NamedSharding) | pmap
+  c.compilation_cache_dir = "~/.cache/jresnet/xla"   # JAX's persistent cache: a repeated or
+                                                     # resumed run loads its compiled steps
+                                                     # ('': off)
   c.bn_span = config_dict.placeholder(int)           # BatchNorm statistics over groups of this
                                                      # many devices (pmap); None: global batch
 

@@ -31,7 +31,10 @@ def test_registry_entries_are_complete():
     assert 50.0 < entry.top1 < 90.0, name
     assert entry.transform.crop <= entry.transform.resize, name
     if entry.file_format == "pth" and "download.pytorch.org" in entry.url:
-      assert entry.url.endswith(f"-{entry.sha256}.pth"), name  # torchvision's hash prefix
+      prefix = entry.url.rsplit("-", 1)[1].removesuffix(".pth")  # torchvision's hash prefix
+      assert len(entry.sha256) in (8, 64) and entry.sha256.startswith(prefix), name
+    elif entry.sha256 is not None:
+      assert len(entry.sha256) == 64 and int(entry.sha256, 16) >= 0, name
 
 
 TIMM_PARAMS_M = {"ResNet26D": 16.01, "ResNet50D": 25.58, "ResNet101D": 44.57,

@@ -1,135 +1,47 @@
-"""PyTorch reference ResNets for the equivalence tests.
+"""PyTorch references for the equivalence tests: the publishers' own models, and a CIFAR ResNet.
 
-torchvision's ResNet (`torchvision/models/resnet.py`), restated here because torchvision's compiled
-operators do not load beside the local CPU build of torch, and the CIFAR ResNet of He et al. 2015
-with option-A shortcuts in its most used PyTorch form. Names and init follow the originals, so the
-parameter counts equal torchvision's published ones (checked in test_interop.py).
+torchvision's and timm's model code is imported as published (`import_torchvision`,
+`import_timm`). The CIFAR ResNet of He et al. 2015 with option-A shortcuts, which torchvision and
+timm do not have, is given here in its most used PyTorch form.
 """
+
+import importlib
+import sys
+import types
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-def conv3x3(cin, cout, stride=1, groups=1, dilation=1):
-  return nn.Conv2d(cin, cout, 3, stride, padding=dilation, groups=groups, bias=False,
-                   dilation=dilation)
+def import_torchvision():
+  """torchvision, imported without its compiled operators where they do not load.
+
+  torchvision's `_C` extension (nms, roi_align, ...) is built against the CUDA build of torch and
+  does not load beside the CPU build; its import then fails in `torchvision._meta_registrations`,
+  which only registers fake kernels for those operators. An empty module in its place lets the
+  pure-Python rest import unchanged; the ResNets use none of the compiled operators.
+  """
+  try:
+    return importlib.import_module("torchvision")
+  except RuntimeError as e:
+    if "torchvision::" not in str(e):
+      raise
+  for name in [m for m in sys.modules if m.split(".")[0] == "torchvision"]:
+    del sys.modules[name]
+  sys.modules["torchvision._meta_registrations"] = types.ModuleType(
+      "torchvision._meta_registrations")
+  return importlib.import_module("torchvision")
 
 
-def conv1x1(cin, cout, stride=1):
-  return nn.Conv2d(cin, cout, 1, stride, bias=False)
+def import_timm():
+  """timm, which imports torchvision (see `import_torchvision`)."""
+  import_torchvision()
+  return importlib.import_module("timm")
 
 
-class BasicBlock(nn.Module):
-  expansion = 1
-
-  def __init__(self, inplanes, planes, stride=1, downsample=None, groups=1, base_width=64,
-               dilation=1):
-    super().__init__()
-    if dilation > 1:
-      raise NotImplementedError("Dilation > 1 not supported in BasicBlock")  # as torchvision
-    self.conv1 = conv3x3(inplanes, planes, stride)
-    self.bn1 = nn.BatchNorm2d(planes)
-    self.relu = nn.ReLU(inplace=True)
-    self.conv2 = conv3x3(planes, planes)
-    self.bn2 = nn.BatchNorm2d(planes)
-    self.downsample = downsample
-
-  def forward(self, x):
-    identity = x if self.downsample is None else self.downsample(x)
-    out = self.relu(self.bn1(self.conv1(x)))
-    out = self.bn2(self.conv2(out))
-    return self.relu(out + identity)
-
-
-class Bottleneck(nn.Module):
-  expansion = 4
-
-  def __init__(self, inplanes, planes, stride=1, downsample=None, groups=1, base_width=64,
-               dilation=1):
-    super().__init__()
-    width = int(planes * (base_width / 64.0)) * groups
-    self.conv1 = conv1x1(inplanes, width)
-    self.bn1 = nn.BatchNorm2d(width)
-    self.conv2 = conv3x3(width, width, stride, groups, dilation)
-    self.bn2 = nn.BatchNorm2d(width)
-    self.conv3 = conv1x1(width, planes * self.expansion)
-    self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-    self.relu = nn.ReLU(inplace=True)
-    self.downsample = downsample
-
-  def forward(self, x):
-    identity = x if self.downsample is None else self.downsample(x)
-    out = self.relu(self.bn1(self.conv1(x)))
-    out = self.relu(self.bn2(self.conv2(out)))
-    out = self.bn3(self.conv3(out))
-    return self.relu(out + identity)
-
-
-class ResNet(nn.Module):
-  """torchvision.models.resnet.ResNet; `deep_stem` and `avg_down` add timm's ResNet-D options
-  (timm/models/resnet.py: stem_type='deep', stem_width=32; avg_down=True)."""
-
-  def __init__(self, block, layers, num_classes=1000, groups=1, width_per_group=64,
-               replace_stride_with_dilation=(False, False, False), deep_stem=False,
-               avg_down=False):
-    super().__init__()
-    self.inplanes, self.groups, self.base_width = 64, groups, width_per_group
-    self.dilation, self.avg_down = 1, avg_down
-    if deep_stem:
-      self.conv1 = nn.Sequential(
-          nn.Conv2d(3, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
-          nn.Conv2d(32, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
-          nn.Conv2d(32, 64, 3, 1, 1, bias=False))
-    else:
-      self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    self.bn1 = nn.BatchNorm2d(64)
-    self.relu = nn.ReLU(inplace=True)
-    self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-    self.layer1 = self._make_layer(block, 64, layers[0])
-    dilate = replace_stride_with_dilation
-    self.layer2 = self._make_layer(block, 128, layers[1], stride=2, dilate=dilate[0])
-    self.layer3 = self._make_layer(block, 256, layers[2], stride=2, dilate=dilate[1])
-    self.layer4 = self._make_layer(block, 512, layers[3], stride=2, dilate=dilate[2])
-    self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-    self.fc = nn.Linear(512 * block.expansion, num_classes)
-    for m in self.modules():
-      if isinstance(m, nn.Conv2d):
-        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-  def _make_layer(self, block, planes, blocks, stride=1, dilate=False):
-    previous_dilation = self.dilation
-    if dilate:
-      self.dilation *= stride
-      stride = 1
-    downsample = None
-    if stride != 1 or self.inplanes != planes * block.expansion:
-      if self.avg_down:  # timm: an identity in place of the pool where nothing is strided
-        pool = (nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False)
-                if stride != 1 else nn.Identity())
-        downsample = nn.Sequential(pool, conv1x1(self.inplanes, planes * block.expansion),
-                                   nn.BatchNorm2d(planes * block.expansion))
-      else:
-        downsample = nn.Sequential(conv1x1(self.inplanes, planes * block.expansion, stride),
-                                   nn.BatchNorm2d(planes * block.expansion))
-    layers = [block(self.inplanes, planes, stride, downsample, self.groups, self.base_width,
-                    previous_dilation)]
-    self.inplanes = planes * block.expansion
-    layers += [block(self.inplanes, planes, groups=self.groups, base_width=self.base_width,
-                     dilation=self.dilation) for _ in range(1, blocks)]
-    return nn.Sequential(*layers)
-
-  def features(self, x):
-    """The stem's and every stage's output, as timm's `features_only` returns them."""
-    x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-    out = {"stem": x}
-    for i, layer in enumerate([self.layer1, self.layer2, self.layer3, self.layer4]):
-      x = out[f"layer{i + 1}"] = layer(x)
-    return out
-
-  def forward(self, x):
-    x = self.features(x)["layer4"]
-    return self.fc(torch.flatten(self.avgpool(x), 1))
+def conv3x3(cin, cout, stride=1):
+  return nn.Conv2d(cin, cout, 3, stride, padding=1, bias=False)
 
 
 class OptionA(nn.Module):

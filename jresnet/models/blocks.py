@@ -9,7 +9,13 @@ only what varies between them. Submodule names follow torchvision (`conv1`, `bn1
 import flax.linen as nn
 import jax
 
-from jresnet.models.layers import ModuleDef, avg_pool_ceil, torch_padding, zero_pad_channels
+from jresnet.models.layers import (
+  ModuleDef,
+  avg_pool_2x2_same,
+  avg_pool_ceil,
+  torch_padding,
+  zero_pad_channels,
+)
 
 SHORTCUTS = ("A", "B", "D")
 
@@ -25,6 +31,7 @@ class Shortcut(nn.Module):
   'A': parameter-free, strided subsampling plus zero-padded channels (He et al. 2015, CIFAR).
   'B': projection, a strided 1x1 convolution and BatchNorm (torchvision's `downsample`).
   'D': average pooling, then a 1x1 convolution and BatchNorm (ResNet-D, He et al. 2019; timm).
+      In a dilated stage the pool keeps its 2x2 window at stride 1 (timm's AvgPool2dSame).
   `norm=None` drops the BatchNorm, as pre-activation blocks do.
   """
 
@@ -33,6 +40,7 @@ class Shortcut(nn.Module):
   kind: str
   conv: ModuleDef
   norm: ModuleDef | None
+  dilation: int = 1
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -44,6 +52,8 @@ class Shortcut(nn.Module):
     strides = self.strides
     if self.kind == "D" and strides > 1:
       x, strides = avg_pool_ceil(x, strides), 1
+    elif self.kind == "D" and self.dilation > 1:
+      x = avg_pool_2x2_same(x)
     x = self.conv(self.features, (1, 1), strides, padding="VALID", name="conv")(x)
     return x if self.norm is None else self.norm(name="bn")(x)
 
@@ -79,7 +89,7 @@ class ResidualBlock(nn.Module):
     if preact is not None and self.shortcut != "A":
       x = preact
     return Shortcut(self.out_features, self.strides, self.shortcut, self.conv,
-                    self.norm if preact is None else None, name="downsample")(x)
+                    self.norm if preact is None else None, self.dilation, name="downsample")(x)
 
   def conv3x3(self, features: int, strides: int, name: str, groups: int = 1,
               first: bool = False) -> nn.Module:

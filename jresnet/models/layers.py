@@ -38,6 +38,11 @@ def avg_pool_ceil(x: jax.Array, stride: int) -> jax.Array:
                      count_include_pad=False)
 
 
+def avg_pool_2x2_same(x: jax.Array) -> jax.Array:
+  """timm's AvgPool2dSame(2, stride=1): zeros padded after each axis, always divided by 4."""
+  return nn.avg_pool(x, (2, 2), strides=(1, 1), padding=((0, 1), (0, 1)), count_include_pad=True)
+
+
 def global_avg_pool(x: jax.Array) -> jax.Array:
   return jnp.mean(x, axis=(1, 2))
 

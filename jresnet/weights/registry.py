@@ -2,10 +2,11 @@
 what it needs, how to evaluate it, and what its publisher reports.
 
 torchvision publishes the first 8 hex digits of each file's sha256 in its name (what
-`torch.hub` checks with `check_hash=True`); that prefix is the `sha256` recorded here and
-checked on download. timm's files on the Hugging Face hub carry no hash in timm's code; where
-none is recorded (`sha256=None`) the download is checked for completeness only and its digest
-is logged, so that a user can pin it.
+`torch.hub` checks with `check_hash=True`). Where the full digest is on record (other projects
+pin 7 of these files; each record agrees with the published prefix) it is checked, else the
+prefix. timm's files on the Hugging Face hub carry no hash in timm's code: the digests here are
+the hub's Git LFS ones; where none is recorded (`sha256=None`) the download is checked for
+completeness only and its digest is logged, so that a user can pin it.
 """
 
 import dataclasses
@@ -79,8 +80,23 @@ TV_V1 = EvalTransform(resize=256)
 TV_V2 = EvalTransform(resize=232)
 
 
+# Full digests of torchvision files, as pinned in other projects' download scripts.
+TV_FULL_SHA256 = {
+    "resnet18-f37072fd.pth": "f37072fd47e89c5e827621c5baffa7500819f7896bbacec160b1a16c560e07ec",
+    "resnet34-b627a593.pth": "b627a593bcbe140c234610266fe4f8ae95ea42fc881d091c9b6052e6b1d0590f",
+    "resnet50-0676ba61.pth": "0676ba61b6795bbe1773cffd859882e5e297624d384b6993f7c9e683e722fb8a",
+    "resnet50-11ad3fa6.pth": "11ad3fa62ca79e40addfd354a8ec4b7c75143b3038b8d2a807fbc68deab379ca",
+    "resnet101-63fe2227.pth": "63fe2227b86e8f1f2063f43a75c84d195911b6a0eace650907dd3dc62dd49a0a",
+    "resnet101-cd907fc2.pth": "cd907fc2a0de2292b2ba2b27d2216bc672d84632d1cf20058d01c0c03b5e020e",
+    "resnet152-394f9c45.pth": "394f9c45966e3651a89bbb78a48410a6755854ce4a5ab64927cf1c7247f85e58",
+    "wide_resnet50_2-95faca4d.pth":
+        "95faca4d11227dddf8633dbb5ff6c8a9003c1aa5b8945c73834b8007b10950b8",
+}
+
+
 def _torchvision(name, architecture, file, top1, transform):
-  return Weights(name, architecture, TORCHVISION + file, file.rsplit("-", 1)[1].split(".")[0],
+  prefix = file.rsplit("-", 1)[1].split(".")[0]
+  return Weights(name, architecture, TORCHVISION + file, TV_FULL_SHA256.get(file, prefix),
                  "pth", TV_LICENSE, transform, top1, TV_SOURCE)
 
 
@@ -128,7 +144,8 @@ def _timm(name, architecture, sha256, top1, resize, crop):
 _ENTRIES += [
     _timm("resnet18.a1_in1k", zoo.ResNet18,
           "80c49dee3da4822c009c5a7fe591e9223c5a2cfcf95a4067ca4dfb5a7b89c612", 73.164, 288, 288),
-    _timm("resnet34.a1_in1k", zoo.ResNet34, None, 77.930, 288, 288),
+    _timm("resnet34.a1_in1k", zoo.ResNet34,
+          "829a220f9529d2b1ffdc8719d3273463001e0daf411eaf1916865d9db62c0ed2", 77.930, 288, 288),
     _timm("resnet50.a1_in1k", zoo.ResNet50,
           "773525d5821de224f8f30c33377b7a795d7863e08522698200d3217d3f2a41bb", 81.240, 288, 288),
     _timm("resnet26d.bt_in1k", zoo.ResNet26D,
