@@ -17,20 +17,21 @@ import jresnet  # noqa: E402
 from jresnet import interop  # noqa: E402
 
 
+def _import_or_skip(importer):
+  try:
+    return importer()
+  except ImportError as e:
+    pytest.skip(f"{e}; `make test` installs the reference libraries")
+
+
 @pytest.fixture(scope="module")
 def torchvision():
-  try:
-    return ref.import_torchvision()
-  except ImportError as e:
-    pytest.skip(f"torchvision is not installed ({e}); `make test` installs it")
+  return _import_or_skip(ref.import_torchvision)
 
 
 @pytest.fixture(scope="module")
 def timm():
-  try:
-    return ref.import_timm()
-  except ImportError as e:
-    pytest.skip(f"timm is not installed ({e}); `make test` installs it")
+  return _import_or_skip(ref.import_timm)
 
 
 CASES = {
@@ -166,15 +167,15 @@ def test_resnet_d_backbone_features_equal_timm_output_stride(output_stride, timm
   _assert_features_equal(got, {f"layer{i + 1}": s for i, s in enumerate(stages)}, model, 64)
 
 
-def _publisher_model(weights: jresnet.weights.Weights, torchvision, timm):
-  """The publisher's own PyTorch model for a registry entry, with random weights."""
-  if weights.url.startswith(jresnet.weights.registry.TORCHVISION):
-    return torchvision.models.get_model(weights.name.split(".")[0])
-  return timm.create_model(weights.name, pretrained=False)
-
-
 def _publisher(w: jresnet.weights.Weights) -> str:
   return "torchvision" if w.url.startswith(jresnet.weights.registry.TORCHVISION) else "timm"
+
+
+def _publisher_model(weights: jresnet.weights.Weights, torchvision, timm):
+  """The publisher's own PyTorch model for a registry entry, with random weights."""
+  if _publisher(weights) == "torchvision":
+    return torchvision.models.get_model(weights.name.split(".")[0])
+  return timm.create_model(weights.name, pretrained=False)
 
 
 # One entry per (publisher, architecture): the weights of one architecture differ only in values.
