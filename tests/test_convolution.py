@@ -1,6 +1,7 @@
 """The CPU convolution (`jresnet.models.convolution`) against `lax.conv_general_dilated`: values,
 input gradients and kernel gradients agree within float32 tolerance for every geometry ResNets
-use, with and without batch chunking; unsupported cases are lax itself."""
+use, with and without batch chunking; unsupported cases are lax itself. The XLA:CPU compiler
+options of the steps change no gradient."""
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +11,7 @@ from jax import lax
 
 import jresnet
 from jresnet.models import convolution
+from jresnet.training import compiler
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 # (batch, size, in, out, kernel, stride, padding, dilation)
@@ -79,19 +81,32 @@ def test_grouped_convolution_is_lax_itself():
   assert "platform_index" not in str(ours) and "custom_vjp" not in str(ours)
 
 
+def _resnet_gradient(model, variables, x, compiler_options=None):
+  def loss(params):
+    logits, _ = model.apply({**variables, "params": params}, x, train=True,
+                            mutable=["batch_stats"])
+    return jnp.sum(logits ** 2)
+  return jax.jit(jax.grad(loss), compiler_options=compiler_options)(variables["params"])
+
+
 def test_resnet_gradients_match_the_plain_formulation():
   """The whole train-mode ResNet-20 (its default convolution) against lax's convolution."""
   x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
   ours = jresnet.CifarResNet20(zero_init_residual=False)
   plain = ours.clone(conv_general_dilated=lax.conv_general_dilated)
   variables = ours.init(jax.random.key(1), x)
+  grads = [_resnet_gradient(ours, variables, x), _resnet_gradient(plain, variables, x)]
+  assert_close(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1]), rtol=1e-4)
 
-  def gradient(model):
-    def loss(params):
-      logits, _ = model.apply({**variables, "params": params}, x, train=True,
-                              mutable=["batch_stats"])
-      return jnp.sum(logits ** 2)
-    return jax.jit(jax.grad(loss))(variables["params"])
 
-  grads = [gradient(ours), gradient(plain)]
+def test_cpu_compiler_options_apply_and_keep_the_gradients():
+  """The steps' XLA:CPU options (convolutions off YNNPACK) are known to this jaxlib and change
+  no ResNet-20 gradient beyond float32 tolerance."""
+  assert compiler.options("cpu") == compiler.CPU_OPTIONS
+  assert compiler.options("gpu") is None
+  x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
+  model = jresnet.CifarResNet20(zero_init_residual=False)
+  variables = model.init(jax.random.key(1), x)
+  grads = [_resnet_gradient(model, variables, x, compiler.CPU_OPTIONS),
+           _resnet_gradient(model, variables, x)]
   assert_close(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1]), rtol=1e-4)

@@ -1,7 +1,8 @@
 """Where the steps run: `jax.jit` over a 1-D 'data' mesh of all devices (default), or `pmap`.
 
 jit: the state is replicated, the batch sharded along 'data', the state donated; BatchNorm sees the
-global batch because the batch is one global array. pmap: one replica per local device, the same
+global batch because the batch is one global array; on CPU the steps compile with
+`compiler.options`. pmap: one replica per local device, the same
 step with `axis_name='batch'` (the model's BatchNorm and the gradient `pmean` use it).
 Both take host-local numpy batches from `jresnet.data` and return host-side metrics.
 """
@@ -16,6 +17,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jresnet.training import compiler
 from jresnet.training import step as step_lib
 from jresnet.training.state import TrainState
 
@@ -39,13 +41,16 @@ class JitMesh:
     self.mesh = Mesh(np.asarray(devices or jax.devices()), ("data",))
     self.replicated = NamedSharding(self.mesh, P())
     self.data = NamedSharding(self.mesh, P("data"))
+    options = compiler.options(self.mesh.devices.flat[0].platform)
     self.train_step = jax.jit(functools.partial(step_lib.train_step, cfg=step_cfg),
                               in_shardings=(self.replicated, self.data),
-                              out_shardings=(self.replicated, self.replicated), donate_argnums=0)
+                              out_shardings=(self.replicated, self.replicated), donate_argnums=0,
+                              compiler_options=options)
     self.eval_step = jax.jit(
         functools.partial(step_lib.eval_step, model=step_cfg.model,
                           num_classes=step_cfg.num_classes),
-        in_shardings=(self.replicated, self.data), out_shardings=self.replicated)
+        in_shardings=(self.replicated, self.data), out_shardings=self.replicated,
+        compiler_options=options)
 
   def create_state(self, create_fn) -> TrainState:
     """Runs the (deterministic) initialisation on every process, replicated."""
@@ -76,7 +81,8 @@ class JitMesh:
 
 
 class Pmap:
-  """`jax.pmap` over the local devices; collectives span all processes' devices."""
+  """`jax.pmap` over the local devices; collectives span all processes' devices. (pmap takes no
+  compiler options: XLA's defaults.)"""
 
   name = "pmap"
 
