@@ -1,9 +1,9 @@
 """Where the steps run: `jax.jit` over a 1-D 'data' mesh of all devices (default), or `pmap`.
 
 jit: the state is replicated, the batch sharded along 'data', the state donated; BatchNorm sees the
-global batch because the batch is one global array; on CPU the steps compile with
-`compiler.options`. pmap: one replica per local device, the same
-step with `axis_name='batch'` (the model's BatchNorm and the gradient `pmean` use it).
+global batch because the batch is one global array; the steps compile with `compiler.options`.
+pmap: one replica per local device, the same step with `axis_name='batch'` (the model's BatchNorm
+and the gradient `pmean` use it).
 Both take host-local numpy batches from `jresnet.data` and return host-side metrics.
 """
 
