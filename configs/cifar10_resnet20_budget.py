@@ -23,6 +23,10 @@ paper's 182 epochs give ~91.3%), and at this speed 15 epochs is what an hour hol
 That run predates the CPU steps' compiler options (jresnet/training/compiler.py), which change
 float32 rounding and make the step ~20% faster; with them, 18 epochs (`--config.num_epochs=18`)
 took 54 min 13 s of training and reached 83.26% (2026-11-24), so 15 epochs stay the default.
+PyTorch following this config on the same split (`python -m bench.torch_recipe`, 2026-11-24)
+reached 82.44% in 15 epochs and 84.92% in 30 (`--config.num_epochs=30`): the plateau is the
+recipe's length on this data, not jresnet. If each doubling kept adding 2.5 points (an
+extrapolation from these two runs), 90% would take ~120 epochs: ~6 hours of jresnet here.
 """
 
 from configs import cifar10_resnet20
