@@ -38,8 +38,8 @@ flags.DEFINE_string("out", "bench/results.jsonl", "JSON lines file the result is
 FLAGS = flags.FLAGS
 
 
-def split_tensors(cfg, split: str):
-  data = sources.get(cfg.data).load(split, True, cfg.data.max_cache_mb)
+def split_tensors(source: sources.Source, split: str, max_cache_mb: int):
+  data = source.load(split, True, max_cache_mb)
   images = torch.from_numpy(np.asarray(data.images)).permute(0, 3, 1, 2).contiguous()
   return images, torch.from_numpy(np.asarray(data.labels)).long()
 
@@ -73,9 +73,10 @@ def initialise(model: torch.nn.Module, zero_init_residual: bool) -> torch.nn.Mod
     elif isinstance(m, torch.nn.BatchNorm2d):
       torch.nn.init.ones_(m.weight)
       torch.nn.init.zeros_(m.bias)
-  for block in model.modules():
-    if zero_init_residual and hasattr(block, "bn2") and hasattr(block, "shortcut"):
-      torch.nn.init.zeros_(block.bn2.weight)
+  if zero_init_residual:  # after the loop above, which resets every BatchNorm gamma to 1
+    for block in model.modules():
+      if hasattr(block, "bn2") and hasattr(block, "shortcut"):
+        torch.nn.init.zeros_(block.bn2.weight)
   return model
 
 
@@ -94,7 +95,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # tfds narrates every split it builds at INFO
   cfg, args = FLAGS.config, FLAGS
-  preset = presets.resolve(cfg.data, sources.get(cfg.data).metadata)
+  source = sources.get(cfg.data)
+  preset = presets.resolve(cfg.data, source.metadata)
   if (cfg.model.family != "cifar" or cfg.optimizer.name != "sgd" or cfg.num_epochs is None
       or cfg.label_smoothing or cfg.ema_decay or preset.image_shape[:2] != (32, 32)
       or preset.name != "cifar"):
@@ -104,17 +106,17 @@ def main(argv):
   torch.manual_seed(args.seed)
   torch.set_num_threads(args.threads)
   gen = torch.Generator().manual_seed(args.seed)
-  train_x, train_y = split_tensors(cfg, cfg.data.train_split)
-  val_x, val_y = split_tensors(cfg, cfg.data.eval_split)
+  train_x, train_y = split_tensors(source, cfg.data.train_split, cfg.data.max_cache_mb)
+  val_x, val_y = split_tensors(source, cfg.data.eval_split, cfg.data.max_cache_mb)
 
   model = torch_models.reference().CifarResNet(cfg.model.depth, cfg.data.num_classes)
-  source = f"tests/torch_reference.py CifarResNet({cfg.model.depth})"
+  name = f"tests/torch_reference.py CifarResNet({cfg.model.depth})"
   model = initialise(model, cfg.model.zero_init_residual).to(memory_format=torch.channels_last)
-  decayed = [p for p in model.parameters() if p.ndim > 1 or not cfg.weight_decay_mask]
-  others = [p for p in model.parameters() if p.ndim <= 1 and cfg.weight_decay_mask]
+  decays = {p: p.ndim > 1 or not cfg.weight_decay_mask for p in model.parameters()}
   o = cfg.optimizer
-  opt = torch.optim.SGD([{"params": decayed, "weight_decay": o.weight_decay},
-                         {"params": others, "weight_decay": 0.0}],
+  opt = torch.optim.SGD([{"params": [p for p, d in decays.items() if d],
+                          "weight_decay": o.weight_decay},
+                         {"params": [p for p, d in decays.items() if not d], "weight_decay": 0.0}],
                         lr=0.0, momentum=o.momentum, nesterov=o.nesterov)
   batch = cfg.batch_size
   steps_per_epoch = len(train_y) // batch
@@ -131,8 +133,9 @@ def main(argv):
       idx = order[i * batch:(i + 1) * batch]
       x = normalise(augment(train_x[idx], 4, gen), preset.mean, preset.std)
       y = train_y[idx]
+      lr = float(lr_at(step))
       for group in opt.param_groups:
-        group["lr"] = float(lr_at(step))
+        group["lr"] = lr
       logits = model(x)
       loss = F.cross_entropy(logits, y)
       opt.zero_grad(set_to_none=True)
@@ -149,14 +152,14 @@ def main(argv):
     history.append(row)
     print(json.dumps(row), flush=True)
 
-  result = {"bench": "torch_recipe", "config": cfg.to_dict(), "model": source,
+  result = {"bench": "torch_recipe", "config": cfg.to_dict(), "model": name,
             "torch": torch.__version__, "threads": args.threads, "machine": platform.processor(),
             "epochs": epochs, "steps": step, "seed": args.seed,
             "train_minutes": round((time.perf_counter() - start) / 60, 2),
             "val_accuracy": history[-1]["val_accuracy"], "curve": history}
   with open(args.out, "a") as f:
     f.write(json.dumps(result) + "\n")
-  print(f"PyTorch {source}: {result['val_accuracy']:.2%} validation accuracy after {step} steps "
+  print(f"PyTorch {name}: {result['val_accuracy']:.2%} validation accuracy after {step} steps "
         f"in {result['train_minutes']} min")
 
 
