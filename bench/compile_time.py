@@ -1,10 +1,12 @@
-"""Train-step compile time against depth, unrolled and with `scan_blocks=True` (issue #6).
+"""Train-step compile time against depth, unrolled and with `scan_blocks=True` (issue #6), and
+the compiled step's speed in each layout.
 
     python -m bench.compile_time [--models resnet20,resnet56] [--batch 8] [--with-unrolled-1001]
     python -m bench.compile_time --memory     # + peak RSS of ResNet-1001 at batch 128, +/- remat
     python -m bench.compile_time --persistent-cache /tmp/xla   # twice: cold, then cache hits
 
-Compile time is `lower` + `compile` of the project's jitted train step (`bench.project_step`).
+Compile time is `lower` + `compile` of the project's jitted train step (`bench.project_step`);
+images/s is that step's throughput at the same batch (`bench.timing`, `--repeats` 0 skips it).
 The unrolled ResNet-1001 is left out unless asked for: it takes minutes and gigabytes to compile.
 `--memory` runs one ResNet-1001 (scanned) train step per setting of `remat`, each in a fresh
 subprocess so that ru_maxrss is that step's alone; a step whose planned XLA buffers exceed the
@@ -21,7 +23,7 @@ import time
 import jax
 
 import jresnet
-from bench import project_step, report
+from bench import project_step, report, timing
 from jresnet.training import state as state_lib
 
 MODELS = {  # name -> (constructor, image size)
@@ -30,16 +32,17 @@ MODELS = {  # name -> (constructor, image size)
     "preact1001": (jresnet.CifarPreActResNet1001, 32), "resnet50": (jresnet.ResNet50, 224),
     "resnet101": (jresnet.ResNet101, 224), "resnet152": (jresnet.ResNet152, 224),
 }
-COLUMNS = ["model", "params", "layout", "batch", "compile_s"]
+COLUMNS = ["model", "params", "layout", "batch", "compile_s", "images_per_s"]
 MEMORY_COLUMNS = ["model", "remat", "batch", "planned_gib", "peak_rss_gib", "step_s", "note"]
 
 
-def compile_row(name: str, scan: bool, batch: int) -> dict:
+def compile_row(name: str, scan: bool, batch: int, repeats: int) -> dict:
   make, image_size = MODELS[name]
   params = jresnet.summary(make(), (1, image_size, image_size, 3)).total_params
-  compile_s, _, _ = project_step.train(make(scan_blocks=scan), batch, image_size)
+  compile_s, step, sync = project_step.train(make(scan_blocks=scan), batch, image_size)
+  speed = timing.throughput(step, sync, batch, repeats) if repeats else {}
   return {"model": name, "params": params, "layout": "scan" if scan else "unrolled",
-          "batch": batch, "image_size": image_size, "compile_s": round(compile_s, 2)}
+          "batch": batch, "image_size": image_size, "compile_s": round(compile_s, 2), **speed}
 
 
 def memory_child(remat: bool, batch: int) -> dict:
@@ -85,6 +88,7 @@ def main(argv=None) -> list[dict]:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--models", default=",".join(MODELS))
   parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--repeats", type=int, default=3, help="timed repeats of the step")
   parser.add_argument("--with-unrolled-1001", action="store_true")
   parser.add_argument("--memory", action="store_true")
   parser.add_argument("--memory-batch", type=int, default=128)
@@ -108,7 +112,7 @@ def main(argv=None) -> list[dict]:
     for scan in (False, True):
       if name == "preact1001" and not scan and not args.with_unrolled_1001:
         continue
-      row = {**compile_row(name, scan, args.batch), **report.conditions(),
+      row = {**compile_row(name, scan, args.batch, args.repeats), **report.conditions(),
              "persistent_cache": args.persistent_cache}
       print(report.table([row], COLUMNS).splitlines()[-1], flush=True)
       rows.append(row)

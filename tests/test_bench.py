@@ -41,12 +41,13 @@ def test_speed_quick(tmp_path, capsys):
 
 def test_compile_time_one_model(tmp_path, capsys):
   out = tmp_path / "compile.jsonl"
-  compile_time.main(["--models", "resnet20", "--out", str(out)])
+  compile_time.main(["--models", "resnet20", "--repeats", "1", "--out", str(out)])
   printed = capsys.readouterr().out
   assert "unrolled" in printed and "scan" in printed
   records = read_jsonl(out)
   assert [r["layout"] for r in records] == ["unrolled", "scan"]
-  assert all(r["params"] == 269_722 and r["compile_s"] > 0 for r in records)
+  assert all(r["params"] == 269_722 and r["compile_s"] > 0 and r["images_per_s"] > 0
+             for r in records)
 
 
 def test_gpu_smoke_without_ml_collections_or_tensorflow(tmp_path):

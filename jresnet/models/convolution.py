@@ -1,11 +1,15 @@
-"""`lax.conv_general_dilated` with a weight gradient that XLA:CPU computes fast.
+"""`lax.conv_general_dilated` with gradients that XLA:CPU computes fast.
 
 XLA:CPU differentiates a convolution with respect to its kernel as another convolution, whose
 "kernel" is the whole feature map: for ResNet's layers that runs 2-15x slower than the forward
 pass (BENCHMARKS.md). On CPU this module computes the weight gradient as im2col matmuls instead,
 one chunk of the batch at a time so that the patches stay in cache, and computes 1x1
-convolutions as matmuls. The choice is made per backend with `lax.platform_dependent`: lowered
-for GPU or TPU, the graph is `lax.conv_general_dilated`'s own, unchanged.
+convolutions as matmuls. The input gradient is written out as a convolution in the forward's
+own NHWC/HWIO layout: XLA:CPU rewrites other layouts into that one, which its fast (Eigen)
+kernels need, only for top-level convolutions, so autodiff's convolution inside a loop (a
+scanned stage) ran on the generic path, 30x slower. The choice is made per backend with
+`lax.platform_dependent`: lowered for GPU or TPU, the graph is `lax.conv_general_dilated`'s own,
+unchanged.
 """
 
 import dataclasses
@@ -47,6 +51,20 @@ class Geometry:
                          (1, *self.strides, 1))
                for i in range(kernel_hw[0]) for j in range(kernel_hw[1])]
     return windows[0] if len(windows) == 1 else jnp.concatenate(windows, axis=-1)
+
+
+def input_gradient(geometry: Geometry, cotangent: jax.Array, rhs: jax.Array,
+                   input_hw: tuple[int, int], precision=None) -> jax.Array:
+  """d(loss)/d(lhs): the cotangent dilated by the strides, convolved (NHWC/HWIO) with the kernel
+  flipped in space and with its feature axes swapped."""
+  kernel = jnp.flip(rhs, (0, 1)).swapaxes(2, 3)
+  padding = []
+  for size, out, k, s, d, (lo, _) in zip(input_hw, cotangent.shape[1:3], rhs.shape[:2],
+                                         geometry.strides, geometry.dilation, geometry.padding):
+    padding.append((d * (k - 1) - lo, size - 1 - (out - 1) * s + lo))
+  return lax.conv_general_dilated(cotangent, kernel, (1, 1), padding,
+                                  lhs_dilation=geometry.strides, rhs_dilation=geometry.dilation,
+                                  dimension_numbers=NHWC, precision=precision)
 
 
 def batch_chunk(batch: int, bytes_per_example: int) -> int:
@@ -92,8 +110,12 @@ def _cpu_conv_fwd(geometry, lhs, rhs, precision):
 
 def _cpu_conv_bwd(geometry, precision, residuals, cotangent):
   lhs, rhs = residuals
-  _, input_vjp = jax.vjp(lambda x: cpu_conv.fun(geometry, x, rhs, precision), lhs)
-  return (input_vjp(cotangent)[0],
+  if geometry.is_pointwise(rhs.shape):  # a matmul: autodiff's gradient is matmuls too
+    _, input_vjp = jax.vjp(lambda x: cpu_conv.fun(geometry, x, rhs, precision), lhs)
+    lhs_gradient = input_vjp(cotangent)[0]
+  else:
+    lhs_gradient = input_gradient(geometry, cotangent, rhs, lhs.shape[1:3], precision)
+  return (lhs_gradient,
           weight_gradient(geometry, lhs, cotangent, rhs.shape, precision).astype(rhs.dtype))
 
 
