@@ -4,8 +4,9 @@ and PyTorch's `conv2d`, in one run (issue #6).
 
     python -m bench.conv_layers [--repeats 7] [--out bench/results.jsonl]
 
-Milliseconds, median of the repeats after one warm-up call. Shapes: the CIFAR ResNet-20 layers at
-batch 128 and the ResNet-50 layers at batch 16 (224x224 input).
+Milliseconds, median of the repeats after one warm-up call; JAX compiles with the train step's
+XLA options (`jresnet.training.compiler`). Shapes: the CIFAR ResNet-20 layers at batch 128 and the
+ResNet-50 layers at batch 16 (224x224 input).
 """
 
 import argparse
@@ -19,6 +20,7 @@ from jax import lax
 
 from bench import report
 from jresnet.models import convolution
+from jresnet.training import compiler
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 # (name, batch, size, in, out, kernel, stride)
@@ -58,7 +60,7 @@ def jax_ms(conv, n, size, cin, cout, k, stride, repeats) -> float:
                                        dimension_numbers=NHWC), x, w)
     return y, vjp(jnp.ones_like(y))
 
-  step = jax.jit(fwd_bwd)
+  step = jax.jit(fwd_bwd, compiler_options=compiler.options(jax.default_backend()))
   x = jax.random.normal(jax.random.key(0), (n, size, size, cin))
   w = jax.random.normal(jax.random.key(1), (k, k, cin, cout))
   return _median_ms(lambda: jax.block_until_ready(step(x, w)), repeats)
