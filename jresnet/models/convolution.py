@@ -2,8 +2,9 @@
 
 XLA:CPU differentiates a convolution with respect to its kernel as another convolution, whose
 "kernel" is the whole feature map: for ResNet's layers that runs 2-15x slower than the forward
-pass (BENCHMARKS.md). On CPU this module computes the weight gradient as im2col matmuls instead,
-one chunk of the batch at a time so that the patches stay in cache, and computes 1x1
+pass with XLA's default (YNNPACK) convolutions, and still makes the train step 5-17% slower with
+XLA's own (BENCHMARKS.md). On CPU this module computes the weight gradient as im2col matmuls
+instead, one chunk of the batch at a time so that the patches stay in cache, and computes 1x1
 convolutions as matmuls. The input gradient is written out as a convolution in the forward's
 own NHWC/HWIO layout: XLA:CPU rewrites other layouts into that one, which its fast (Eigen)
 kernels need, only for top-level convolutions, so autodiff's convolution inside a loop (a
