@@ -84,6 +84,20 @@ def test_grouped_convolution_is_lax_itself():
   assert "platform_index" not in str(ours) and "custom_vjp" not in str(ours)
 
 
+def _resnet_loss(model, variables, x):
+  """A train-mode loss of the parameters that reaches every convolution."""
+  def loss(params):
+    logits, _ = model.apply({**variables, "params": params}, x, train=True,
+                            mutable=["batch_stats"])
+    return jnp.sum(logits ** 2)
+  return loss
+
+
+def _resnet_gradient(model, variables, x, compiler_options=None):
+  loss = _resnet_loss(model, variables, x)
+  return jax.jit(jax.grad(loss), compiler_options=compiler_options)(variables["params"])
+
+
 def test_scanned_gradients_compile_to_canonical_convolutions():
   """Inside a scanned stage (a while loop) XLA:CPU leaves convolutions in whatever layout they
   come in, and any but NHWC/HWIO runs on its generic path, 30x slower: every convolution of a
@@ -91,19 +105,10 @@ def test_scanned_gradients_compile_to_canonical_convolutions():
   x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
   model = jresnet.ResNet(depth=20, family="cifar", num_classes=10, scan_blocks=True)
   variables = model.init(jax.random.key(1), x)
-  hlo = jax.jit(jax.grad(lambda p: jnp.sum(model.apply(
-      {**variables, "params": p}, x, train=True, mutable=["batch_stats"])[0] ** 2))).lower(
-          variables["params"]).compile().as_text()
+  hlo = jax.jit(jax.grad(_resnet_loss(model, variables, x))).lower(
+      variables["params"]).compile().as_text()
   labels = re.findall(r" convolution\(.*dim_labels=([^,]+)", hlo)
   assert len(labels) >= 7 and set(labels) == {"b01f_01io->b01f"}, labels
-
-
-def _resnet_gradient(model, variables, x, compiler_options=None):
-  def loss(params):
-    logits, _ = model.apply({**variables, "params": params}, x, train=True,
-                            mutable=["batch_stats"])
-    return jnp.sum(logits ** 2)
-  return jax.jit(jax.grad(loss), compiler_options=compiler_options)(variables["params"])
 
 
 def test_resnet_gradients_match_the_plain_formulation():
