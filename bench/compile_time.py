@@ -24,6 +24,7 @@ import jax
 
 import jresnet
 from bench import project_step, report, timing
+from jresnet.training import huge_pages
 from jresnet.training import state as state_lib
 
 MODELS = {  # name -> (constructor, image size)
@@ -127,4 +128,5 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
+  huge_pages.exec_with_huge_pages()  # as train.py runs
   main()

@@ -20,7 +20,7 @@ from jax import lax
 
 from bench import report
 from jresnet.models import convolution
-from jresnet.training import compiler
+from jresnet.training import compiler, huge_pages
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 # (name, batch, size, in, out, kernel, stride)
@@ -101,4 +101,5 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
+  huge_pages.exec_with_huge_pages()  # as train.py runs
   main()

@@ -25,6 +25,7 @@ import tempfile
 import time
 
 import jresnet.data as jd
+from jresnet.training import huge_pages
 
 
 def folder_config(folder: str, threads: int | None, cache_dir: str, preset: str = "cifar"):
@@ -115,4 +116,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  huge_pages.exec_with_huge_pages()  # as train.py runs
   main()

@@ -41,7 +41,8 @@ def machine() -> dict:
   info = {"host": platform.node(), "cpu_model": _cpuinfo("model name"),
           "processor": platform.processor(), "cores": cores(), "mem_gib": _mem_total_gib(),
           "python": platform.python_version(), "jax": jax.__version__,
-          "jax_backend": jax.default_backend(), "jax_device": jax.devices()[0].device_kind}
+          "jax_backend": jax.default_backend(), "jax_device": jax.devices()[0].device_kind,
+          "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}  # huge pages or not
   try:
     import torch  # noqa: PLC0415
     info["torch"] = torch.__version__

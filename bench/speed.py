@@ -21,6 +21,7 @@ import torch
 
 import jresnet
 from bench import project_step, report, timing, torch_models
+from jresnet.training import huge_pages
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +116,8 @@ def main(argv=None) -> list[dict]:
                  else {"repeats": args.repeats, "min_repeat_s": args.min_repeat_s})
   print(f"# {machine['cpu_model']}, {machine['cores']} cores, {machine['mem_gib']} GiB; "
         f"jax {machine['jax']} ({machine['jax_backend']}), torch {machine['torch']} "
-        f"({torch.get_num_threads()} threads){'; QUICK' if args.quick else ''}", flush=True)
+        f"({torch.get_num_threads()} threads); GLIBC_TUNABLES={machine['glibc_tunables']}"
+        f"{'; QUICK' if args.quick else ''}", flush=True)
   rows = []
   for name in names:
     for w in WORKLOADS[name]:
@@ -134,4 +136,5 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
+  huge_pages.exec_with_huge_pages()  # as train.py runs
   main()

@@ -27,7 +27,7 @@ from ml_collections import config_flags
 
 from bench import torch_models
 from jresnet.data import presets, sources
-from jresnet.training import optim
+from jresnet.training import huge_pages, optim
 
 config_flags.DEFINE_config_file("config", "configs/cifar10_resnet20_budget.py",
                                 "The jresnet config whose recipe PyTorch follows.",
@@ -164,4 +164,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  huge_pages.exec_with_huge_pages()  # as train.py runs
   app.run(main)
