@@ -2,6 +2,7 @@
 
     python -m bench.gpu [--out bench/results.jsonl]
     python -m bench.gpu --smoke      # tiny batches and images on any device (CPU: a check)
+    python -m bench.gpu --workloads "ResNet-50 train" --frameworks jresnet   # e.g. an XLA flag
 
 Workloads: ResNet-50 224x224 train and eval at batch 256, CIFAR ResNet-20 32x32 train at batch
 512, all bf16 (jresnet: dtype bfloat16, float32 parameters; PyTorch: channels_last under bf16
@@ -159,7 +160,16 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--smoke", action="store_true", help="tiny batches, 1 repeat, any device")
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--out", default="bench/results.jsonl", help="JSON lines appended here")
+  parser.add_argument("--workloads", default=",".join(w[0] for w in WORKLOADS),
+                      help="comma-separated names of the workloads to run")
+  parser.add_argument("--frameworks", default="jresnet,pytorch",
+                      help="comma-separated: jresnet, pytorch or both")
   args = parser.parse_args(argv)
+  workloads = [w for w in WORKLOADS if w[0] in args.workloads.split(",")]
+  frameworks = set(args.frameworks.split(","))
+  unknown = set(args.workloads.split(",")) - {w[0] for w in WORKLOADS}
+  if unknown or not frameworks <= {"jresnet", "pytorch"}:
+    parser.error(f"unknown workloads {sorted(unknown)} or frameworks {sorted(frameworks)}")
   device = "cuda" if torch.cuda.is_available() else "cpu"
   machine = {**report.machine(), "gpu_driver": driver(),
              "torch_device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
@@ -177,14 +187,16 @@ def main(argv=None) -> list[dict]:
   if machine["jax_backend"] != "gpu" or device != "cuda":
     print("# NOTE: no GPU for jax and/or torch; the numbers below are CPU numbers")
   rows = []
-  for name, torch_name, make, image_size, full_batch, smoke_batch, mode in WORKLOADS:
+  for name, torch_name, make, image_size, full_batch, smoke_batch, mode in workloads:
     batch = smoke_batch if args.smoke else full_batch
     image_size = min(image_size, 64) if args.smoke else image_size
     macs = jresnet.summary(make(), (1, image_size, image_size, 3)).total_macs
     flops = 2 * macs * (3 if mode == "train" else 1)
-    measured = [measure_jax(make, image_size, batch, mode, timing_args)]
-    measured += [measure_torch(torch_name, image_size, batch, mode, compiled, device, timing_args)
-                 for compiled in (False, True)]
+    measured = ([measure_jax(make, image_size, batch, mode, timing_args)]
+                if "jresnet" in frameworks else [])
+    if "pytorch" in frameworks:
+      measured += [measure_torch(torch_name, image_size, batch, mode, compiled, device,
+                                 timing_args) for compiled in (False, True)]
     conditions = report.conditions()
     for row in measured:
       row.update(workload=name, mode=mode, batch=batch, image_size=image_size, smoke=args.smoke,
@@ -194,7 +206,7 @@ def main(argv=None) -> list[dict]:
         row["peak_fraction"] = round(row["tflops"] / peak, 4) if peak else None
     torch_best = max((r["images_per_s"] for r in measured if r["framework"] == "pytorch"
                       and "images_per_s" in r), default=None)
-    if torch_best:
+    if torch_best and "jresnet" in frameworks:
       measured[0]["vs_torch"] = round(measured[0]["images_per_s"] / torch_best, 3)
     report.append_jsonl(args.out, measured)
     print(report.table(measured, COLUMNS), flush=True)
