@@ -165,11 +165,11 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--frameworks", default="jresnet,pytorch",
                       help="comma-separated: jresnet, pytorch or both")
   args = parser.parse_args(argv)
-  workloads = [w for w in WORKLOADS if w[0] in args.workloads.split(",")]
-  frameworks = set(args.frameworks.split(","))
-  unknown = set(args.workloads.split(",")) - {w[0] for w in WORKLOADS}
-  if unknown or not frameworks <= {"jresnet", "pytorch"}:
-    parser.error(f"unknown workloads {sorted(unknown)} or frameworks {sorted(frameworks)}")
+  names, frameworks = set(args.workloads.split(",")), set(args.frameworks.split(","))
+  unknown = (names - {w[0] for w in WORKLOADS}) | (frameworks - {"jresnet", "pytorch"})
+  if unknown:
+    parser.error(f"unknown workloads or frameworks: {sorted(unknown)}")
+  workloads = [w for w in WORKLOADS if w[0] in names]
   device = "cuda" if torch.cuda.is_available() else "cpu"
   machine = {**report.machine(), "gpu_driver": driver(),
              "torch_device": torch.cuda.get_device_name() if device == "cuda" else "cpu",

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from bench import compile_time, speed
@@ -62,6 +63,13 @@ def test_gpu_smoke_without_ml_collections_or_tensorflow(tmp_path):
   assert len(records) == 9
   for r in records:
     assert "images_per_s" in r or r["note"].startswith("skipped")
+
+
+def test_gpu_rejects_unknown_workloads_and_frameworks(capsys):
+  from bench import gpu  # noqa: PLC0415
+  with pytest.raises(SystemExit):
+    gpu.main(["--smoke", "--workloads", "ResNet-50 train,ResNet-9 train", "--frameworks", "mxnet"])
+  assert "['ResNet-9 train', 'mxnet']" in capsys.readouterr().err
 
 
 def test_conv_layers_one_repeat(tmp_path, monkeypatch, capsys):
