@@ -22,7 +22,6 @@ a seeded permutation with batches running across epoch boundaries, and the 'cifa
 import json
 import math
 import time
-import types
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +30,8 @@ from absl import app, flags, logging
 from ml_collections import ConfigDict, config_flags
 
 from bench import device_batches, report
-from jresnet.training import huge_pages, loop, optim, parallel
+from jresnet.training import huge_pages, optim, parallel
+from jresnet.training import model as model_lib
 from jresnet.training import step as step_lib
 from jresnet.training.state import create_train_state
 
@@ -53,10 +53,9 @@ def train_run(cfg: ConfigDict, data: dict, num_classes: int, epochs: float,
   """One run of `epochs` epochs; its curve and final validation accuracy."""
   cfg = ConfigDict(cfg.to_dict())
   cfg.num_epochs, cfg.num_train_steps = epochs, None
-  cfg.precision = loop.resolve_precision(cfg.precision)
+  cfg.precision = model_lib.resolve_precision(cfg.precision)
   image_shape = data["train"][0].shape[1:]
-  model = loop.build_model(cfg, types.SimpleNamespace(num_classes=num_classes,
-                                                      image_shape=image_shape))
+  model = model_lib.build_model(cfg, num_classes, image_shape[-1])
   parallel.check_batch_size(cfg.batch_size)
   parallel.check_batch_size(cfg.eval_batch_size or cfg.batch_size)
   steps_per_epoch = len(data["train"][1]) / cfg.batch_size

@@ -123,27 +123,34 @@ def test_evaluation_counts_every_example_once():
   np.testing.assert_allclose(first, data["eval"][0][:3], atol=1e-3)
 
 
-def run_module(*args):
-  run = subprocess.run([sys.executable, "-m", "bench.accuracy_vs_epochs", *map(str, args)],
-                       capture_output=True, text=True, timeout=600)
+def run_module(*args, tensorflow=True):
+  """`python -m bench.accuracy_vs_epochs *args`; with tensorflow=False, as on a machine without
+  it (an import of tensorflow fails)."""
+  block = "" if tensorflow else "sys.modules['tensorflow'] = None; "
+  code = (f"import runpy, sys; {block}sys.argv = ['accuracy_vs_epochs', *{list(map(str, args))}]; "
+          "runpy.run_module('bench.accuracy_vs_epochs', run_name='__main__')")
+  run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "JRESNET_HUGE_PAGES": "0"})
   assert run.returncode == 0, run.stderr[-2000:]
   return run.stdout
 
 
 def test_pack_then_train_curves_with_the_project_step(folder, tmp_path):
-  """End to end in subprocesses (absl flags): pack, then two run lengths, one with the packed
-  recipe changed through bench/packed_config.py."""
+  """End to end in subprocesses (absl flags): pack, then, without TensorFlow, two run lengths and
+  one with the packed recipe changed through bench/packed_config.py."""
   pack, out = tmp_path / "pack.npz", tmp_path / "curves.jsonl"
   run_module("--mode=pack", "--config=configs/cifar10_resnet20_budget.py", f"--pack={pack}",
              f"--config.data.path={folder}", f"--config.data.cache_dir={tmp_path / 'cache'}",
              *(f"--config.{k}={v}" for k, v in OVERRIDES.items()))
-  printed = run_module(f"--pack={pack}", "--epochs=1,2", "--evals=2", f"--out={out}")
+  printed = run_module(f"--pack={pack}", "--epochs=1,2", "--evals=2", f"--out={out}",
+                       tensorflow=False)
   runs = [json.loads(line) for line in out.read_text().splitlines()]
   assert [r["epochs"] for r in runs] == [1.0, 2.0]
   assert [[row["step"] for row in r["curve"]] for r in runs] == [[2, 3], [3, 6]]  # 24 / 8
   assert all(0 <= r["val_accuracy"] <= 1 and r["precision"] == "float32" for r in runs)
   assert "val_accuracy" in printed
   run_module(f"--pack={pack}", f"--config=bench/packed_config.py:{pack}",
-             "--config.optimizer.weight_decay=0.0", "--epochs=1", "--evals=1", f"--out={out}")
+             "--config.optimizer.weight_decay=0.0", "--epochs=1", "--evals=1", f"--out={out}",
+             tensorflow=False)
   last = json.loads(out.read_text().splitlines()[-1])
   assert last["config"]["optimizer"]["weight_decay"] == 0.0 and last["steps"] == 3

@@ -19,33 +19,13 @@ from ml_collections import ConfigDict
 from jresnet import export
 from jresnet.models import ResNet
 from jresnet.training import checkpoint as checkpoint_lib
+from jresnet.training import model as model_lib
 from jresnet.training import optim, parallel, pretrained
 from jresnet.training import step as step_lib
 from jresnet.training.records import Records
 from jresnet.training.state import create_train_state
 
-ACCELERATOR_BACKENDS = ("gpu", "cuda", "rocm", "tpu")
 EXPORT_FILE = "model.msgpack"  # inference export written at the end of training
-
-
-def resolve_precision(precision: str) -> str:
-  """'auto': bfloat16 computation on GPU and TPU, float32 on CPU (where bf16 rarely pays)."""
-  if precision == "auto":
-    return "bfloat16" if jax.default_backend() in ACCELERATOR_BACKENDS else "float32"
-  if precision not in ("float32", "bfloat16"):
-    raise ValueError(f"precision must be auto, float32 or bfloat16; got {precision!r}")
-  return precision
-
-
-def build_model(config: ConfigDict, info) -> ResNet:
-  """The configured ResNet for this dataset (classes and channels from the data)."""
-  fields = {f.name for f in dataclasses.fields(ResNet)} - {"parent", "name"}
-  kwargs = config.model.to_dict()
-  unknown = set(kwargs) - fields
-  if unknown:
-    raise ValueError(f"unknown model option(s) {sorted(unknown)}; ResNet takes {sorted(fields)}")
-  return ResNet(**kwargs, num_classes=info.num_classes, input_channels=info.image_shape[-1],
-                dtype=config.precision)
 
 
 def model_meta(model: ResNet) -> dict:
@@ -74,9 +54,10 @@ def plan(config: ConfigDict) -> Plan:
   from jresnet import data  # noqa: PLC0415 (TensorFlow only where data is read)
 
   config = ConfigDict(config.to_dict())  # a resolved copy; the caller's config is untouched
-  config.precision = resolve_precision(config.precision)
+  config.precision = model_lib.resolve_precision(config.precision)
   info = data.load_info(config.data)  # a missing dataset fails here, in seconds
-  model = build_model(config, info)   # so does an invalid architecture
+  model = model_lib.build_model(config, info.num_classes,  # so does an invalid architecture
+                                info.image_shape[-1])
   parallel.check_batch_size(config.batch_size)
   parallel.check_batch_size(config.eval_batch_size or config.batch_size)
   steps_per_epoch = info.split_sizes[config.data.train_split] / config.batch_size
