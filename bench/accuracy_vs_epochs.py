@@ -13,8 +13,8 @@ hours on 2 CPU cores, minutes on one GPU. Two steps:
 
 Training follows the recipe with jresnet's own model, optimiser, schedule and jitted train step
 (`parallel.JitMesh` over every device). Only the input differs from train.py: Pillow decodes the
-images (for JPEGs its IDCT may differ from TensorFlow's by a level on some pixels), each epoch is
-a seeded permutation with batches running across epoch boundaries, and the 'cifar' augmentation
+images (JPEG values differ from TensorFlow's by about a level, at most 5 on CIFAR-10), each epoch
+is a seeded permutation with batches running across epoch boundaries, and the 'cifar' augmentation
 (zero padding, random crop, flip) runs in JAX on the device. Every validation image is counted
 (the last batch padded and masked). One JSON line per evaluation; each run is appended to --out.
 """
