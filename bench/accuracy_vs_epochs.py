@@ -20,7 +20,6 @@ is a seeded permutation with batches running across epoch boundaries, and the 'c
 """
 
 import json
-import math
 import time
 
 import jax
@@ -30,10 +29,8 @@ from absl import app, flags, logging
 from ml_collections import ConfigDict, config_flags
 
 from bench import device_batches, report
-from jresnet.training import huge_pages, optim, parallel
-from jresnet.training import model as model_lib
+from jresnet.training import huge_pages, recipe
 from jresnet.training import step as step_lib
-from jresnet.training.state import create_train_state
 
 config_flags.DEFINE_config_file(
     "config", None, "pack: the config whose splits and recipe are packed; train: the recipe "
@@ -53,21 +50,12 @@ def train_run(cfg: ConfigDict, data: dict, num_classes: int, epochs: float,
   """One run of `epochs` epochs; its curve and final validation accuracy."""
   cfg = ConfigDict(cfg.to_dict())
   cfg.num_epochs, cfg.num_train_steps = epochs, None
-  cfg.precision = model_lib.resolve_precision(cfg.precision)
-  image_shape = data["train"][0].shape[1:]
-  model = model_lib.build_model(cfg, num_classes, image_shape[-1])
-  parallel.check_batch_size(cfg.batch_size)
-  parallel.check_batch_size(cfg.eval_batch_size or cfg.batch_size)
-  steps_per_epoch = len(data["train"][1]) / cfg.batch_size
-  total = math.ceil(epochs * steps_per_epoch)
-  schedule = optim.create_schedule(cfg, total, steps_per_epoch)
-  tx = optim.create_optimizer(cfg, schedule)
-  runner = parallel.JitMesh(step_lib.StepConfig(
-      model=model, tx=tx, schedule=schedule, num_classes=num_classes,
-      label_smoothing=cfg.label_smoothing, ema_decay=cfg.ema_decay))
-  use_ema = cfg.ema_decay is not None
-  state = runner.create_state(lambda: create_train_state(model, tx, image_shape, cfg.seed,
-                                                         use_ema=use_ema))
+  if cfg.parallel != "jit":
+    raise app.UsageError(f"parallel={cfg.parallel!r}: the batches made on the device are global "
+                         "arrays on the jit path's mesh; use --config.parallel=jit")
+  r = recipe.build(cfg, num_classes, data["train"][0].shape[1:], len(data["train"][1]))
+  runner, total, steps_per_epoch = r.runner, r.total_steps, r.steps_per_epoch
+  state = r.create_state()
   batches = device_batches.Batches(runner, data, cfg)
   eval_at = {max(1, round(total * k / evals)) for k in range(1, evals + 1)}
 
@@ -85,7 +73,7 @@ def train_run(cfg: ConfigDict, data: dict, num_classes: int, epochs: float,
     train_s += time.perf_counter() - start
     sums = None
     for batch in batches.evaluation():
-      out = runner.eval_step(state.eval_variables(use_ema), batch)
+      out = runner.eval_step(state.eval_variables(r.use_ema), batch)
       sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     val = step_lib.summarise_eval(jax.device_get(sums))
     row = {"epoch": round(step / steps_per_epoch, 2), "step": step,
@@ -100,8 +88,8 @@ def train_run(cfg: ConfigDict, data: dict, num_classes: int, epochs: float,
       print(f"non-finite loss at step {step}: run stopped")
       break
     start = time.perf_counter()
-  return {"bench": "accuracy_vs_epochs", "config": cfg.to_dict(), "epochs": epochs,
-          "steps": curve[-1]["step"], "precision": cfg.precision,
+  return {"bench": "accuracy_vs_epochs", "config": r.config.to_dict(), "epochs": epochs,
+          "steps": curve[-1]["step"], "precision": r.config.precision,
           "device_count": jax.device_count(), "first_step_s": round(first_step_s, 2),
           "train_minutes": round(train_s / 60, 2), "val_accuracy": curve[-1]["val_accuracy"],
           "curve": curve}

@@ -154,3 +154,14 @@ def test_pack_then_train_curves_with_the_project_step(folder, tmp_path):
              tensorflow=False)
   last = json.loads(out.read_text().splitlines()[-1])
   assert last["config"]["optimizer"]["weight_decay"] == 0.0 and last["steps"] == 3
+
+
+def test_train_run_refuses_the_pmap_path_before_building_anything():
+  from absl import app  # noqa: PLC0415
+
+  from bench import accuracy_vs_epochs  # noqa: PLC0415 (defines absl flags)
+  cfg = cifar10_resnet20_budget.get_config()
+  cfg.parallel = "pmap"
+  split = (np.zeros((8, 32, 32, 3), np.uint8), np.zeros(8, np.int32))
+  with pytest.raises(app.UsageError, match="use --config.parallel=jit"):
+    accuracy_vs_epochs.train_run(cfg, {"train": split, "eval": split}, 10, 1.0, 1)

@@ -32,8 +32,7 @@ def _train_losses(workdir):
 
 def _final_state(workdir, config):
   p = loop.plan(config)
-  target = p.runner.get_state(p.runner.create_state(lambda: create_train_state(
-      p.model, p.tx, p.info.image_shape, config.seed, use_ema=False)))
+  target = p.runner.get_state(p.create_state())
   ckpts = checkpoint_lib.Checkpoints(os.path.join(workdir, "checkpoints"), async_save=False)
   step = ckpts.latest_step()
   return step, ckpts.restore(step, target, {"model": loop.model_meta(p.model)})
@@ -245,8 +244,7 @@ def test_frozen_batchnorm_and_frozen_stages_stay_bitwise_unchanged(tmp_path):
   loop.train_and_evaluate(config, str(tmp_path))
   _, trained = _final_state(tmp_path, config)
   p = loop.plan(config)
-  initial = jax.jit(lambda: create_train_state(p.model, p.tx, p.info.image_shape, config.seed,
-                                               use_ema=False))()
+  initial = p.create_state()
   jax.tree.map(np.testing.assert_array_equal, trained.batch_stats, initial.batch_stats)
   for frozen in ("stem", "layer1"):
     jax.tree.map(np.testing.assert_array_equal, trained.params[frozen], initial.params[frozen])
@@ -260,8 +258,7 @@ def test_ema_weights_are_tracked_and_used_for_evaluation(tmp_path):
   config = tiny_config(num_train_steps=3, ema_decay=0.5, eval_every_steps=3)
   metrics = loop.train_and_evaluate(config, str(tmp_path))
   p = loop.plan(config)
-  target = p.runner.get_state(p.runner.create_state(lambda: create_train_state(
-      p.model, p.tx, p.info.image_shape, config.seed, use_ema=True)))
+  target = p.runner.get_state(p.create_state())
   ckpts = checkpoint_lib.Checkpoints(os.path.join(tmp_path, "checkpoints"), async_save=False)
   state = ckpts.restore(3, target, {"model": loop.model_meta(p.model)})
   ema, params = state.ema_params["fc"]["kernel"], state.params["fc"]["kernel"]
@@ -322,9 +319,7 @@ def test_finetune_config_runs_on_an_image_folder_from_converted_weights(tmp_path
     jax.tree.map(np.testing.assert_array_equal, tuned.params[stage], published["params"][stage])
     jax.tree.map(np.testing.assert_array_equal, tuned.batch_stats[stage],
                  published["batch_stats"][stage])
-  initial = loop.plan(config)
-  fresh = jax.jit(lambda: create_train_state(initial.model, initial.tx, (32, 32, 3), config.seed,
-                                             use_ema=False))()
+  fresh = loop.plan(config).create_state()
   head, fresh_head = tuned.params["fc"]["kernel"], fresh.params["fc"]["kernel"]
   assert np.any(np.asarray(head) != np.asarray(fresh_head))  # the new head trained
 

@@ -8,7 +8,6 @@ evaluating and checkpointing on schedule. Records are written by process 0 only.
 import dataclasses
 import json
 import logging
-import math
 import os
 import signal
 
@@ -19,11 +18,10 @@ from ml_collections import ConfigDict
 from jresnet import export
 from jresnet.models import ResNet
 from jresnet.training import checkpoint as checkpoint_lib
-from jresnet.training import model as model_lib
-from jresnet.training import optim, parallel, pretrained
+from jresnet.training import parallel, pretrained
+from jresnet.training import recipe as recipe_lib
 from jresnet.training import step as step_lib
 from jresnet.training.records import Records
-from jresnet.training.state import create_train_state
 
 EXPORT_FILE = "model.msgpack"  # inference export written at the end of training
 
@@ -37,42 +35,19 @@ def model_meta(model: ResNet) -> dict:
 
 
 @dataclasses.dataclass
-class Plan:
-  """Everything derived from the config and the dataset before compiling."""
+class Plan(recipe_lib.Recipe):
+  """The recipe and the dataset it was derived from."""
 
-  config: ConfigDict
   info: object
-  model: ResNet
-  total_steps: int
-  steps_per_epoch: float
-  runner: object
-  schedule: object
-  tx: object
 
 
 def plan(config: ConfigDict) -> Plan:
   from jresnet import data  # noqa: PLC0415 (TensorFlow only where data is read)
 
-  config = ConfigDict(config.to_dict())  # a resolved copy; the caller's config is untouched
-  config.precision = model_lib.resolve_precision(config.precision)
   info = data.load_info(config.data)  # a missing dataset fails here, in seconds
-  model = model_lib.build_model(config, info.num_classes,  # so does an invalid architecture
-                                info.image_shape[-1])
-  parallel.check_batch_size(config.batch_size)
-  parallel.check_batch_size(config.eval_batch_size or config.batch_size)
-  steps_per_epoch = info.split_sizes[config.data.train_split] / config.batch_size
-  total_steps = config.num_train_steps or math.ceil(config.num_epochs * steps_per_epoch)
-  config.num_train_steps = total_steps
-  config.learning_rate_resolved = optim.base_learning_rate(config)
-  config.num_classes = info.num_classes
-  schedule = optim.create_schedule(config, total_steps, steps_per_epoch)
-  tx = optim.create_optimizer(config, schedule)
-  step_cfg = step_lib.StepConfig(model=model, tx=tx, schedule=schedule,
-                                 num_classes=info.num_classes,
-                                 label_smoothing=config.label_smoothing,
-                                 ema_decay=config.ema_decay)
-  runner = parallel.create(config.parallel, step_cfg, bn_span=config.bn_span)
-  return Plan(config, info, model, total_steps, steps_per_epoch, runner, schedule, tx)
+  recipe = recipe_lib.build(config, info.num_classes, info.image_shape,
+                            info.split_sizes[config.data.train_split])
+  return Plan(**vars(recipe), info=info)
 
 
 def evaluate(p: Plan, variables, split: str) -> dict:
@@ -120,9 +95,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
   start = checkpoints.latest_step() or 0
   if start:
     checkpoints.check_model(start, meta)  # before anything is compiled
-  create_fn = lambda: create_train_state(p.model, p.tx, p.info.image_shape, cfg.seed,
-                                         use_ema=cfg.ema_decay is not None)
-  state = p.runner.create_state(create_fn)
+  state = p.create_state()
   if start:
     state = p.runner.put_state(checkpoints.restore(start, p.runner.get_state(state), meta))
   elif cfg.init_from:
@@ -133,7 +106,6 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
   log_every = _every(cfg.log_every_steps, 100)
   eval_every = _every(cfg.eval_every_steps, epoch_steps)
   save_every = _every(cfg.checkpoint_every_steps, eval_every)
-  use_ema = cfg.ema_decay is not None
 
   records = Records(workdir, p.total_steps, start, cfg.batch_size)
   records.write_config(cfg)
@@ -163,7 +135,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
               "lower the learning rate or enable grad_clip_norm.")
         records.scalars(step, "train", host)
       if last or step % eval_every == 0:
-        eval_metrics = evaluate(p, state.eval_variables(use_ema), cfg.data.eval_split)
+        eval_metrics = evaluate(p, state.eval_variables(p.use_ema), cfg.data.eval_split)
         records.scalars(step, "eval", eval_metrics)
       if save:
         metrics_for_ckpt = eval_metrics if step % eval_every == 0 or last else None
@@ -177,7 +149,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     records.close()
   if step == p.total_steps and jax.process_index() == 0:
     export.save(os.path.join(workdir, EXPORT_FILE), p.model,
-                p.runner.to_host(state.eval_variables(use_ema)))
+                p.runner.to_host(state.eval_variables(p.use_ema)))
   return eval_metrics or {}
 
 
@@ -191,12 +163,10 @@ def _restore_for_eval(p: Plan, workdir: str) -> tuple[dict, str]:
   if step is None:
     raise FileNotFoundError(f"no checkpoint ({which}) in {workdir}/checkpoints")
   checkpoints.check_model(step, {"model": model_meta(p.model)})
-  create_fn = lambda: create_train_state(p.model, p.tx, p.info.image_shape, cfg.seed,
-                                         use_ema=cfg.ema_decay is not None)
-  target = p.runner.get_state(p.runner.create_state(create_fn))
+  target = p.runner.get_state(p.create_state())
   state = p.runner.put_state(checkpoints.restore(step, target, {"model": model_meta(p.model)}))
   checkpoints.close()
-  return state.eval_variables(cfg.ema_decay is not None), str(step)
+  return state.eval_variables(p.use_ema), str(step)
 
 
 def evaluate_checkpoint(config: ConfigDict, workdir: str) -> dict:

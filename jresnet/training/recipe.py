@@ -1,0 +1,92 @@
+"""What a config describes, for a dataset of a given shape: the model at its precision, the
+learning-rate schedule, the optimiser and the compiled steps' runner.
+
+Imports neither the input pipeline nor the records (both load TensorFlow), so a benchmark on a
+machine without TensorFlow trains exactly what train.py trains; `loop.plan` adds the dataset.
+"""
+
+import dataclasses
+import math
+
+import jax
+import optax
+from ml_collections import ConfigDict
+
+from jresnet.models import ResNet
+from jresnet.training import optim, parallel
+from jresnet.training import step as step_lib
+from jresnet.training.state import TrainState, create_train_state
+
+ACCELERATOR_BACKENDS = ("gpu", "cuda", "rocm", "tpu")
+
+
+def resolve_precision(precision: str) -> str:
+  """'auto': bfloat16 computation on GPU and TPU, float32 on CPU (where bf16 rarely pays)."""
+  if precision == "auto":
+    return "bfloat16" if jax.default_backend() in ACCELERATOR_BACKENDS else "float32"
+  if precision not in ("float32", "bfloat16"):
+    raise ValueError(f"precision must be auto, float32 or bfloat16; got {precision!r}")
+  return precision
+
+
+def build_model(config: ConfigDict, num_classes: int, input_channels: int) -> ResNet:
+  """The configured ResNet for a dataset of `num_classes` and `input_channels`."""
+  fields = {f.name for f in dataclasses.fields(ResNet)} - {"parent", "name"}
+  kwargs = config.model.to_dict()
+  unknown = set(kwargs) - fields
+  if unknown:
+    raise ValueError(f"unknown model option(s) {sorted(unknown)}; ResNet takes {sorted(fields)}")
+  return ResNet(**kwargs, num_classes=num_classes, input_channels=input_channels,
+                dtype=config.precision)
+
+
+@dataclasses.dataclass
+class Recipe:
+  """Everything derived from the config and the dataset's shape before compiling.
+
+  `config` is a resolved copy: precision, num_train_steps, learning_rate_resolved and num_classes
+  filled in, as the workdir's config.json records them.
+  """
+
+  config: ConfigDict
+  model: ResNet
+  image_shape: tuple[int, ...]
+  total_steps: int
+  steps_per_epoch: float
+  schedule: optax.Schedule
+  tx: optax.GradientTransformation
+  runner: parallel.JitMesh | parallel.Pmap
+
+  @property
+  def use_ema(self) -> bool:
+    return self.config.ema_decay is not None
+
+  def create_state(self) -> TrainState:
+    """The initial train state (seed `config.seed`), placed as the runner keeps it."""
+    return self.runner.create_state(lambda: create_train_state(
+        self.model, self.tx, self.image_shape, self.config.seed, use_ema=self.use_ema))
+
+
+def build(config: ConfigDict, num_classes: int, image_shape: tuple[int, ...],
+          train_examples: int) -> Recipe:
+  """The recipe for a dataset of `num_classes`, images of `image_shape` (H, W, C) and
+  `train_examples` training examples. An invalid architecture, precision, schedule, optimiser or
+  batch size fails here, before anything is compiled."""
+  config = ConfigDict(config.to_dict())  # a resolved copy; the caller's config is untouched
+  config.precision = resolve_precision(config.precision)
+  model = build_model(config, num_classes, image_shape[-1])
+  parallel.check_batch_size(config.batch_size)
+  parallel.check_batch_size(config.eval_batch_size or config.batch_size)
+  steps_per_epoch = train_examples / config.batch_size
+  total_steps = config.num_train_steps or math.ceil(config.num_epochs * steps_per_epoch)
+  config.num_train_steps = total_steps
+  config.learning_rate_resolved = optim.base_learning_rate(config)
+  config.num_classes = num_classes
+  schedule = optim.create_schedule(config, total_steps, steps_per_epoch)
+  tx = optim.create_optimizer(config, schedule)
+  step_cfg = step_lib.StepConfig(model=model, tx=tx, schedule=schedule, num_classes=num_classes,
+                                 label_smoothing=config.label_smoothing,
+                                 ema_decay=config.ema_decay)
+  runner = parallel.create(config.parallel, step_cfg, bn_span=config.bn_span)
+  return Recipe(config, model, tuple(image_shape), total_steps, steps_per_epoch, schedule, tx,
+                runner)
