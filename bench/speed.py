@@ -1,6 +1,7 @@
 """CPU throughput of jresnet's train and eval steps beside PyTorch's, in one run (issue #6).
 
     python -m bench.speed [--models resnet20,resnet50] [--repeats 5] [--out bench/results.jsonl]
+    python -m bench.speed --models resnet50 --modes eval   # one mode of a model's workloads
     python -m bench.speed --quick        # tiny batches, one repeat: a smoke test
 
 Workloads: ResNet-20 CIFAR train (32x32, batch 128), ResNet-50 train (224, batch 16) and eval
@@ -99,6 +100,8 @@ def main(argv=None) -> list[dict]:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--models", default="resnet20,resnet50",
                       help=f"comma-separated, from {', '.join(WORKLOADS)}")
+  parser.add_argument("--modes", default="train,eval",
+                      help="comma-separated, from train, eval: which of the models' workloads run")
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--min-repeat-s", type=float, default=2.0,
                       help="steps per repeat are chosen so that a repeat lasts this long")
@@ -109,6 +112,12 @@ def main(argv=None) -> list[dict]:
   unknown = sorted(set(names) - set(WORKLOADS))
   if unknown:
     parser.error(f"unknown models {unknown}; choose from {', '.join(WORKLOADS)}")
+  modes = {m.strip() for m in args.modes.split(",") if m.strip()}
+  if not modes or modes - {"train", "eval"}:
+    parser.error(f"--modes takes train and/or eval; got {args.modes!r}")
+  workloads = [w for name in names for w in WORKLOADS[name] if w.mode in modes]
+  if not workloads:
+    parser.error(f"no {'/'.join(sorted(modes))} workload for {', '.join(names)}")
 
   torch.set_num_threads(report.cores())
   machine = report.machine()
@@ -119,15 +128,14 @@ def main(argv=None) -> list[dict]:
         f"({torch.get_num_threads()} threads); GLIBC_TUNABLES={machine['glibc_tunables']}"
         f"{'; QUICK' if args.quick else ''}", flush=True)
   rows = []
-  for name in names:
-    for w in WORKLOADS[name]:
-      conditions = report.conditions()
-      measured = run_workload(w, args.quick, timing_args)
-      for row in measured:
-        row.update(bench="speed", quick=args.quick, machine=machine, **conditions)
-      report.append_jsonl(args.out, measured)
-      print(report.table(measured, COLUMNS), flush=True)
-      rows += measured
+  for w in workloads:
+    conditions = report.conditions()
+    measured = run_workload(w, args.quick, timing_args)
+    for row in measured:
+      row.update(bench="speed", quick=args.quick, machine=machine, **conditions)
+    report.append_jsonl(args.out, measured)
+    print(report.table(measured, COLUMNS), flush=True)
+    rows += measured
   sources = sorted({r["torch_model"] for r in rows if "torch_model" in r})
   print("\n# all workloads\n" + report.table(rows, COLUMNS))
   print("# PyTorch models: " + "; ".join(sources))

@@ -40,6 +40,15 @@ def test_speed_quick(tmp_path, capsys):
   assert records[0]["vs_torch_best"] > 0 and records[0]["compile_s"] > 0
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--models", "resnet20", "--modes", "eval"], "no eval workload for resnet20"),
+    (["--modes", "train,infer"], "--modes takes train and/or eval")])
+def test_speed_rejects_empty_selections(args, message, capsys):
+  with pytest.raises(SystemExit):
+    speed.main(["--quick", *args])
+  assert message in capsys.readouterr().err
+
+
 def test_compile_time_one_model(tmp_path, capsys):
   out = tmp_path / "compile.jsonl"
   compile_time.main(["--models", "resnet20", "--repeats", "1", "--out", str(out)])
