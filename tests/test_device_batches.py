@@ -123,21 +123,21 @@ def test_evaluation_counts_every_example_once():
   np.testing.assert_allclose(first, data["eval"][0][:3], atol=1e-3)
 
 
-def run_module(*args, tensorflow=True):
+def run_module(*args, tensorflow=True, returncode=0):
   """`python -m bench.accuracy_vs_epochs *args`; with tensorflow=False, as on a machine without
-  it (an import of tensorflow fails)."""
+  it (an import of tensorflow fails). Returns stdout, or stderr when a failure is expected."""
   block = "" if tensorflow else "sys.modules['tensorflow'] = None; "
   code = (f"import runpy, sys; {block}sys.argv = ['accuracy_vs_epochs', *{list(map(str, args))}]; "
           "runpy.run_module('bench.accuracy_vs_epochs', run_name='__main__')")
   run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
                        env={**os.environ, "JRESNET_HUGE_PAGES": "0"})
-  assert run.returncode == 0, run.stderr[-2000:]
-  return run.stdout
+  assert run.returncode == returncode, run.stderr[-2000:]
+  return run.stdout if returncode == 0 else run.stderr
 
 
 def test_pack_then_train_curves_with_the_project_step(folder, tmp_path):
   """End to end in subprocesses (absl flags): pack, then, without TensorFlow, two run lengths and
-  one with the packed recipe changed through bench/packed_config.py."""
+  one with the packed recipe changed through bench/packed_config.py; the pmap path is refused."""
   pack, out = tmp_path / "pack.npz", tmp_path / "curves.jsonl"
   run_module("--mode=pack", "--config=configs/cifar10_resnet20_budget.py", f"--pack={pack}",
              f"--config.data.path={folder}", f"--config.data.cache_dir={tmp_path / 'cache'}",
@@ -154,14 +154,7 @@ def test_pack_then_train_curves_with_the_project_step(folder, tmp_path):
              tensorflow=False)
   last = json.loads(out.read_text().splitlines()[-1])
   assert last["config"]["optimizer"]["weight_decay"] == 0.0 and last["steps"] == 3
+  error = run_module(f"--pack={pack}", f"--config=bench/packed_config.py:{pack}",
+                     "--config.parallel=pmap", f"--out={out}", tensorflow=False, returncode=1)
+  assert "use --config.parallel=jit" in error
 
-
-def test_train_run_refuses_the_pmap_path_before_building_anything():
-  from absl import app  # noqa: PLC0415
-
-  from bench import accuracy_vs_epochs  # noqa: PLC0415 (defines absl flags)
-  cfg = cifar10_resnet20_budget.get_config()
-  cfg.parallel = "pmap"
-  split = (np.zeros((8, 32, 32, 3), np.uint8), np.zeros(8, np.int32))
-  with pytest.raises(app.UsageError, match="use --config.parallel=jit"):
-    accuracy_vs_epochs.train_run(cfg, {"train": split, "eval": split}, 10, 1.0, 1)
