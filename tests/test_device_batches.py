@@ -157,4 +157,3 @@ def test_pack_then_train_curves_with_the_project_step(folder, tmp_path):
   error = run_module(f"--pack={pack}", f"--config=bench/packed_config.py:{pack}",
                      "--config.parallel=pmap", f"--out={out}", tensorflow=False, returncode=1)
   assert "use --config.parallel=jit" in error
-
