@@ -23,14 +23,12 @@ import json
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import ConfigDict, config_flags
 
 from bench import device_batches, report
 from jresnet.training import huge_pages, recipe
-from jresnet.training import step as step_lib
 
 config_flags.DEFINE_config_file(
     "config", None, "pack: the config whose splits and recipe are packed; train: the recipe "
@@ -71,11 +69,7 @@ def train_run(cfg: ConfigDict, data: dict, num_classes: int, epochs: float,
       continue
     host = jax.device_get(metrics)
     train_s += time.perf_counter() - start
-    sums = None
-    for batch in batches.evaluation():
-      out = runner.eval_step(state.eval_variables(r.use_ema), batch)
-      sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-    val = step_lib.summarise_eval(jax.device_get(sums))
+    val = r.evaluate(state.eval_variables(r.use_ema), batches.evaluation())
     row = {"epoch": round(step / steps_per_epoch, 2), "step": step,
            "train_loss": round(float(host["loss"]), 4),
            "train_accuracy": round(float(host["accuracy"]), 4),

@@ -56,11 +56,7 @@ def evaluate(p: Plan, variables, split: str) -> dict:
 
   batches = data.eval_batches(p.config.data, split,
                               global_batch_size=p.config.eval_batch_size or p.config.batch_size)
-  sums = None
-  for batch in p.runner.feed(batches, p.config.data.prefetch):
-    out = p.runner.eval_step(variables, batch)
-    sums = out if sums is None else jax.tree.map(np.add, sums, out)
-  return step_lib.summarise_eval(p.runner.to_host(sums))
+  return p.evaluate(variables, p.runner.feed(batches, p.config.data.prefetch))
 
 
 class _Preemption:

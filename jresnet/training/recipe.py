@@ -7,8 +7,10 @@ machine without TensorFlow trains exactly what train.py trains; `loop.plan` adds
 
 import dataclasses
 import math
+from collections.abc import Iterable
 
 import jax
+import numpy as np
 import optax
 from ml_collections import ConfigDict
 
@@ -65,6 +67,15 @@ class Recipe:
     """The initial train state (seed `config.seed`), placed as the runner keeps it."""
     return self.runner.create_state(lambda: create_train_state(
         self.model, self.tx, self.image_shape, self.config.seed, use_ema=self.use_ema))
+
+  def evaluate(self, variables, batches: Iterable[dict]) -> dict:
+    """Loss, top-1 and top-5 accuracy summed over `batches` (in the runner's placement), then
+    divided by the real (mask True) examples among them."""
+    sums = None
+    for batch in batches:
+      out = self.runner.eval_step(variables, batch)
+      sums = out if sums is None else jax.tree.map(np.add, sums, out)
+    return step_lib.summarise_eval(self.runner.to_host(sums))
 
 
 def build(config: ConfigDict, num_classes: int, image_shape: tuple[int, ...],
