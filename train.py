@@ -6,7 +6,7 @@
 
 A run resumes from the checkpoints in --workdir; SIGTERM checkpoints and exits 0. On Linux the
 command re-executes itself once with glibc's huge pages on (jresnet/training/huge_pages.py:
-~20% faster CPU steps); JRESNET_HUGE_PAGES=0 keeps it as it is.
+faster CPU steps); JRESNET_HUGE_PAGES=0 keeps it as it is.
 """
 
 import os

@@ -1,4 +1,4 @@
-"""Train-step compile time against depth, unrolled and with `scan_blocks=True` (issue #6), and
+"""Train-step compile time against depth, unrolled and with `scan_blocks=True`, and
 the compiled step's speed in each layout.
 
     python -m bench.compile_time [--models resnet20,resnet56] [--batch 8] [--with-unrolled-1001]
@@ -25,7 +25,6 @@ import jax
 import jresnet
 from bench import project_step, report, timing
 from jresnet.training import huge_pages
-from jresnet.training import state as state_lib
 
 MODELS = {  # name -> (constructor, image size)
     "resnet20": (jresnet.CifarResNet20, 32), "resnet56": (jresnet.CifarResNet56, 32),
@@ -49,10 +48,9 @@ def compile_row(name: str, scan: bool, batch: int, repeats: int) -> dict:
 def memory_child(remat: bool, batch: int) -> dict:
   """One ResNet-1001 train step in this (fresh) process: planned bytes, peak RSS, step time."""
   model = jresnet.CifarPreActResNet1001(scan_blocks=True, remat=remat)
-  run, tx = project_step.runner(model)
-  state = run.create_state(lambda: state_lib.create_train_state(model, tx, (32, 32, 3), 0, False))
-  data = project_step.batch(run, batch, 32, model.num_classes)
-  executable, compile_s = project_step.compiled(run.train_step, state, data)
+  r = project_step.build(model, batch, 32)
+  state, data = r.create_state(), project_step.batch(r, batch)
+  executable, compile_s = project_step.compiled(r.runner.train_step, state, data)
   m = executable.memory_analysis()
   planned = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
   with open("/proc/meminfo") as f:

@@ -1,6 +1,6 @@
 """One convolution's forward + backward (input and kernel gradients), per ResNet layer shape:
 XLA's `lax.conv_general_dilated`, jresnet's default convolution (`jresnet.models.convolution`)
-and PyTorch's `conv2d`, in one run (issue #6).
+and PyTorch's `conv2d`, in one run.
 
     python -m bench.conv_layers [--repeats 7] [--out bench/results.jsonl]
 

@@ -25,12 +25,13 @@ import tempfile
 import time
 
 import jresnet.data as jd
+from configs import default
 from jresnet.training import huge_pages
 
 
 def folder_config(folder: str, threads: int | None, cache_dir: str, preset: str = "cifar"):
   root, split = os.path.split(os.path.abspath(folder.rstrip("/")))
-  cfg = jd.default_config()
+  cfg = default.data_config()
   cfg.update(source="folder", path=root, train_split=split, eval_split=split, preprocess=preset,
              threads=threads, cache_dir=cache_dir)
   if preset == "imagenet":  # as on ImageNet, which fits no memory: decode every file, every epoch
@@ -81,7 +82,7 @@ def main(argv=None):
   parser.add_argument("--threads", type=int, default=None, help="TF threads (default: half)")
   parser.add_argument("--preset", default="cifar", help="cifar, or imagenet (random-resized "
                       "crops to 224 from the JPEG files, streamed: see bench.make_jpegs)")
-  parser.add_argument("--cache-dir", default=jd.default_config().cache_dir)
+  parser.add_argument("--cache-dir", default=default.data_config().cache_dir)
   parser.add_argument("--cold", action="store_true", help="decode into a fresh cache directory")
   parser.add_argument("--results", default="bench/results.jsonl")
   parser.add_argument("--no-consumer", dest="consumer", action="store_false",

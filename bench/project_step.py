@@ -1,44 +1,34 @@
-"""The project's own jitted train and eval steps on one device, as `train.py` builds them.
+"""train.py's own jitted train and eval steps on one device, for the benchmarks.
 
-SGD with momentum from `jresnet.training.optim` (weight decay masked off BatchNorm and biases),
-`jresnet.training.parallel.JitMesh` over a one-device mesh (state donated), and a synthetic
-batch already on the device, so that only the step is measured. Needs ml_collections (the
-optimiser takes a ConfigDict); `bench.gpu` therefore builds its own step.
+`recipe.build` over configs/default.py (SGD with momentum, weight decay masked off BatchNorm and
+biases, the JitMesh runner with the state donated) for a given model, on a one-device mesh, with
+a synthetic batch already on the device, so that only the step is measured.
 """
 
 import time
 
 import jax
 import jax.numpy as jnp
-import optax
-from ml_collections import ConfigDict
 
-from jresnet.training import optim, parallel
-from jresnet.training import state as state_lib
-from jresnet.training import step as step_lib
+from configs import default
+from jresnet.training import recipe
 
 
-def sgd_config() -> ConfigDict:
-  """The fields of configs/default.py that `optim.create_optimizer` reads (that module imports
-  the TensorFlow input pipeline, which a step benchmark must not load)."""
-  return ConfigDict(dict(optimizer=dict(name="sgd", momentum=0.9, nesterov=False,
-                                        weight_decay=1e-4),
-                         weight_decay_mask=True, grad_clip_norm=None, frozen_stages=None,
-                         backbone_lr_scale=1.0))
+def build(model, batch_size: int, image_size: int) -> recipe.Recipe:
+  """The default recipe for `model`, `batch_size` and square images of `image_size`."""
+  config = default.get_config()
+  config.batch_size = batch_size
+  config.num_train_steps = 1000
+  return recipe.build(config, model.num_classes, (image_size, image_size, 3), 1000 * batch_size,
+                      model=model, devices=jax.devices()[:1])
 
 
-def runner(model) -> tuple[parallel.JitMesh, state_lib.TrainState]:
-  schedule = optax.constant_schedule(0.1)
-  tx = optim.create_optimizer(sgd_config(), schedule)
-  cfg = step_lib.StepConfig(model=model, tx=tx, schedule=schedule, num_classes=model.num_classes)
-  return parallel.JitMesh(cfg, jax.devices()[:1]), tx
-
-
-def batch(run: parallel.JitMesh, size: int, image_size: int, num_classes: int) -> dict:
-  images = jax.random.normal(jax.random.key(1), (size, image_size, image_size, 3), jnp.float32)
-  labels = jax.random.randint(jax.random.key(2), (size,), 0, num_classes)
+def batch(r: recipe.Recipe, size: int) -> dict:
+  """A synthetic batch of `size` images in the recipe's placement."""
+  images = jax.random.normal(jax.random.key(1), (size, *r.image_shape), jnp.float32)
+  labels = jax.random.randint(jax.random.key(2), (size,), 0, r.model.num_classes)
   return jax.device_put({"image": images, "label": labels, "mask": jnp.ones((size,), bool)},
-                        run.data)
+                        r.runner.data)
 
 
 def compiled(fn, *args):
@@ -50,11 +40,9 @@ def compiled(fn, *args):
 
 def train(model, size: int, image_size: int):
   """(compile seconds, step(), sync()) for the train step on a synthetic batch."""
-  run, tx = runner(model)
-  state = run.create_state(lambda: state_lib.create_train_state(
-      model, tx, (image_size, image_size, 3), seed=0, use_ema=False))
-  data = batch(run, size, image_size, model.num_classes)
-  executable, seconds = compiled(run.train_step, state, data)
+  r = build(model, size, image_size)
+  state, data = r.create_state(), batch(r, size)
+  executable, seconds = compiled(r.runner.train_step, state, data)
   holder = [state]
 
   def step():
@@ -65,11 +53,9 @@ def train(model, size: int, image_size: int):
 
 def evaluate(model, size: int, image_size: int):
   """(compile seconds, step(), sync()) for the eval step on a synthetic batch."""
-  run, tx = runner(model)
-  state = run.create_state(lambda: state_lib.create_train_state(
-      model, tx, (image_size, image_size, 3), seed=0, use_ema=False))
-  variables, data = state.eval_variables(), batch(run, size, image_size, model.num_classes)
-  executable, seconds = compiled(run.eval_step, variables, data)
+  r = build(model, size, image_size)
+  variables, data = r.create_state().eval_variables(), batch(r, size)
+  executable, seconds = compiled(r.runner.eval_step, variables, data)
   out = []
 
   def step():

@@ -1,32 +1,22 @@
 """PyTorch counterparts of the jresnet workloads, and their train and eval steps.
 
-torchvision's resnet50/resnet18, imported by tests/torch_reference.py (loaded by path: tests/ is
-not a package), which also works beside a CPU build of torch that torchvision's compiled
-operators do not load with. The CIFAR ResNet-20 comes from tests/torch_reference.py (torchvision
-has none). `source` names what was built, so that a table never hides which model was measured.
+torchvision's resnet50/resnet18, imported by `bench.torch_reference` (which also works beside a
+CPU build of torch that torchvision's compiled operators do not load with), and the CIFAR
+ResNet-20 of `bench.torch_reference` (torchvision has none). `source` names what was built, so
+that a table never hides which model was measured.
 """
-
-import importlib.util
-import os
 
 import torch
 import torch.nn.functional as F
 
-_REFERENCE = os.path.join(os.path.dirname(__file__), os.pardir, "tests", "torch_reference.py")
-
-
-def reference():
-  spec = importlib.util.spec_from_file_location("torch_reference", _REFERENCE)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from bench import torch_reference
 
 
 def build(name: str, num_classes: int) -> tuple[torch.nn.Module, str]:
   """(model, source) for 'resnet18', 'resnet50' or 'resnet20' (CIFAR)."""
   if name == "resnet20":
-    return reference().CifarResNet(20, num_classes), "tests/torch_reference.py CifarResNet(20)"
-  torchvision = reference().import_torchvision()
+    return torch_reference.CifarResNet(20, num_classes), "bench.torch_reference CifarResNet(20)"
+  torchvision = torch_reference.import_torchvision()
   return getattr(torchvision.models, name)(num_classes=num_classes), f"torchvision.models.{name}"
 
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bench import torch_models
+from bench import torch_reference
 from jresnet.data import presets, sources
 from jresnet.training import huge_pages, optim
 
@@ -109,8 +109,8 @@ def main(argv):
   train_x, train_y = split_tensors(source, cfg.data.train_split, cfg.data.max_cache_mb)
   val_x, val_y = split_tensors(source, cfg.data.eval_split, cfg.data.max_cache_mb)
 
-  model = torch_models.reference().CifarResNet(cfg.model.depth, cfg.data.num_classes)
-  name = f"tests/torch_reference.py CifarResNet({cfg.model.depth})"
+  model = torch_reference.CifarResNet(cfg.model.depth, cfg.data.num_classes)
+  name = f"bench.torch_reference CifarResNet({cfg.model.depth})"
   model = initialise(model, cfg.model.zero_init_residual).to(memory_format=torch.channels_last)
   decays = {p: p.ndim > 1 or not cfg.weight_decay_mask for p in model.parameters()}
   o = cfg.optimizer

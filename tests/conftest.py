@@ -14,6 +14,15 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     os.environ.get("TMPDIR", "/tmp"), f"jresnet-test-xla-cache-{os.getuid()}"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
+# Subprocess deadlines are what a step takes on an idle 2-core machine times this factor, so
+# that a loaded machine slows the suite down rather than failing it.
+TIMEOUT_FACTOR = float(os.environ.get("JRESNET_TEST_TIMEOUT_FACTOR", "5"))
+
+
+def deadline(idle_seconds: float) -> float:
+  """Seconds to wait for something that takes about `idle_seconds` on an idle machine."""
+  return idle_seconds * TIMEOUT_FACTOR
+
 
 # TFDS, mocked: the metadata (split sizes) is written the way `tfds build` would, the examples
 # come from mock_data.

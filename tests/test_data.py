@@ -7,7 +7,6 @@ folders written into tmp_path, scikit-learn's bundled digits, and synthetic data
 import os
 import time
 
-import jax
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -15,13 +14,14 @@ import tensorflow_datasets as tfds
 from conftest import MOCK_N
 
 import jresnet.data as jd
+from configs import default
 from jresnet.data import sources
 
 COLOURS = {"zebra": 2, "ant": 0, "mole": 1}  # class -> the RGB channel it is coloured in
 
 
 def _config(**overrides):
-  cfg = jd.default_config()
+  cfg = default.data_config()
   cfg.cache_dir = ""
   cfg.threads = 2
   cfg.update(overrides)
@@ -362,14 +362,16 @@ def test_bad_configs_raise_before_any_work():
     jd.load_info(_synthetic(eval_split="validation"))
 
 
-def test_prefetch_to_device():
-  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  b = 2 * jax.device_count()
-  host = _take(jd.train_batches(_synthetic(), global_batch_size=b, seed=0), 3)
-  device = list(jd.prefetch_to_device(iter(host), 2, sharding))
-  assert len(device) == 3
-  for h, d in zip(host, device):
-    for key in h:
-      assert isinstance(d[key], jax.Array) and d[key].sharding == sharding
-      np.testing.assert_array_equal(np.asarray(d[key]), h[key])
+@pytest.mark.parametrize("spec", [
+    "train", "train[:90%]", "train[90%:]", "train[45000:]", "train[:45000]+test", "val[:33%]",
+    "val[33%:67%]", "val[-10%:]", "train[-100:]", "val[12.5%:87.5%]", "test[:50%]+val[50%:]",
+    "val[:-1]"])
+def test_split_strings_read_what_tfds_reads(spec):
+  from jresnet.data import splits  # noqa: PLC0415
+
+  sizes = {"train": 50_000, "test": 10_000, "val": 37}
+  infos = {name: tfds.core.SplitInfo(name=name, shard_lengths=[n], num_bytes=0)
+           for name, n in sizes.items()}
+  expected = [(a.splitname, a.from_ or 0, sizes[a.splitname] if a.to is None else a.to)
+              for a in tfds.core.ReadInstruction.from_spec(spec).to_absolute(infos)]
+  assert splits.resolve(spec, sizes) == expected

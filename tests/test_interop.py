@@ -1,8 +1,8 @@
 """jresnet against PyTorch: parameter counts, eval logits, and exact weight round trips.
 
 The references are torchvision's and timm's own model code (imported without torchvision's
-compiled operators, see torch_reference.py), and for the CIFAR ResNet, which neither has, the
-PyTorch form in torch_reference.py.
+compiled operators, see bench/torch_reference.py), and for the CIFAR ResNet, which neither has,
+the PyTorch form in bench/torch_reference.py.
 """
 
 import jax
@@ -11,9 +11,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import torch_reference as ref  # noqa: E402
-
 import jresnet  # noqa: E402
+from bench import torch_reference as ref  # noqa: E402
 from jresnet import interop  # noqa: E402
 
 

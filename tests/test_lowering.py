@@ -16,8 +16,7 @@ from jax.sharding import PartitionSpec as P
 from tiny_config import tiny_config
 
 import jresnet
-from jresnet.training import optim, parallel
-from jresnet.training import step as step_lib
+from jresnet.training import recipe
 from jresnet.training.state import create_train_state
 
 PLATFORMS = ("cuda", "tpu")
@@ -26,13 +25,10 @@ BATCH = 16
 
 @pytest.fixture(scope="module")
 def resnet50_runner():
-  model = jresnet.ResNet50(dtype=jnp.bfloat16)
-  config = tiny_config()
-  schedule = optim.create_schedule(config, 100, 10.0)
-  tx = optim.create_optimizer(config, schedule)
-  cfg = step_lib.StepConfig(model=model, tx=tx, schedule=schedule, num_classes=1000)
-  runner = parallel.create("jit", cfg)
-  state = jax.eval_shape(lambda: create_train_state(model, tx, (224, 224, 3), 0, False))
+  r = recipe.build(tiny_config(), 1000, (224, 224, 3), 1000,
+                   model=jresnet.ResNet50(dtype=jnp.bfloat16))
+  runner = r.runner
+  state = jax.eval_shape(lambda: create_train_state(r.model, r.tx, (224, 224, 3), 0, False))
   state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype,
                                                       sharding=runner.replicated), state)
   batch = {"image": jax.ShapeDtypeStruct((BATCH, 224, 224, 3), jnp.float32, sharding=runner.data),

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import deadline
 
 import jresnet
 
@@ -42,7 +43,7 @@ def _train(workdir, processes: int, devices_per_process: int, *flags) -> str:
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
   outputs = []
   for p in procs:
-    out, _ = p.communicate(timeout=170)
+    out, _ = p.communicate(timeout=deadline(100))
     assert p.returncode == 0, out
     outputs.append(out)
   return outputs[0]

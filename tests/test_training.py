@@ -11,16 +11,15 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import MOCK_N
+from conftest import MOCK_N, deadline
 from tiny_config import tiny_config
 
 import jresnet
 from jresnet.data import DatasetNotFoundError
 from jresnet.training import checkpoint as checkpoint_lib
-from jresnet.training import loop, optim, parallel
+from jresnet.training import loop, optim, parallel, recipe
 from jresnet.training import step as step_lib
 from jresnet.training.records import read_metrics
-from jresnet.training.state import create_train_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -88,9 +87,9 @@ def _run_train_py(workdir, *flags):
                           text=True)
 
 
-def _wait_for_checkpoint(workdir, min_step, proc, timeout=120):
-  deadline = time.time() + timeout
-  while time.time() < deadline:
+def _wait_for_checkpoint(workdir, min_step, proc, idle_seconds=30):
+  until = time.time() + deadline(idle_seconds)
+  while time.time() < until:
     steps = [int(d) for d in os.listdir(workdir / "checkpoints")
              if d.isdigit()] if (workdir / "checkpoints").exists() else []
     if steps and max(steps) >= min_step:
@@ -110,7 +109,7 @@ def test_resume_after_sigterm_and_sigkill_is_bitwise_exact(tmp_path):
   proc = _run_train_py(workdir, *steps)
   _wait_for_checkpoint(workdir, 10, proc)
   proc.send_signal(signal.SIGTERM)
-  out, _ = proc.communicate(timeout=60)
+  out, _ = proc.communicate(timeout=deadline(20))
   assert proc.returncode == 0, out  # preemption: checkpoint, then a clean exit
   preempted_at = max(int(d) for d in os.listdir(workdir / "checkpoints"))
   assert preempted_at < 60
@@ -122,7 +121,7 @@ def test_resume_after_sigterm_and_sigkill_is_bitwise_exact(tmp_path):
   assert killed_after < 60, "the run finished before it could be killed"
 
   proc = _run_train_py(workdir, *steps)
-  out, _ = proc.communicate(timeout=120)
+  out, _ = proc.communicate(timeout=deadline(30))
   assert proc.returncode == 0, out
 
   expected, got = _train_losses(tmp_path / "reference"), _train_losses(workdir)
@@ -136,30 +135,42 @@ def test_resume_after_sigterm_and_sigkill_is_bitwise_exact(tmp_path):
 
 def test_jit_pmap_and_single_device_steps_agree():
   assert jax.device_count() == 8
-  model = jresnet.ResNet(stage_sizes=(1, 1), widths=(8, 16), family="cifar", shortcut="B",
-                         num_classes=10)
-  config = tiny_config()
-  schedule = optim.create_schedule(config, 5, 4.0)
-  tx = optim.create_optimizer(config, schedule)
-  cfg = step_lib.StepConfig(model=model, tx=tx, schedule=schedule, num_classes=10)
   rng = np.random.default_rng(0)
   batches = [{"image": rng.standard_normal((16, 8, 8, 3), dtype=np.float32),
               "label": rng.integers(0, 10, 16).astype(np.int32),
               "mask": np.ones(16, bool)} for _ in range(5)]
-  create = lambda: create_train_state(model, tx, (8, 8, 3), 0, use_ema=False)
 
   losses = {}
-  for name, runner in [("jit8", parallel.create("jit", cfg)),
-                       ("pmap8", parallel.create("pmap", cfg)),
-                       ("jit1", parallel.create("jit", cfg, devices=jax.devices()[:1]))]:
-    state, out = runner.create_state(create), []
-    for batch in runner.feed(iter(batches), 2):
-      state, metrics = runner.train_step(state, batch)
-      out.append(float(runner.to_host(metrics)["loss"]))
+  for name, kind, devices in [("jit8", "jit", None), ("pmap8", "pmap", None),
+                              ("jit1", "jit", jax.devices()[:1])]:
+    r = recipe.build(tiny_config(parallel=kind, num_train_steps=5), 10, (8, 8, 3), 64,
+                     devices=devices)
+    state, out = r.create_state(), []
+    for batch in r.runner.feed(iter(batches), 2):
+      state, metrics = r.runner.train_step(state, batch)
+      out.append(float(r.runner.to_host(metrics)["loss"]))
     losses[name] = np.array(out)
   assert losses["jit8"][0] > 1.0
   np.testing.assert_allclose(losses["pmap8"], losses["jit8"], rtol=1e-5)
   np.testing.assert_allclose(losses["jit1"], losses["jit8"], rtol=1e-5)
+
+
+def test_feed_places_each_process_rows_as_the_runner_expects():
+  """jit: one global array split along 'data'; pmap: one slice per local device."""
+  cfg = step_lib.StepConfig(model=jresnet.ResNet(stage_sizes=(1,), widths=(8,), num_classes=10,
+                                                 family="cifar"),
+                            tx=None, schedule=None, num_classes=10)
+  rng = np.random.default_rng(0)
+  host = [{"image": rng.standard_normal((16, 2, 2, 3), dtype=np.float32),
+           "label": rng.integers(0, 10, 16).astype(np.int32)} for _ in range(3)]
+  jit, pmap = parallel.JitMesh(cfg), parallel.Pmap(cfg)
+  for h, d in zip(host, jit.feed(iter(host), 2), strict=True):
+    for key in h:
+      assert d[key].sharding == jit.data and d[key].shape == h[key].shape
+      np.testing.assert_array_equal(np.asarray(d[key]), h[key])
+  for h, d in zip(host, pmap.feed(iter(host), 2), strict=True):
+    assert d["image"].shape == (8, 2, 2, 2, 3)
+    np.testing.assert_array_equal(np.asarray(d["label"]).reshape(-1), h["label"])
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -181,7 +192,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 def test_unknown_config_key_is_rejected(tmp_path):
   proc = _run_train_py(tmp_path, "--config.optimizer.not_a_key=1")
-  out, _ = proc.communicate(timeout=120)
+  out, _ = proc.communicate(timeout=deadline(30))
   assert proc.returncode != 0 and "not_a_key" in out
 
 

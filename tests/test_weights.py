@@ -12,6 +12,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from conftest import deadline
 
 import jresnet
 from jresnet import interop, weights
@@ -195,7 +196,8 @@ def test_safetensors_loads_without_torch(weights_file):
       except FileNotFoundError:
         pass
   """)
-  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=deadline(20))
   assert out.returncode == 0, out.stderr
   expected = jresnet.CifarResNet20().apply(variables, np.zeros((1, 32, 32, 3), np.float32))
   np.testing.assert_allclose(float(out.stdout.split()[-1]), float(np.abs(expected).sum()),
@@ -210,7 +212,8 @@ def test_pth_without_torch_says_which_extra(tmp_path):
       import jresnet
       jresnet.weights.read_state_dict({str(tmp_path / "w.pth")!r})
   """)
-  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=deadline(20))
   assert out.returncode != 0 and "jresnet[torch]" in out.stderr
 
 

@@ -2,24 +2,36 @@
 
     info = load_info(config.data)
     train = train_batches(config.data, global_batch_size=B, seed=s, start_step=step)
-    batches = prefetch_to_device(train, config.data.prefetch, NamedSharding(mesh, P("data")))
 
 Multi-host: every process calls the same functions; process p of P gets rows [p*b, (p+1)*b),
 b = B // P, of every global batch (train and eval), so the shards are disjoint and together are
-the single-process batch, and `prefetch_to_device` assembles them into global arrays. Eval
+the single-process batch; the training side's runner assembles them into global arrays. Eval
 batches are padded (mask False) so every process runs the same number of steps.
 
 TensorFlow runs here as a guest: its threads are bounded (config.data.threads) and GPUs hidden.
-This package knows no model; nothing else in jresnet imports it.
+It is imported when a pipeline is first used, not by `import jresnet.data`. This package knows no
+model; nothing else in jresnet imports it.
 """
 
-from jresnet.data import tf_runtime  # First: quiets TensorFlow before it is imported.
-from jresnet.data.config import default_config
-from jresnet.data.device import prefetch_to_device
-from jresnet.data.errors import DatasetNotFoundError
-from jresnet.data.evaluation import eval_batches, num_eval_batches
-from jresnet.data.info import DatasetInfo, load_info
-from jresnet.data.train import train_batches
+import importlib
+import os
 
-__all__ = ["DatasetInfo", "DatasetNotFoundError", "default_config", "eval_batches", "load_info",
-           "num_eval_batches", "prefetch_to_device", "train_batches"]
+# Before any module here imports TensorFlow: without these it prints C++ info lines and a
+# oneDNN notice.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+_EXPORTS = {
+    "DatasetInfo": "info", "load_info": "info",
+    "DatasetNotFoundError": "errors",
+    "eval_batches": "evaluation", "num_eval_batches": "evaluation",
+    "train_batches": "train",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+  if name not in _EXPORTS:
+    raise AttributeError(f"module 'jresnet.data' has no attribute {name!r}")
+  return getattr(importlib.import_module(f"jresnet.data.{_EXPORTS[name]}"), name)

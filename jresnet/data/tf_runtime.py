@@ -7,11 +7,7 @@ starts, so the first call wins; later calls with other values only bound tf.data
 
 import os
 
-# Before TensorFlow is imported: without these it prints C++ info lines and a oneDNN notice.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf
 
 _configured = False
 

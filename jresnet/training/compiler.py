@@ -2,8 +2,7 @@
 
 By default XLA:CPU hands dots, reductions and convolutions to the YNNPACK library. For ResNet's
 convolutions XLA:CPU's own kernels are faster, so on CPU the steps keep YNNPACK for dots and
-reductions only: ResNet-20 train (batch 128) 218 -> 258 images/s, ResNet-50 train (batch 16)
-3.44 -> 3.68, eval 26% and 10% faster (BENCHMARKS.md). Other platforms get XLA's defaults.
+reductions only (the measurements are in BENCHMARKS.md). Other platforms get XLA's defaults.
 """
 
 import functools

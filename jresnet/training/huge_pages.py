@@ -1,8 +1,7 @@
 """Transparent huge pages for XLA:CPU's buffers: the entry points re-execute themselves once.
 
 XLA:CPU takes its buffers from glibc's malloc. Backed by 4 KiB pages, a CPU train step spends a
-sixth of its time on TLB misses over ResNet's activations; with 2 MiB pages ResNet-20 (batch 128)
-trains at 313 instead of 258 images/s here, ResNet-50 (batch 16) at 4.20 instead of 3.55
+good part of its time on TLB misses over ResNet's activations; 2 MiB pages make it faster
 (BENCHMARKS.md). glibc (2.35+) asks the kernel for huge pages under its tunable
 `glibc.malloc.hugetlb=1`, but reads tunables only when a process starts, and Linux grants them
 only where transparent huge pages are in 'madvise' mode ('always' gives them anyway, 'never'

@@ -1,7 +1,8 @@
 """Optimisers and learning-rate schedules from the config, all from optax.
 
 Weight decay is part of the optimiser, never hidden in the loss, and masked off BatchNorm
-parameters and biases (Goyal et al. 2017) unless `weight_decay_mask=False`.
+parameters and biases (Goyal et al. 2017) unless `weight_decay_mask=False`. `config` is the run's
+config (configs/default.py's fields); any object with those attributes will do.
 """
 
 import functools
@@ -10,13 +11,12 @@ from collections.abc import Callable
 import jax
 import optax
 from flax import traverse_util
-from ml_collections import ConfigDict
 
 OPTIMIZERS = ("sgd", "adamw", "lars")
 SCHEDULES = ("constant", "piecewise", "cosine", "onecycle")
 
 
-def base_learning_rate(config: ConfigDict) -> float:
+def base_learning_rate(config) -> float:
   """`optimizer.learning_rate`, times batch_size / lr_base_batch when that is set (Goyal et al.)."""
   lr = config.optimizer.learning_rate
   if config.optimizer.lr_base_batch:
@@ -24,7 +24,7 @@ def base_learning_rate(config: ConfigDict) -> float:
   return lr
 
 
-def create_schedule(config: ConfigDict, total_steps: int,
+def create_schedule(config, total_steps: int,
                     steps_per_epoch: float) -> optax.Schedule:
   """Linear warmup (`warmup_epochs`) into a constant, step-decay, cosine or one-cycle schedule."""
   s, lr = config.schedule, base_learning_rate(config)
@@ -55,7 +55,7 @@ def decay_mask(params) -> dict:
   return traverse_util.unflatten_dict({path: path[-1] == "kernel" for path in flat})
 
 
-def create_optimizer(config: ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
+def create_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransformation:
   o = config.optimizer
   if o.name not in OPTIMIZERS:
     raise ValueError(f"optimizer.name must be one of {', '.join(OPTIMIZERS)}; got {o.name!r}")
@@ -88,7 +88,3 @@ def _freeze_labels(params, frozen: set[str]) -> dict:
   """'frozen' for every parameter of the named top-level modules (e.g. stem, layer1)."""
   return {name: jax.tree.map(lambda _, f=name in frozen: "frozen" if f else "trained", tree)
           for name, tree in params.items()}
-
-
-def ema_update(ema, params, decay: float):
-  return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)

@@ -4,12 +4,15 @@ jit: the state is replicated, the batch sharded along 'data', the state donated;
 global batch because the batch is one global array; the steps compile with `compiler.options`.
 pmap: one replica per local device, the same step with `axis_name='batch'` (the model's BatchNorm
 and the gradient `pmean` use it).
-Both take host-local numpy batches from `jresnet.data` and return host-side metrics.
+Both take host-local numpy batches (this process's rows of each global batch, as `jresnet.data`
+yields them), place them with `prefetch` and return host-side metrics.
 """
 
+import collections
 import dataclasses
 import functools
-from collections.abc import Iterator
+import itertools
+from collections.abc import Callable, Iterable, Iterator
 
 import flax.jax_utils
 import jax
@@ -22,6 +25,22 @@ from jresnet.training import step as step_lib
 from jresnet.training.state import TrainState
 
 PMAP_AXIS = "batch"
+
+
+def prefetch(batches: Iterable, size: int, put: Callable) -> Iterator:
+  """Yields `put(batch)` for each batch, keeping `size` batches in flight: `put` starts
+  asynchronous transfers, so copying the next batches overlaps the current step."""
+  batches = iter(batches)
+  queue = collections.deque()
+
+  def enqueue(n):
+    for batch in itertools.islice(batches, n):
+      queue.append(put(batch))
+
+  enqueue(max(size, 1))
+  while queue:
+    yield queue.popleft()
+    enqueue(1)
 
 
 def check_batch_size(global_batch_size: int) -> None:
@@ -68,12 +87,12 @@ class JitMesh:
   def get_state(self, state: TrainState) -> TrainState:
     return state
 
-  def feed(self, batches: Iterator[dict], prefetch: int) -> Iterator[dict]:
-    from jresnet.data import prefetch_to_device  # noqa: PLC0415 (keeps TF out of model users)
-    return prefetch_to_device(batches, prefetch, self.data)
+  def put_batch(self, batch: dict) -> dict:
+    """This process's rows -> global arrays split along 'data' (all processes' rows together)."""
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.data, x), batch)
 
-  def state_sharding(self):
-    return self.replicated
+  def feed(self, batches: Iterable[dict], size: int) -> Iterator[dict]:
+    return prefetch(batches, size, self.put_batch)
 
   @staticmethod
   def to_host(tree):
@@ -87,6 +106,8 @@ class Pmap:
   name = "pmap"
 
   def __init__(self, step_cfg: step_lib.StepConfig, bn_groups: list[list[int]] | None = None):
+    self.local_mesh = Mesh(np.asarray(jax.local_devices()), (PMAP_AXIS,))  # pmap's order
+    self.per_device = NamedSharding(self.local_mesh, P(PMAP_AXIS))
     model = step_cfg.model.clone(axis_name=PMAP_AXIS, axis_index_groups=bn_groups)
     cfg = dataclasses.replace(step_cfg, axis_name=PMAP_AXIS, model=model)
     self.train_step = jax.pmap(functools.partial(step_lib.train_step, cfg=cfg),
@@ -105,14 +126,14 @@ class Pmap:
   def get_state(self, state: TrainState) -> TrainState:
     return flax.jax_utils.unreplicate(state)
 
-  def feed(self, batches: Iterator[dict], prefetch: int) -> Iterator[dict]:
-    n = jax.local_device_count()
-    split = lambda x: x.reshape(n, x.shape[0] // n, *x.shape[1:])
-    return flax.jax_utils.prefetch_to_device(
-        (jax.tree.map(split, b) for b in batches), max(prefetch, 1))
+  def put_batch(self, batch: dict) -> dict:
+    """This process's rows -> one slice per local device, along a new leading axis."""
+    n = self.local_mesh.size
+    split = lambda x: jax.device_put(np.reshape(x, (n, -1, *np.shape(x)[1:])), self.per_device)
+    return jax.tree.map(split, batch)
 
-  def state_sharding(self):
-    return None
+  def feed(self, batches: Iterable[dict], size: int) -> Iterator[dict]:
+    return prefetch(batches, size, self.put_batch)
 
   @staticmethod
   def to_host(tree):

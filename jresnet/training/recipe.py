@@ -79,13 +79,20 @@ class Recipe:
 
 
 def build(config: ConfigDict, num_classes: int, image_shape: tuple[int, ...],
-          train_examples: int) -> Recipe:
+          train_examples: int, *, model: ResNet | None = None, devices=None) -> Recipe:
   """The recipe for a dataset of `num_classes`, images of `image_shape` (H, W, C) and
   `train_examples` training examples. An invalid architecture, precision, schedule, optimiser or
-  batch size fails here, before anything is compiled."""
+  batch size fails here, before anything is compiled.
+
+  `model` replaces the configured model and its precision (benchmarks and tests build their
+  models directly); `devices` (jit only) limits the mesh, which defaults to every device.
+  """
   config = ConfigDict(config.to_dict())  # a resolved copy; the caller's config is untouched
-  config.precision = resolve_precision(config.precision)
-  model = build_model(config, num_classes, image_shape[-1])
+  if model is None:
+    config.precision = resolve_precision(config.precision)
+    model = build_model(config, num_classes, image_shape[-1])
+  else:
+    config.precision = jax.numpy.dtype(model.dtype).name
   parallel.check_batch_size(config.batch_size)
   parallel.check_batch_size(config.eval_batch_size or config.batch_size)
   steps_per_epoch = train_examples / config.batch_size
@@ -98,6 +105,6 @@ def build(config: ConfigDict, num_classes: int, image_shape: tuple[int, ...],
   step_cfg = step_lib.StepConfig(model=model, tx=tx, schedule=schedule, num_classes=num_classes,
                                  label_smoothing=config.label_smoothing,
                                  ema_decay=config.ema_decay)
-  runner = parallel.create(config.parallel, step_cfg, bn_span=config.bn_span)
+  runner = parallel.create(config.parallel, step_cfg, devices=devices, bn_span=config.bn_span)
   return Recipe(config, model, tuple(image_shape), total_steps, steps_per_epoch, schedule, tx,
                 runner)

@@ -1,6 +1,9 @@
 """What a run leaves for a person to read: TensorBoard scalars, metrics.jsonl, the resolved
 config, a progress bar while it runs and a PNG of the curves at the end. Process 0 writes;
 the others record nothing.
+
+TensorBoard events come from the `tensorboard` package's own writer, which needs no TensorFlow;
+where tensorboard is not installed they are skipped, with a notice, and the rest is written.
 """
 
 import json
@@ -8,8 +11,6 @@ import os
 import time
 
 import jax
-from clu import metric_writers
-from ml_collections import ConfigDict
 from tqdm import tqdm
 
 METRICS_FILE = "metrics.jsonl"
@@ -25,13 +26,15 @@ class Records:
       return
     os.makedirs(workdir, exist_ok=True)
     truncate_metrics(workdir, start_step)
-    self.writer = metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard"))
     self.jsonl = open(os.path.join(workdir, METRICS_FILE), "a")
     self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                     mininterval=1.0)
     self.last_time, self.last_step = time.perf_counter(), start_step
+    self.writer = _tensorboard_writer(os.path.join(workdir, "tensorboard"))
+    if self.writer is None:
+      self.note("tensorboard is not installed: no TensorBoard events (metrics.jsonl is written)")
 
-  def write_config(self, config: ConfigDict) -> None:
+  def write_config(self, config) -> None:
     if self.active:
       with open(os.path.join(self.workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2, sort_keys=True))
@@ -50,7 +53,9 @@ class Records:
                            img_s=f"{values['images_per_sec']:.0f}", refresh=False)
     else:
       self.bar.write(f"step {step}: eval " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
-    self.writer.write_scalars(step, {f"{split}/{k}": v for k, v in values.items()})
+    if self.writer is not None:
+      for name, value in values.items():
+        self.writer.add_scalar(f"{split}/{name}", value, step=step)
     self.jsonl.write(json.dumps({"step": step, "split": split, **values}) + "\n")
     self.jsonl.flush()
 
@@ -67,9 +72,18 @@ class Records:
     if not self.active:
       return
     self.bar.close()
-    self.writer.flush()
+    if self.writer is not None:
+      self.writer.close()
     self.jsonl.close()
     plot_curves(os.path.join(self.workdir, METRICS_FILE), os.path.join(self.workdir, CURVES_FILE))
+
+
+def _tensorboard_writer(directory: str):
+  try:
+    from tensorboard.summary import Writer  # noqa: PLC0415 (optional)
+  except ImportError:
+    return None
+  return Writer(directory)
 
 
 def truncate_metrics(workdir: str, step: int) -> None:

@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jresnet.training.optim import ema_update
 from jresnet.training.state import TrainState
 
 
@@ -54,7 +53,7 @@ def train_step(state: TrainState, batch: dict, cfg: StepConfig) -> tuple[TrainSt
   updates, opt_state = cfg.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ema_params = (None if cfg.ema_decay is None
-                else ema_update(state.ema_params, params, cfg.ema_decay))
+                else optax.incremental_update(params, state.ema_params, 1.0 - cfg.ema_decay))
   metrics = {
       "loss": _mean(loss, cfg.axis_name),
       "accuracy": _mean(jnp.mean(jnp.argmax(logits, -1) == batch["label"]), cfg.axis_name),

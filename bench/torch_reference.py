@@ -1,4 +1,5 @@
-"""PyTorch references for the equivalence tests: the publishers' own models, and a CIFAR ResNet.
+"""PyTorch references for the equivalence tests and the benchmarks: the publishers' own models,
+and a CIFAR ResNet.
 
 torchvision's and timm's model code is imported as published (`import_torchvision`,
 `import_timm`). The CIFAR ResNet of He et al. 2015 with option-A shortcuts, which torchvision and

@@ -1,0 +1,77 @@
+"""The import boundaries: which parts of jresnet may load TensorFlow and ml_collections.
+
+TensorFlow is a guest: only the tf.data modules of jresnet.data import it, so the models, the
+configs and the training step run where it is not installed (GPU hosts without it, research
+code). The step side needs only jax, flax, optax and orbax.
+"""
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+# The modules that run tf.data / TFDS; everything else must not import TensorFlow.
+TENSORFLOW_MODULES = {
+    "jresnet/data/evaluation.py", "jresnet/data/hosts.py", "jresnet/data/presets.py",
+    "jresnet/data/seeds.py", "jresnet/data/tf_runtime.py",
+    "jresnet/data/train.py", "jresnet/data/transforms.py", "jresnet/data/sources/base.py",
+    "jresnet/data/sources/folder.py", "jresnet/data/sources/tfds_source.py",
+}
+ML_COLLECTIONS_MODULES = {"jresnet/training/recipe.py", "jresnet/training/loop.py", "train.py"}
+TENSORFLOW = ("tensorflow", "tensorflow_datasets", "clu")
+
+
+def _imported(path: pathlib.Path) -> set[str]:
+  """Top-level names of every module `path` imports, at any depth of its code."""
+  names = set()
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.Import):
+      names |= {a.name.split(".")[0] for a in node.names}
+    elif isinstance(node, ast.ImportFrom) and node.level == 0:
+      names.add(node.module.split(".")[0])
+  return names
+
+
+def _sources():
+  files = [*REPO.glob("jresnet/**/*.py"), REPO / "train.py"]
+  return {str(p.relative_to(REPO)): _imported(p) for p in files}
+
+
+def test_tensorflow_only_in_the_tf_data_modules():
+  importers = {f for f, names in _sources().items() if names & set(TENSORFLOW)}
+  assert importers == TENSORFLOW_MODULES
+
+
+def test_ml_collections_only_in_configs_recipe_loop_and_train():
+  importers = {f for f, names in _sources().items() if "ml_collections" in names}
+  assert importers == ML_COLLECTIONS_MODULES
+
+
+def _run_blocked(blocked: tuple[str, ...], code: str) -> subprocess.CompletedProcess:
+  """`code` in a fresh interpreter in which importing any of `blocked` fails."""
+  block = f"import sys; sys.modules.update(dict.fromkeys({blocked!r})); "
+  return subprocess.run([sys.executable, "-c", block + code], cwd=REPO, capture_output=True,
+                        text=True, timeout=600)
+
+
+def test_step_side_imports_with_only_jax_flax_optax_orbax():
+  blocked = (*TENSORFLOW, "ml_collections", "torch", "sklearn", "matplotlib", "PIL")
+  modules = ["state", "step", "optim", "parallel", "checkpoint"]
+  out = _run_blocked(blocked, "".join(f"import jresnet.training.{m}; " for m in modules)
+                     + "import jresnet, jresnet.data")
+  assert out.returncode == 0, out.stderr
+
+
+def test_every_config_loads_without_tensorflow():
+  names = sorted(p.stem for p in (REPO / "configs").glob("*.py") if p.stem != "__init__")
+  code = ("import importlib; "
+          f"[importlib.import_module('configs.' + n).get_config() for n in {names!r}]")
+  out = _run_blocked(TENSORFLOW, code)
+  assert out.returncode == 0, out.stderr
+
+
+def test_the_block_catches_a_tensorflow_import():
+  """The control: under the same block, a module that does import TensorFlow fails."""
+  out = _run_blocked(TENSORFLOW, "import jresnet.data.train")
+  assert out.returncode != 0 and "import of tensorflow halted" in out.stderr
