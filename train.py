@@ -3,6 +3,8 @@
     python train.py --config configs/cifar10_resnet20.py --workdir runs/r20 [--config.key=value ...]
     python train.py --config configs/cifar10_resnet20.py --workdir runs/r20 --mode=eval \
         [--config.eval_checkpoint=best] [--config.data.eval_split=test]
+    python train.py --config configs/cifar10_resnet20_budget.py --workdir runs/cifar10_arrays \
+        --mode=write_arrays [--arrays_encoding=jpeg]   # the config's two splits, one file
 
 A run resumes from the checkpoints in --workdir; SIGTERM checkpoints and exits 0. On Linux the
 command re-executes itself once with glibc's huge pages on (jresnet/training/huge_pages.py:
@@ -25,8 +27,12 @@ from jresnet.training import distributed, loop  # noqa: E402
 config_flags.DEFINE_config_file("config", None, "Config file whose get_config() returns the run's "
                                 "ml_collections.ConfigDict.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and curves.")
-flags.DEFINE_enum("mode", "train", ["train", "eval"], "Train (and evaluate), or only evaluate a "
-                  "checkpoint of --workdir.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "write_arrays"],
+                  "Train (and evaluate); only evaluate a checkpoint of --workdir; or write the "
+                  "config's train and eval splits to <workdir>/arrays.npz (data.source=arrays "
+                  "reads it, without TensorFlow).")
+flags.DEFINE_enum("arrays_encoding", "raw", ["raw", "jpeg"], "--mode=write_arrays: decoded "
+                  "pixels, or an image folder's JPEG files as they are (far smaller).")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
@@ -39,7 +45,9 @@ def main(argv):
   if FLAGS.config.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir",
                       os.path.expanduser(FLAGS.config.compilation_cache_dir))
-  if FLAGS.mode == "train":
+  if FLAGS.mode == "write_arrays":
+    metrics = loop.write_arrays(FLAGS.config, FLAGS.workdir, FLAGS.arrays_encoding)
+  elif FLAGS.mode == "train":
     metrics = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   else:
     metrics = loop.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)

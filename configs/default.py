@@ -77,11 +77,13 @@ def data_config() -> ConfigDict:
   """`config.data`, what jresnet.data reads and how it prepares it: CIFAR-10 from TFDS with its
   usual recipe; every None means 'derived from the dataset'."""
   c = ConfigDict()
-  # Where examples come from: 'tfds' | 'folder' | 'digits' | 'synthetic'.
+  # Where examples come from: 'tfds' | 'folder' | 'digits' | 'synthetic' | 'arrays' (an array
+  # file written by `train.py --mode=write_arrays`, at `path`).
   c.source = "tfds"
   # TFDS dataset name (source='tfds'): cifar10, cifar100, imagenet2012, imagenette, mnist, ...
   c.name = "cifar10"
-  # Image folder root (source='folder'), laid out as <path>/<split>/<class>/<image>.{jpg,png}.
+  # Image folder root (source='folder'), laid out as <path>/<split>/<class>/<image>.{jpg,png};
+  # or the array file (source='arrays').
   c.path = config_dict.placeholder(str)
   # TFDS data directory; None = TFDS's default ($TFDS_DATA_DIR or ~/tensorflow_datasets).
   c.data_dir = config_dict.placeholder(str)
@@ -112,6 +114,10 @@ def data_config() -> ConfigDict:
   c.threads = config_dict.placeholder(int)
   # Batches kept in flight to the devices.
   c.prefetch = 2
+  # In-memory splits batched and augmented on the accelerators (jresnet/data/device_stream.py):
+  # 'auto' (where they fit; presets cifar, digits, mnist, none; the jit runner) | 'true' |
+  # 'false' (`--config.data.on_device=True` on the command line).
+  c.on_device = "auto"
   # source='synthetic': random uint8 images and labels (benchmarks, smoke tests), splits
   # 'train' and 'test' of num_examples each, fixed by synthetic_seed.
   c.num_classes = 10

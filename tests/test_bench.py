@@ -1,6 +1,6 @@
 """The benchmarks run end to end in their smoke modes, print their tables and write JSON lines.
 
-The GPU table runs in a subprocess that cannot import TensorFlow, as on the GPU machines.
+The GPU session script runs in processes that cannot import TensorFlow, as on the GPU machines.
 """
 
 import json
@@ -15,8 +15,9 @@ from PIL import Image
 
 import jresnet
 from bench import compile_time, throughput
+from configs import default
 
-BLOCK = "import sys; sys.modules['tensorflow'] = sys.modules['tensorflow_datasets'] = None; "
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def read_jsonl(path):
@@ -77,16 +78,30 @@ def test_compile_time_one_model(tmp_path, capsys):
              for r in records)
 
 
-def test_gpu_table_without_tensorflow(tmp_path):
-  """The GPU machine's case: no TensorFlow. (torch.compile is skipped off CUDA.)"""
-  out = tmp_path / "gpu.jsonl"
-  code = BLOCK + (f"from bench import throughput; throughput.main(['--quick', '--device', "
-                  f"'gpu', '--models', 'resnet20', '--out', {str(out)!r}])")
-  run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       timeout=deadline(120))
+def test_gpu_session_script_at_tiny_sizes_without_tensorflow(tmp_path):
+  """bench.gpu_run as on the GPU machines, where TensorFlow is not installed (blocked here in
+  every process it starts): CIFAR through train.py on an array file, then the GPU table."""
+  from jresnet.data import arrays, sources  # noqa: PLC0415
+
+  cfg = default.data_config()
+  cfg.update(source="synthetic", image_shape=(32, 32, 3), num_examples=20)
+  arrays.write(str(tmp_path / "tiny.npz"), sources.get(cfg), ["train", "test"])
+  (tmp_path / "site").mkdir()
+  (tmp_path / "site" / "sitecustomize.py").write_text(
+      "import sys\nsys.modules['tensorflow'] = sys.modules['tensorflow_datasets'] = None\n")
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), REPO])}
+  out = tmp_path / "out"
+  run = subprocess.run([sys.executable, "-m", "bench.gpu_run", "--smoke", "--out", str(out),
+                        "--arrays", str(tmp_path / "tiny.npz"), "--parts", "cifar20,throughput"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=deadline(150))
   assert run.returncode == 0, run.stderr[-2000:]
-  assert "# gpu table" in run.stdout and "NOTE: the gpu table without a GPU" in run.stdout
-  _check_throughput_rows(read_jsonl(out), [
+  cifar, table = read_jsonl(out / "results.jsonl")
+  assert cifar["returncode"] == 0, (out / "logs" / "cifar20.log").read_text()[-2000:]
+  assert cifar["steps"] == 4 and cifar["val_count"] == 20 and cifar["paper_test_error"] == 8.75
+  assert (out / "cifar" / "resnet20" / "model.msgpack").exists()
+  assert "batched on the devices" in (out / "logs" / "cifar20.log").read_text()
+  assert table["returncode"] == 0, (out / "logs" / "throughput.log").read_text()[-2000:]
+  _check_throughput_rows(read_jsonl(out / "throughput.jsonl"), [
       ("jresnet", "bf16"), ("pytorch", "bf16 autocast channels_last"),
       ("pytorch", "bf16 autocast channels_last torch.compile")])
 

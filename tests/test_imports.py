@@ -13,9 +13,8 @@ import sys
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # The modules that run tf.data / TFDS; everything else must not import TensorFlow.
 TENSORFLOW_MODULES = {
-    "jresnet/data/evaluation.py", "jresnet/data/hosts.py", "jresnet/data/presets.py",
-    "jresnet/data/seeds.py", "jresnet/data/tf_runtime.py",
-    "jresnet/data/train.py", "jresnet/data/transforms.py", "jresnet/data/sources/base.py",
+    "jresnet/data/evaluation.py", "jresnet/data/seeds.py", "jresnet/data/tf_runtime.py",
+    "jresnet/data/train.py", "jresnet/data/transforms.py",
     "jresnet/data/sources/folder.py", "jresnet/data/sources/tfds_source.py",
 }
 ML_COLLECTIONS_MODULES = {"jresnet/training/recipe.py", "jresnet/training/loop.py", "train.py"}
@@ -60,6 +59,11 @@ def test_step_side_imports_with_only_jax_flax_optax_orbax():
   modules = ["state", "step", "optim", "parallel", "checkpoint"]
   out = _run_blocked(blocked, "".join(f"import jresnet.training.{m}; " for m in modules)
                      + "import jresnet, jresnet.data")
+  assert out.returncode == 0, out.stderr
+
+
+def test_the_device_input_path_imports_without_tensorflow():
+  out = _run_blocked(TENSORFLOW, "import jresnet.data.device_stream, jresnet.data.sources.arrays")
   assert out.returncode == 0, out.stderr
 
 

@@ -37,9 +37,12 @@ def _final_state(workdir, config):
   return step, ckpts.restore(step, target, {"model": loop.model_meta(p.model)})
 
 
-def test_end_to_end_on_mock_cifar10(mock_tfds, tmp_path):
+@pytest.mark.parametrize("on_device", ["False", "True"])
+def test_end_to_end_on_mock_cifar10(mock_tfds, tmp_path, on_device):
+  """Both input paths: tf.data on the host, and the split batched on the devices."""
   config = tiny_config(**{"data.source": "tfds", "data.name": "cifar10",
                           "data.data_dir": mock_tfds, "data.preprocess": "auto",
+                          "data.on_device": on_device,
                           "batch_size": 8, "num_train_steps": 4, "eval_every_steps": 2,
                           "eval_batch_size": 16})
   metrics = loop.train_and_evaluate(config, str(tmp_path))

@@ -8,6 +8,9 @@ b = B // P, of every global batch (train and eval), so the shards are disjoint a
 the single-process batch; the training side's runner assembles them into global arrays. Eval
 batches are padded (mask False) so every process runs the same number of steps.
 
+In-memory splits can instead go to the accelerators once and be batched and augmented there
+(`open_device_splits`, config.data.on_device): no per-example work on the host, no TensorFlow.
+
 TensorFlow runs here as a guest: its threads are bounded (config.data.threads) and GPUs hidden.
 It is imported when a pipeline is first used, not by `import jresnet.data`. This package knows no
 model; nothing else in jresnet imports it.
@@ -26,6 +29,7 @@ _EXPORTS = {
     "DatasetNotFoundError": "errors",
     "eval_batches": "evaluation", "num_eval_batches": "evaluation",
     "train_batches": "train",
+    "DeviceSplit": "device_stream", "open_device_splits": "device_stream",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -12,13 +12,13 @@ import numpy as np
 import tensorflow as tf
 
 from jresnet.data import hosts, presets, sources, tf_runtime
+from jresnet.data import transforms as T
 
 Batch = dict[str, np.ndarray]
 
 
 def num_eval_batches(cfg, split: str | None = None, *, global_batch_size: int) -> int:
   """How many batches eval_batches yields on every process."""
-  tf_runtime.configure(cfg.threads)
   n = sources.get(cfg).num_examples(split or cfg.eval_split)
   return -(-n // global_batch_size)
 
@@ -40,12 +40,13 @@ def eval_batches(cfg, split: str | None = None, *, global_batch_size: int,
   if isinstance(data, sources.ArraySplit):
     images, labels = tf.constant(data.images), tf.constant(data.labels)
     ds = positions.filter(shard.owns).map(
-        lambda p: {"image": preset.eval(tf.gather(images, p)), "label": tf.gather(labels, p)},
+        lambda p: {"image": T.eval_image(preset, tf.gather(images, p)),
+                   "label": tf.gather(labels, p)},
         num_parallel_calls=tf.data.AUTOTUNE)
   else:
     ds = tf.data.Dataset.zip(positions, data.read(None))
     ds = ds.filter(lambda p, _: shard.owns(p)).map(
-        lambda p, r: {"image": preset.eval(data.decode(r["image"])),
+        lambda p, r: {"image": T.eval_image(preset, data.decode(r["image"])),
                       "label": tf.cast(r["label"], tf.int32)},
         num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(shard.batch_size).prefetch(tf.data.AUTOTUNE)

@@ -9,7 +9,6 @@ A process keeps a stream position `pos` (example `pos % B` of global batch `pos 
 import dataclasses
 
 import jax
-import tensorflow as tf
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,10 +22,11 @@ class Shard:
     """Rows per batch on this process."""
     return self.global_batch_size // self.process_count
 
-  def owns(self, position: tf.Tensor) -> tf.Tensor:
-    """Whether stream position `position` (int64) is one of this process's rows."""
+  def owns(self, position):
+    """Whether stream position `position` (an int64 tf.Tensor, or an integer array) is one of
+    this process's rows."""
     row = position % self.global_batch_size
-    return tf.equal(row // self.batch_size, self.process_index)
+    return row // self.batch_size == self.process_index
 
 
 def shard(global_batch_size: int, process_index: int | None = None,

@@ -2,7 +2,7 @@
 
 import dataclasses
 
-from jresnet.data import presets, sources, tf_runtime
+from jresnet.data import presets, sources
 
 
 @dataclasses.dataclass(frozen=True)
@@ -16,7 +16,6 @@ class DatasetInfo:
 def load_info(cfg) -> DatasetInfo:
   """Metadata of the configured dataset, in seconds; raises DatasetNotFoundError (with advice)
   if the data is not on this machine, ValueError for an unknown source, preset or split."""
-  tf_runtime.configure(cfg.threads)
   source = sources.get(cfg)
   preset = presets.resolve(cfg, source.metadata)
   sizes = {split: source.num_examples(split) for split in (cfg.train_split, cfg.eval_split)}

@@ -9,16 +9,15 @@
   none      scale to [0, 1], resize only if image_size is set.
 Each ends in per-channel (x - mean) / std; mean and std are of pixels in [0, 1]. With a
 different image_size, cifar/digits/mnist resize first and pad by image_size // 8.
+
+A `Preset` only describes the recipe (no TensorFlow here): the host pipeline runs it with tf.data
+(`transforms.train_image` / `eval_image`), the device path with JAX (`device_transforms`).
 """
 
 import dataclasses
 import re
-from collections.abc import Callable
 
-import tensorflow as tf
-
-from jresnet.data import transforms as T
-from jresnet.data.sources import Metadata
+from jresnet.data.sources.base import Metadata
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -30,50 +29,26 @@ _MNIST_LIKE = {"mnist", "fashion_mnist", "emnist", "kmnist", "mnist_corrupted"}
 _IMAGENET_LIKE = {"imagenet2012", "imagenet2012_subset", "imagenet2012_real", "imagenette",
                   "imagewang", "imagenet_v2", "imagenet_a", "imagenet_r"}
 
-
-def _split_seed(seed, n):
-  return tf.unstack(tf.random.experimental.stateless_split(seed, n))
-
-
-def _resize_only(image, size):
-  return T.resize(image, size)
-
-
-def _no_augmentation(image, size, seed):
-  del seed
-  return T.resize(image, size)
-
-
-def _cifar_train(image, size, seed):
-  crop_seed, flip_seed = _split_seed(seed, 2)
-  image = T.pad_and_crop(T.resize(image, size), max(size) // 8, crop_seed)
-  return T.flip(image, flip_seed)
-
-
-def _digits_train(image, size, seed):
-  return T.pad_and_crop(T.resize(image, size), max(size) // 8, seed)
-
-
-def _imagenet_train(image, size, seed):
-  crop_seed, flip_seed = _split_seed(seed, 2)
-  return T.flip(T.random_resized_crop(image, size, crop_seed), flip_seed)
+PAD, RANDOM_RESIZED = "pad", "random_resized"  # train crops
+CENTER = "center"                              # eval crop
 
 
 @dataclasses.dataclass(frozen=True)
 class _Recipe:
-  train: Callable  # (uint8 image, (H, W), seed) -> float32 image in [0, 255]
-  eval: Callable  # (uint8 image, (H, W)) -> float32 image in [0, 255]
+  train_crop: str | None  # PAD: translate by up to size // 8; RANDOM_RESIZED: Inception crop
+  flip: bool              # random horizontal flips in training
+  eval_crop: str | None   # CENTER: shorter side to size / 0.875, central crop; None: resize
   image_size: int | None  # None: keep the stored size
   mean: tuple
   std: tuple
 
 
 _RECIPES = {
-    "cifar": _Recipe(_cifar_train, _resize_only, 32, CIFAR10_MEAN, CIFAR10_STD),
-    "imagenet": _Recipe(_imagenet_train, T.center_crop, 224, IMAGENET_MEAN, IMAGENET_STD),
-    "mnist": _Recipe(_no_augmentation, _resize_only, None, MNIST_MEAN, MNIST_STD),
-    "digits": _Recipe(_digits_train, _resize_only, 32, DIGITS_MEAN, DIGITS_STD),
-    "none": _Recipe(_no_augmentation, _resize_only, None, (0.0,), (1.0,)),
+    "cifar": _Recipe(PAD, True, None, 32, CIFAR10_MEAN, CIFAR10_STD),
+    "imagenet": _Recipe(RANDOM_RESIZED, True, CENTER, 224, IMAGENET_MEAN, IMAGENET_STD),
+    "mnist": _Recipe(None, False, None, None, MNIST_MEAN, MNIST_STD),
+    "digits": _Recipe(PAD, False, None, 32, DIGITS_MEAN, DIGITS_STD),
+    "none": _Recipe(None, False, None, None, (0.0,), (1.0,)),
 }
 NAMES = ("auto", *_RECIPES)
 
@@ -97,22 +72,19 @@ def auto(meta: Metadata) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
-  """A resolved recipe: its size, statistics, and per-example train/eval functions."""
+  """A resolved recipe: the images fed to the model, their statistics, what training does."""
   name: str
   image_shape: tuple[int, int, int]  # (H, W, C) of the images fed to the model
   mean: tuple
   std: tuple
-  recipe: _Recipe
+  train_crop: str | None
+  flip: bool
+  eval_crop: str | None
 
-  def train(self, image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """uint8 (h, w, C) -> float32 image_shape, randomly augmented by the stateless `seed`."""
-    out = self.recipe.train(image, self.image_shape[:2], seed)
-    return tf.ensure_shape(T.normalize(out, self.mean, self.std), self.image_shape)
-
-  def eval(self, image: tf.Tensor) -> tf.Tensor:
-    """uint8 (h, w, C) -> float32 image_shape, deterministically."""
-    out = self.recipe.eval(image, self.image_shape[:2])
-    return tf.ensure_shape(T.normalize(out, self.mean, self.std), self.image_shape)
+  @property
+  def pad(self) -> int:
+    """Pixels of the PAD translation."""
+    return max(self.image_shape[:2]) // 8
 
 
 def resolve(cfg, meta: Metadata) -> Preset:
@@ -134,4 +106,4 @@ def resolve(cfg, meta: Metadata) -> Preset:
   std = tuple(cfg.std or recipe.std)
   if len(mean) not in (1, c) or len(std) not in (1, c):
     raise ValueError(f"mean {mean} and std {std} must have 1 or {c} (channels) values.")
-  return Preset(name, (*hw, c), mean, std, recipe)
+  return Preset(name, (*hw, c), mean, std, recipe.train_crop, recipe.flip, recipe.eval_crop)

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from jresnet.data import hosts, presets, seeds, sources, tf_runtime
+from jresnet.data import transforms as T
 
 Batch = dict[str, np.ndarray]
 
@@ -62,7 +63,8 @@ def _array_examples(split: sources.ArraySplit, preset, shard, seed: int, start: 
                                tf.data.Dataset.from_tensor_slices(order))
 
   def example(position, index):
-    image = preset.train(tf.gather(images, index), seeds.augment(seed, position // n, index))
+    image = T.train_image(preset, tf.gather(images, index),
+                          seeds.augment(seed, position // n, index))
     return {"image": image, "label": tf.gather(labels, index)}
 
   first = start // n
@@ -82,7 +84,8 @@ def _record_examples(split: sources.RecordSplit, preset, shard, seed: int, start
       ds = ds.skip(start - e * n)
 
     def example(position, record, e=e):
-      image = preset.train(split.decode(record["image"]), seeds.augment(seed, e, position - e * n))
+      image = T.train_image(preset, split.decode(record["image"]),
+                            seeds.augment(seed, e, position - e * n))
       return {"image": image, "label": tf.cast(record["label"], tf.int32)}
 
     ds = ds.filter(lambda position, _: shard.owns(position))

@@ -1,7 +1,10 @@
-"""Image operations of the presets. Images are float32 in [0, 255] until `normalize`; random
-operations are stateless, so their result is a pure function of the image and the seed."""
+"""The presets in TensorFlow, for tf.data: one example at a time. Images are float32 in
+[0, 255] until `normalize`; random operations are stateless, so their result is a pure function of
+the image and the seed."""
 
 import tensorflow as tf
+
+from jresnet.data import presets
 
 
 def resize(image: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
@@ -53,3 +56,26 @@ def normalize(image: tf.Tensor, mean, std) -> tf.Tensor:
   mean = tf.constant(mean, tf.float32) * 255
   std = tf.constant(std, tf.float32) * 255
   return (image - mean) / std
+
+
+def train_image(preset: presets.Preset, image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  """uint8 (h, w, C) -> float32 preset.image_shape, randomly augmented by the stateless `seed`."""
+  size = preset.image_shape[:2]
+  crop_seed, flip_seed = (tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+                          if preset.flip else (seed, None))
+  if preset.train_crop == presets.RANDOM_RESIZED:
+    out = random_resized_crop(image, size, crop_seed)
+  else:
+    out = resize(image, size)
+    if preset.train_crop == presets.PAD:
+      out = pad_and_crop(out, preset.pad, crop_seed)
+  if preset.flip:
+    out = flip(out, flip_seed)
+  return tf.ensure_shape(normalize(out, preset.mean, preset.std), preset.image_shape)
+
+
+def eval_image(preset: presets.Preset, image: tf.Tensor) -> tf.Tensor:
+  """uint8 (h, w, C) -> float32 preset.image_shape, deterministically."""
+  size = preset.image_shape[:2]
+  out = center_crop(image, size) if preset.eval_crop == presets.CENTER else resize(image, size)
+  return tf.ensure_shape(normalize(out, preset.mean, preset.std), preset.image_shape)

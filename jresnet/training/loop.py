@@ -24,6 +24,7 @@ from jresnet.training import step as step_lib
 from jresnet.training.records import Records
 
 EXPORT_FILE = "model.msgpack"  # inference export written at the end of training
+ARRAYS_FILE = "arrays.npz"  # --mode=write_arrays
 
 
 def model_meta(model: ResNet) -> dict:
@@ -50,13 +51,25 @@ def plan(config: ConfigDict) -> Plan:
   return Plan(**vars(recipe), info=info)
 
 
-def evaluate(p: Plan, variables, split: str) -> dict:
-  """Loss, top-1 and top-5 accuracy over every example of `split`, each counted once."""
+def evaluate(p: Plan, variables, split: str, on_device=None) -> dict:
+  """Loss, top-1 and top-5 accuracy over every example of `split`, each counted once; from the
+  devices where `on_device` holds the split ({split: DeviceSplit}), else from the host."""
   from jresnet import data  # noqa: PLC0415
 
-  batches = data.eval_batches(p.config.data, split,
-                              global_batch_size=p.config.eval_batch_size or p.config.batch_size)
+  batch_size = p.config.eval_batch_size or p.config.batch_size
+  if on_device:
+    return p.evaluate(variables, on_device[split].eval_batches(global_batch_size=batch_size))
+  batches = data.eval_batches(p.config.data, split, global_batch_size=batch_size)
   return p.evaluate(variables, p.runner.feed(batches, p.config.data.prefetch))
+
+
+def open_input(p: Plan, splits: tuple[str, ...]) -> tuple[dict | None, str]:
+  """The device path's splits where config.data.on_device chooses it (else None: the host
+  path), and a line saying which and why."""
+  from jresnet import data  # noqa: PLC0415
+
+  opened, why = data.open_device_splits(p.config.data, p.runner.batch_sharding, splits)
+  return opened, f"input: {'batched on the devices' if opened else 'tf.data on the host'} ({why})"
 
 
 class _Preemption:
@@ -110,9 +123,15 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
   records.note(f"{p.model.architecture}\n{p.info}\ntraining for {p.total_steps} steps "
                f"({p.steps_per_epoch:.1f} per epoch) from step {start} on {jax.device_count()} "
                f"device(s), {cfg.parallel}, {cfg.precision}; records in {workdir}")
-  batches = p.runner.feed(
-      data.train_batches(cfg.data, global_batch_size=cfg.batch_size, seed=cfg.seed,
-                         start_step=start), cfg.data.prefetch)
+  on_device, input_line = open_input(p, (cfg.data.train_split, cfg.data.eval_split))
+  records.note(input_line)
+  if on_device:
+    batches = on_device[cfg.data.train_split].train_batches(
+        global_batch_size=cfg.batch_size, seed=cfg.seed, start_step=start)
+  else:
+    batches = p.runner.feed(
+        data.train_batches(cfg.data, global_batch_size=cfg.batch_size, seed=cfg.seed,
+                           start_step=start), cfg.data.prefetch)
   preemption = _Preemption()
   eval_metrics, step = None, start
   try:
@@ -131,7 +150,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
               "lower the learning rate or enable grad_clip_norm.")
         records.scalars(step, "train", host)
       if last or step % eval_every == 0:
-        eval_metrics = evaluate(p, state.eval_variables(p.use_ema), cfg.data.eval_split)
+        eval_metrics = evaluate(p, state.eval_variables(p.use_ema), cfg.data.eval_split,
+                                on_device)
         records.scalars(step, "eval", eval_metrics)
       if save:
         metrics_for_ckpt = eval_metrics if step % eval_every == 0 or last else None
@@ -182,7 +202,8 @@ def evaluate_checkpoint(config: ConfigDict, workdir: str) -> dict:
     variables, which = runner.put_state(variables), os.path.basename(cfg.eval_checkpoint)
   else:
     variables, which = _restore_for_eval(p, workdir)
-  metrics = evaluate(p, variables, cfg.data.eval_split)
+  on_device, _ = open_input(p, (cfg.data.eval_split,))
+  metrics = evaluate(p, variables, cfg.data.eval_split, on_device)
   metrics["checkpoint"] = which
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
@@ -190,3 +211,21 @@ def evaluate_checkpoint(config: ConfigDict, workdir: str) -> dict:
     with open(os.path.join(workdir, name), "w") as f:
       json.dump({"split": cfg.data.eval_split, **metrics}, f, indent=2)
   return metrics
+
+
+def write_arrays(config: ConfigDict, workdir: str, encoding: str = "raw") -> dict:
+  """`--mode=write_arrays`: the config's train and eval splits to <workdir>/arrays.npz, which
+  `--config.data.source=arrays --config.data.path=<that file>` reads with the same split names.
+  Returns the examples written per split."""
+  from jresnet import data  # noqa: PLC0415
+  from jresnet.data import arrays, sources  # noqa: PLC0415
+
+  data.load_info(config.data)  # a missing dataset or split fails here, in seconds
+  path = os.path.join(workdir, ARRAYS_FILE)
+  names = list(dict.fromkeys((config.data.train_split, config.data.eval_split)))
+  if jax.process_index() != 0:  # one file per job
+    return {}
+  counts = arrays.write(path, sources.get(config.data), names, encoding)
+  print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB, {encoding}); train from it "
+        f"with --config.data.source=arrays --config.data.path={path}")
+  return counts

@@ -87,6 +87,11 @@ class JitMesh:
   def get_state(self, state: TrainState) -> TrainState:
     return state
 
+  @property
+  def batch_sharding(self) -> NamedSharding:
+    """Where a batch lives: split along 'data' (what the device input path produces)."""
+    return self.data
+
   def put_batch(self, batch: dict) -> dict:
     """This process's rows -> global arrays split along 'data' (all processes' rows together)."""
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.data, x), batch)
@@ -125,6 +130,8 @@ class Pmap:
 
   def get_state(self, state: TrainState) -> TrainState:
     return flax.jax_utils.unreplicate(state)
+
+  batch_sharding = None  # batches come from the host, split per device by put_batch
 
   def put_batch(self, batch: dict) -> dict:
     """This process's rows -> one slice per local device, along a new leading axis."""

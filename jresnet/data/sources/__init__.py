@@ -1,17 +1,28 @@
-"""Where examples come from, chosen by config.data.source."""
+"""Where examples come from, chosen by config.data.source.
+
+Each source is imported when it is chosen: the TensorFlow ones ('tfds', 'folder') only then start
+TensorFlow, with its threads bounded first (tf_runtime); 'digits', 'synthetic' and 'arrays' need
+none.
+"""
+
+import importlib
 
 from jresnet.data.sources.base import ArraySplit, Metadata, RecordSplit, Source
-from jresnet.data.sources.digits import DigitsSource
-from jresnet.data.sources.folder import FolderSource
-from jresnet.data.sources.synthetic import SyntheticSource
-from jresnet.data.sources.tfds_source import TfdsSource
 
-SOURCES = {"tfds": TfdsSource, "folder": FolderSource, "digits": DigitsSource,
-           "synthetic": SyntheticSource}
+# name: (module, class, whether it runs TensorFlow)
+SOURCES = {"tfds": ("tfds_source", "TfdsSource", True),
+           "folder": ("folder", "FolderSource", True),
+           "digits": ("digits", "DigitsSource", False),
+           "synthetic": ("synthetic", "SyntheticSource", False),
+           "arrays": ("arrays", "ArraysSource", False)}
 
 
 def get(cfg) -> Source:
   """The source config.data names; it fails fast if its data is not on this machine."""
   if cfg.source not in SOURCES:
     raise ValueError(f"Unknown data source {cfg.source!r}; choose one of {sorted(SOURCES)}.")
-  return SOURCES[cfg.source](cfg)
+  module, name, uses_tensorflow = SOURCES[cfg.source]
+  if uses_tensorflow:
+    from jresnet.data import tf_runtime  # noqa: PLC0415 (TensorFlow only for these sources)
+    tf_runtime.configure(cfg.threads)
+  return getattr(importlib.import_module(f"jresnet.data.sources.{module}"), name)(cfg)

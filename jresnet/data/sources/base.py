@@ -13,7 +13,6 @@ import math
 from collections.abc import Callable
 
 import numpy as np
-import tensorflow as tf
 
 from jresnet.data import splits
 
@@ -41,9 +40,9 @@ class RecordSplit:
   """A split read from storage in order, images still encoded."""
   num_examples: int
   # read(shuffle_seed): {'image': encoded bytes, 'label'} records; None = the fixed order.
-  read: Callable[[int | None], tf.data.Dataset]
-  # Encoded image -> uint8 (H, W, C).
-  decode: Callable[[tf.Tensor], tf.Tensor]
+  read: Callable  # (shuffle seed or None) -> a tf.data.Dataset of those records
+  # Encoded image (a tf.Tensor) -> uint8 (H, W, C).
+  decode: Callable
 
   def __len__(self) -> int:
     return self.num_examples

@@ -89,6 +89,12 @@ class FolderSource(base.Source):
       ds = ds.shuffle(self._cfg.shuffle_buffer, seed=seed)
     return ds
 
+  def encoded(self, split: str) -> tuple[list[bytes], list[int]]:
+    """The image files of `split` as they are on disk, and their labels, in the source's order."""
+    ds = self._records(splits.resolve(split, self._sizes), None)
+    records = list(ds.as_numpy_iterator())
+    return [r["image"] for r in records], [int(r["label"]) for r in records]
+
   def _decoded(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
     """All images of split `name` as one uint8 array (from the disk cache if there), or None
     if they differ in size."""

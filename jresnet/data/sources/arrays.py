@@ -1,0 +1,48 @@
+"""An array file (jresnet/data/arrays.py) at config.data.path: in memory, no TensorFlow.
+
+A split string names a stored split exactly ('train[:45000]'), or slices the stored splits
+('train[:90%]' of a file that holds 'train').
+"""
+
+import os
+
+from jresnet.data import arrays, splits
+from jresnet.data.errors import DatasetNotFoundError
+from jresnet.data.sources import base
+
+
+class ArraysSource(base.Source):
+
+  def __init__(self, cfg):
+    if not cfg.path:
+      raise ValueError("source='arrays' needs config.data.path, an array file written by "
+                       "`python train.py --mode=write_arrays`.")
+    path = os.path.abspath(os.path.expanduser(cfg.path))
+    if not os.path.isfile(path):
+      raise DatasetNotFoundError(f"No array file at {path!r}; write one with `python train.py "
+                                 "--mode=write_arrays --config <config> --workdir <dir>`.")
+    self._file = arrays.ArrayFile(path)
+    self._loaded = {}
+    first = self._arrays(self._file.split_names[0])[0]
+    self.metadata = base.Metadata(self._file.name, self._file.num_classes,
+                                  self._file.class_names, tuple(first.shape[1:]))
+
+  def _arrays(self, name: str):
+    if name not in self._loaded:
+      self._loaded[name] = self._file.split(name)
+    return self._loaded[name]
+
+  def _sizes(self) -> dict[str, int]:
+    return {name: self._file.size(name) for name in self._file.split_names}
+
+  def num_examples(self, split: str) -> int:
+    if split in self._file.split_names:
+      return self._file.size(split)
+    return splits.num_examples(split, self._sizes())
+
+  def load(self, split, cache, max_cache_mb) -> base.ArraySplit:
+    del cache, max_cache_mb  # Always in memory.
+    if split in self._file.split_names:
+      return base.ArraySplit(*self._arrays(split))
+    parts = splits.resolve(split, self._sizes())
+    return base.slice_arrays(split, {name: self._arrays(name) for name, _, _ in parts})
