@@ -16,10 +16,11 @@ This package knows no model; nothing else in jresnet imports it.
 from jresnet.data import tf_runtime  # First: quiets TensorFlow before it is imported.
 from jresnet.data.config import default_config
 from jresnet.data.device import prefetch_to_device
-from jresnet.data.errors import DatasetNotFoundError
-from jresnet.data.evaluation import eval_batches, num_eval_batches
+from jresnet.data.errors import DatasetNotFoundError, UndecodableImageError
+from jresnet.data.evaluation import check_split, eval_batches, num_eval_batches
 from jresnet.data.info import DatasetInfo, load_info
 from jresnet.data.train import train_batches
 
-__all__ = ["DatasetInfo", "DatasetNotFoundError", "default_config", "eval_batches", "load_info",
-           "num_eval_batches", "prefetch_to_device", "train_batches"]
+__all__ = ["DatasetInfo", "DatasetNotFoundError", "UndecodableImageError", "check_split",
+           "default_config", "eval_batches", "load_info", "num_eval_batches", "prefetch_to_device",
+           "train_batches"]

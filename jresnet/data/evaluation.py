@@ -51,7 +51,16 @@ def eval_batches(cfg, split: str | None = None, *, global_batch_size: int,
   ds = ds.batch(shard.batch_size).prefetch(tf.data.AUTOTUNE)
   ds = ds.with_options(tf_runtime.options(threads))
   steps = -(-n // global_batch_size)
-  return _padded(ds.as_numpy_iterator(), steps, shard.batch_size, preset.image_shape)
+  batches = sources.naming_undecodable(ds.as_numpy_iterator(), data)
+  return _padded(batches, steps, shard.batch_size, preset.image_shape)
+
+
+def check_split(cfg, split: str | None = None) -> None:
+  """Reads `split` (default cfg.eval_split) as eval_batches does, so that a broken image fails
+  now, naming the file, rather than at the first evaluation: an in-memory split is decoded (and
+  cached), a streamed one is only opened."""
+  tf_runtime.configure(cfg.threads)
+  sources.get(cfg).load(split or cfg.eval_split, cfg.cache, cfg.max_cache_mb)
 
 
 def _padded(batches, steps: int, batch_size: int, image_shape) -> Iterator[Batch]:

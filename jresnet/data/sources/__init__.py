@@ -1,6 +1,6 @@
 """Where examples come from, chosen by config.data.source."""
 
-from jresnet.data.sources.base import ArraySplit, Metadata, RecordSplit, Source
+from jresnet.data.sources.base import ArraySplit, Metadata, RecordSplit, Source, naming_undecodable
 from jresnet.data.sources.digits import DigitsSource
 from jresnet.data.sources.folder import FolderSource
 from jresnet.data.sources.synthetic import SyntheticSource

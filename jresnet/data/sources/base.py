@@ -10,12 +10,16 @@ permutation.
 import abc
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import tensorflow as tf
 
 from jresnet.data import splits
+from jresnet.data.errors import UndecodableImageError
+
+# What TensorFlow raises for image bytes that do not decode (unknown format, truncated data).
+DECODE_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.DataLossError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,9 +48,24 @@ class RecordSplit:
   read: Callable[[int | None], tf.data.Dataset]
   # Encoded image -> uint8 (H, W, C).
   decode: Callable[[tf.Tensor], tf.Tensor]
+  # The paths of the split's files that do not decode (one decoding pass), where known.
+  find_undecodable: Callable[[], list[str]] | None = None
 
   def __len__(self) -> int:
     return self.num_examples
+
+
+def naming_undecodable(batches: Iterator, split: ArraySplit | RecordSplit) -> Iterator:
+  """`batches`, with a decoding error of a streamed split turned into UndecodableImageError
+  listing the split's undecodable files: a streamed split stops at the first batch that holds
+  one (nothing is skipped), naming them all."""
+  try:
+    yield from batches
+  except DECODE_ERRORS as e:
+    paths = split.find_undecodable() if getattr(split, "find_undecodable", None) else []
+    if not paths:
+      raise
+    raise UndecodableImageError(paths) from e
 
 
 class Source(abc.ABC):
