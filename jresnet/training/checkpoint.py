@@ -38,7 +38,7 @@ class NonFiniteStateError(FloatingPointError):
   """A train state holds NaN or infinity: it is not saved, and not resumed from."""
 
 
-def _arrays(tree) -> dict[str, np.ndarray]:
+def host_arrays(tree) -> dict[str, np.ndarray]:
   """Every array of a state dict on the host, by path ('params/stem/conv1/kernel')."""
   leaves = jax.tree_util.tree_leaves_with_path(tree)
   values = jax.device_get([x for _, x in leaves])
@@ -139,7 +139,7 @@ class Checkpoints:
     tree = flax.serialization.to_state_dict(state)
     meta = {**meta, "metrics": metrics}
     if self.verify:
-      arrays = _arrays(tree)
+      arrays = host_arrays(tree)
       if bad := non_finite(arrays):
         raise NonFiniteStateError(f"step {step} not saved: non-finite values in "
                                   f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
@@ -181,7 +181,7 @@ class Checkpoints:
       restored = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(target_tree)))["state"]
       if self.verify:
-        arrays = _arrays(restored)
+        arrays = host_arrays(restored)
         expected = saved_meta.get("digests") or {}  # none: written before digests were kept
         changed = [k for k, d in digests(arrays).items() if k in expected and expected[k] != d]
         if changed or set(expected) - set(arrays):

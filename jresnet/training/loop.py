@@ -171,12 +171,12 @@ def _restore_for_eval(p: Plan, workdir: str) -> tuple[dict, str]:
   which = str(cfg.eval_checkpoint)
   step = {"latest": checkpoints.latest_step,
           "best": checkpoints.best_step}.get(which, lambda: int(which))()
-  if step is None:
-    saved = checkpoints.manager.all_steps()
+  saved = ", ".join(map(str, checkpoints.manager.all_steps()))
+  if step is None or str(step) not in saved.split(", "):
     raise FileNotFoundError(
-        f"no evaluated checkpoint in {directory} (saved without an evaluation: steps "
-        f"{', '.join(map(str, saved))}); use --config.eval_checkpoint=latest or a step"
-        if saved and which == "best" else f"no checkpoint ({which}) in {directory}")
+        f"no evaluated checkpoint in {directory} (saved without an evaluation: steps {saved}); "
+        "use --config.eval_checkpoint=latest or a step" if saved and which == "best" else
+        f"no checkpoint ({which}) in {directory}" + (f"; it holds steps {saved}" if saved else ""))
   checkpoints.check_model(step, {"model": model_meta(p.model)})
   target = p.runner.get_state(p.create_state())
   state = p.runner.put_state(checkpoints.restore(step, target, {"model": model_meta(p.model)}))
