@@ -6,14 +6,30 @@
     python train.py --config configs/cifar10_resnet20_budget.py --workdir runs/cifar10_arrays \
         --mode=write_arrays [--arrays_encoding=jpeg]   # the config's two splits, one file
 
-A run resumes from the checkpoints in --workdir; SIGTERM checkpoints and exits 0. On Linux the
-command re-executes itself once with glibc's huge pages on (jresnet/training/huge_pages.py:
-faster CPU steps); JRESNET_HUGE_PAGES=0 keeps it as it is.
+A run resumes from the checkpoints in --workdir; SIGTERM checkpoints and exits 0 (during start-up,
+before there is anything new to save, it just exits 0). On Linux the command re-executes itself
+once with glibc's huge pages on (jresnet/training/huge_pages.py: faster CPU steps);
+JRESNET_HUGE_PAGES=0 keeps it as it is.
 """
 
 import os
+import signal
 
-from jresnet.training import huge_pages
+
+class _SigtermDuringStartup:
+  """Notes a SIGTERM that arrives before the training loop's own handler is installed; that
+  handler takes the note over, and the run stops before training, with nothing new to save."""
+
+  requested = False
+
+  def __call__(self, signum, frame):
+    self.requested = True
+
+
+if __name__ == "__main__":
+  signal.signal(signal.SIGTERM, _SigtermDuringStartup())  # first: the imports take seconds
+
+from jresnet.training import huge_pages  # noqa: E402
 
 if __name__ == "__main__":  # an exec starts over: before the slow imports below (TensorFlow)
   huge_pages.exec_with_huge_pages()

@@ -16,15 +16,13 @@ over the pipeline can feed the model on this machine (--no-consumer skips it).
 """
 
 import argparse
-import datetime
-import json
 import os
-import platform
 import statistics
 import tempfile
 import time
 
 import jresnet.data as jd
+from bench import report
 from configs import default
 from jresnet.training import huge_pages
 
@@ -108,12 +106,8 @@ def main(argv=None):
           f"(median of {args.windows} windows of {args.consumer_steps} x {args.batch}); the "
           f"input stream delivers {rate['input_over_train_step']:.1f}x that")
 
-  now = datetime.datetime.now().isoformat(timespec="seconds")
-  record = {"bench": "input_pipeline", "time": now,
-            "host": platform.node(), "cpus": os.cpu_count(), **vars(args), **load, **rate}
-  os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
-  with open(args.results, "a") as f:
-    f.write(json.dumps(record) + "\n")
+  report.append_jsonl(args.results, [{"bench": "input_pipeline", "machine": report.machine(),
+                                       **report.conditions(), **vars(args), **load, **rate}])
 
 
 if __name__ == "__main__":

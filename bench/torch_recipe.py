@@ -16,7 +16,6 @@ kernels, random numbers and float32 rounding. One line per epoch
 
 import json
 import math
-import platform
 import time
 
 import numpy as np
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bench import torch_reference
+from bench import report, torch_reference
 from jresnet.data import presets, sources
 from jresnet.training import huge_pages, optim
 
@@ -153,12 +152,11 @@ def main(argv):
     print(json.dumps(row), flush=True)
 
   result = {"bench": "torch_recipe", "config": cfg.to_dict(), "model": name,
-            "torch": torch.__version__, "threads": args.threads, "machine": platform.processor(),
+            "threads": args.threads, "machine": report.machine(), **report.conditions(),
             "epochs": epochs, "steps": step, "seed": args.seed,
             "train_minutes": round((time.perf_counter() - start) / 60, 2),
             "val_accuracy": history[-1]["val_accuracy"], "curve": history}
-  with open(args.out, "a") as f:
-    f.write(json.dumps(result) + "\n")
+  report.append_jsonl(args.out, [result])
   print(f"PyTorch {name}: {result['val_accuracy']:.2%} validation accuracy after {step} steps "
         f"in {result['train_minutes']} min")
 

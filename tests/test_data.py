@@ -375,3 +375,44 @@ def test_split_strings_read_what_tfds_reads(spec):
   expected = [(a.splitname, a.from_ or 0, sizes[a.splitname] if a.to is None else a.to)
               for a in tfds.core.ReadInstruction.from_spec(spec).to_absolute(infos)]
   assert splits.resolve(spec, sizes) == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad folders: the error names the file or directory, before any training.
+
+
+def _with_bad_images(root, split="train"):
+  """A copy of a 3-class folder of 8x8 images plus a random-bytes and a zero-byte '.jpg'."""
+  _write_folder(root, {split: 2}, [(8, 8)])
+  (root / split / "ant" / "random.jpg").write_bytes(np.random.default_rng(0).bytes(500))
+  (root / split / "mole" / "empty.jpg").write_bytes(b"")
+  return [str(root / split / "ant" / "random.jpg"), str(root / split / "mole" / "empty.jpg")]
+
+
+@pytest.mark.parametrize("cache", [None, False])  # decoded into memory; streamed
+def test_undecodable_images_are_named(tmp_path, cache):
+  """In memory: when the split is decoded. Streamed: the stream stops at the first batch that
+  holds one (nothing is skipped), and the error lists every undecodable file of the split."""
+  bad = _with_bad_images(tmp_path)
+  cfg = _config(source="folder", path=str(tmp_path), preprocess="none", cache=cache)
+  with pytest.raises(ValueError, match="cannot be decoded") as error:
+    _take(jd.train_batches(cfg, global_batch_size=4, seed=0), 3)
+  assert isinstance(error.value, jd.UndecodableImageError)
+  assert sorted(error.value.paths) == sorted(bad)
+  assert all(path in str(error.value) for path in bad)
+  with pytest.raises(ValueError, match="random.jpg"):
+    list(jd.eval_batches(cfg, "train", global_batch_size=4))
+
+
+def test_empty_class_directory_and_a_single_class_are_refused(tmp_path):
+  _write_folder(tmp_path / "empty_class", {"train": 2}, [(8, 8)])
+  (tmp_path / "empty_class" / "train" / "yak").mkdir()
+  (tmp_path / "empty_class" / "train" / "yak" / "notes.txt").write_text("not an image")
+  with pytest.raises(ValueError, match=rf"Empty class directory {tmp_path}/empty_class/train/yak"):
+    jd.load_info(_config(source="folder", path=str(tmp_path / "empty_class"),
+                         eval_split="train"))
+  one = tmp_path / "one_class" / "train" / "cat"
+  one.mkdir(parents=True)
+  tf.io.write_file(str(one / "0.png"), tf.io.encode_png(np.zeros((8, 8, 3), np.uint8)))
+  with pytest.raises(ValueError, match=r"has 1 class \(cat\).*two or more"):
+    jd.load_info(_config(source="folder", path=str(tmp_path / "one_class"), eval_split="train"))

@@ -4,6 +4,7 @@ after SIGTERM and SIGKILL, jit/pmap/1-device agreement, NaN handling, and early 
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from jresnet.training import checkpoint as checkpoint_lib
 from jresnet.training import loop, optim, parallel, recipe
 from jresnet.training import step as step_lib
 from jresnet.training.records import read_metrics
+from jresnet.training.state import TrainState
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -176,19 +178,77 @@ def test_feed_places_each_process_rows_as_the_runner_expects():
     np.testing.assert_array_equal(np.asarray(d["label"]).reshape(-1), h["label"])
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_non_finite_update_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  """lr 1e30 from step 5: the loss of step 5 is still finite (it is computed before the update),
+  the updated parameters' norm is not. Nothing of step 5 may be saved, though it is a save step."""
   good = tiny_config(num_train_steps=4, checkpoint_every_steps=4)
   loop.train_and_evaluate(good, str(tmp_path))
   _, saved = _final_state(tmp_path, good)
 
-  absurd = tiny_config(num_train_steps=40, checkpoint_every_steps=2,
+  absurd = tiny_config(num_train_steps=40, checkpoint_every_steps=1,
                        **{"optimizer.learning_rate": 1e30, "schedule.name": "constant"})
-  with pytest.raises(FloatingPointError, match=r"non-finite loss .* last good checkpoint"):
+  with pytest.raises(FloatingPointError, match=r"non-finite .*param_norm=inf at step 5: .* "
+                     r"last good checkpoint \(step 4\)"):
     loop.train_and_evaluate(absurd, str(tmp_path))
   step, restored = _final_state(tmp_path, good)
   assert step == 4
   jax.tree.map(np.testing.assert_array_equal, restored, saved)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored))
+
+
+def test_resuming_a_non_finite_checkpoint_stops_naming_it(tmp_path, monkeypatch):
+  """A checkpoint whose momentum is NaN (saved as a run without the checks saved it): the loss of
+  the next step is finite, but resuming from it would only train on NaNs."""
+  good = tiny_config(num_train_steps=2)
+  loop.train_and_evaluate(good, str(tmp_path / "good"))
+  _, state = _final_state(tmp_path / "good", good)
+  nan = lambda x: np.full(x.shape, np.nan, x.dtype) if np.issubdtype(x.dtype, np.floating) else x
+  diverged = state.replace(opt_state=jax.tree.map(nan, state.opt_state))
+  with monkeypatch.context() as unchecked:
+    unchecked.setattr(checkpoint_lib, "non_finite", lambda arrays: [], raising=False)
+    ckpts = checkpoint_lib.Checkpoints(str(tmp_path / "diverged" / "checkpoints"),
+                                       async_save=False)
+    ckpts.save(diverged, {"model": loop.model_meta(loop.plan(good).model)})
+    ckpts.close()
+  with pytest.raises(FloatingPointError, match=r"checkpoints/2 holds non-finite values "
+                     r"\(opt_state.*lower the learning rate"):
+    loop.train_and_evaluate(tiny_config(num_train_steps=3), str(tmp_path / "diverged"))
+
+
+def _largest(directory):
+  files = [os.path.join(d, f) for d, _, fs in os.walk(directory) for f in fs]
+  return max(files, key=os.path.getsize)
+
+
+def _flip_4_bytes(path):
+  data = bytearray(open(path, "rb").read())
+  for i in range(len(data) // 2, len(data) // 2 + 4):
+    data[i] ^= 0xFF
+  open(path, "wb").write(bytes(data))
+
+
+def _truncate(path):
+  os.truncate(path, os.path.getsize(path) // 2)
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_one_before(tmp_path, caplog):
+  """The newest checkpoint lost its array metadata: the run says so, sets it aside and resumes
+  from the previous one, exactly (the recomputed steps have bitwise the first run's losses)."""
+  config = tiny_config(num_train_steps=6, checkpoint_every_steps=2, stop_after_steps=4,
+                       eval_every_steps=100)
+  loop.train_and_evaluate(config, str(tmp_path))
+  first = _train_losses(tmp_path)
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
+  os.remove(tmp_path / "checkpoints" / "4" / "state" / "_METADATA")
+  config.stop_after_steps = None
+  loop.train_and_evaluate(config, str(tmp_path))
+  warnings = [r.getMessage() for r in caplog.records if "does not read back" in r.getMessage()]
+  assert len(warnings) == 1 and "checkpoints/4 does not read back" in warnings[0]
+  assert os.listdir(tmp_path / "checkpoints.corrupt") == ["4"]  # moved aside, not deleted
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "6"]  # 4 again, recomputed
+  again = _train_losses(tmp_path)
+  assert sorted(again) == list(range(1, 7))
+  assert [again[k] for k in (3, 4)] == [first[k] for k in (3, 4)]  # resumed from step 2
 
 
 # --- bad input fails before any compilation, saying what to do --------------------------------
@@ -343,3 +403,149 @@ def test_relative_workdir_with_asynchronous_checkpoints(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   loop.train_and_evaluate(tiny_config(async_checkpoints=True), "runs/relative")
   assert _final_state(tmp_path / "runs" / "relative", tiny_config())[0] == 6
+
+
+# --- reliability: corrupt checkpoints, the workdir lock, sizes, start-up signals ---------------
+
+def _small_state(step, seed):
+  rng = np.random.default_rng(seed)
+  array = lambda *shape: jax.numpy.asarray(rng.standard_normal(shape, np.float32))
+  return TrainState(step=jax.numpy.int32(step), params={"w": array(64, 64), "b": array(64)},
+                    batch_stats={"mean": array(8)}, opt_state={"trace": array(64, 64)},
+                    ema_params=None, rng=jax.numpy.zeros(2, jax.numpy.uint32))
+
+
+CORRUPTIONS = {
+    "missing _METADATA": lambda c: os.remove(c / "state" / "_METADATA"),
+    "truncated data file": lambda c: _truncate(_largest(c / "state" / "ocdbt.process_0")),
+    "overwritten data file": lambda c: open(p := _largest(c / "state" / "ocdbt.process_0"),
+                                            "wb").write(os.urandom(os.path.getsize(p))),
+    "garbled meta/metadata": lambda c: (c / "meta" / "metadata").write_bytes(os.urandom(300)),
+    "deleted manifest": lambda c: os.remove(c / "state" / "manifest.ocdbt"),
+    "4 flipped bytes": lambda c: _flip_4_bytes(_largest(c / "state" / "ocdbt.process_0")),
+}
+
+
+@pytest.mark.parametrize("corruption", CORRUPTIONS)
+def test_a_corrupt_checkpoint_is_named_set_aside_and_skipped(tmp_path, corruption):
+  meta = {"model": {"depth": 2}}
+  ckpts = checkpoint_lib.Checkpoints(str(tmp_path / "checkpoints"), async_save=False)
+  for step in (1, 2):
+    ckpts.save(_small_state(step, step), meta)
+  ckpts.close()
+  CORRUPTIONS[corruption](tmp_path / "checkpoints" / "2")
+
+  ckpts = checkpoint_lib.Checkpoints(str(tmp_path / "checkpoints"), async_save=False)
+  with pytest.raises(Exception, match=r"checkpoint .*checkpoints/2 does not read back: \w+"):
+    ckpts.restore(2, _small_state(0, 0), meta)
+  step, state = ckpts.restore_newest(_small_state(0, 0), meta)
+  assert step == 1 and ckpts.manager.all_steps() == [1]
+  jax.tree.map(np.testing.assert_array_equal, state, _small_state(1, 1))
+  assert os.listdir(tmp_path / "checkpoints.corrupt") == ["2"]
+  ckpts.save(_small_state(2, 3), meta)  # step 2 can be written again
+  ckpts.close()
+
+  (tmp_path / "checkpoints" / "1" / "meta" / "metadata").write_bytes(b"\xff")
+  ckpts = checkpoint_lib.Checkpoints(str(tmp_path / "checkpoints"), async_save=False)
+  CORRUPTIONS[corruption](tmp_path / "checkpoints" / "2")
+  with pytest.raises(checkpoint_lib.CorruptCheckpointError,
+                     match=r"(?s)no checkpoint .* reads back intact:\n  step 2 .*\n  step 1 .*"
+                           r"moved aside, not deleted"):
+    ckpts.restore_newest(_small_state(0, 0), meta)
+  assert sorted(os.listdir(tmp_path / "checkpoints.corrupt")) == ["1", "2", "2-1"]
+
+
+def test_a_second_run_on_a_workdir_stops_at_once_naming_the_holder(tmp_path, caplog):
+  holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  try:
+    (tmp_path / "train.lock").write_text(json.dumps(
+        {"pid": holder.pid, "host": socket.gethostname(), "since": "earlier"}))
+    start = time.time()
+    with pytest.raises(RuntimeError, match=rf"in use by process {holder.pid} on host "
+                       rf"{socket.gethostname()}"):
+      loop.train_and_evaluate(tiny_config(), str(tmp_path))
+    assert time.time() - start < 10
+    assert os.listdir(tmp_path) == ["train.lock"]  # nothing written, the lock left alone
+  finally:
+    holder.kill()
+    holder.wait()
+  # The holder is gone (a dead PID on this host): the next run takes the lock over, says so,
+  # and gives it back when it ends.
+  loop.train_and_evaluate(tiny_config(num_train_steps=1), str(tmp_path))
+  assert any(f"from process {holder.pid}" in r.getMessage() and "no longer runs" in r.getMessage()
+             for r in caplog.records)
+  assert not (tmp_path / "train.lock").exists()
+
+
+@pytest.mark.parametrize("overrides, named", [
+    ({"num_epochs": 0.0, "num_train_steps": None}, "num_epochs=0.0"),
+    ({"num_epochs": -1.0, "num_train_steps": None}, "num_epochs=-1.0"),
+    ({"num_train_steps": -5}, "num_train_steps=-5"),
+    ({"batch_size": 0}, "batch_size=0"),
+    ({"batch_size": -8}, "batch_size=-8"),
+    ({"eval_batch_size": 0}, "eval_batch_size=0"),
+])
+def test_non_positive_sizes_are_refused_before_anything_is_written(tmp_path, overrides, named):
+  with pytest.raises(ValueError, match=rf"{named}.*must be positive"):
+    loop.train_and_evaluate(tiny_config(**overrides), str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+
+
+def test_sigterm_during_start_up_exits_cleanly(tmp_path):
+  proc = subprocess.Popen(
+      [sys.executable, os.path.join(REPO, "train.py"), "--config",
+       os.path.join(REPO, "tests", "tiny_config.py"), "--workdir", str(tmp_path / "run")],
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+      env={**os.environ, "JRESNET_HUGE_PAGES": "0"})  # no re-exec: the handler is in place at once
+  time.sleep(1.0)  # importing JAX and TensorFlow takes longer than this
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=60)
+  assert proc.returncode == 0, out
+  assert "SIGTERM during start-up: stopped before training" in out
+  assert not os.listdir(tmp_path / "run" / "checkpoints")  # no step trained, none saved
+
+
+def test_the_kept_best_checkpoint_is_the_best_evaluated_one(tmp_path):
+  """Evaluations at steps 2, 4, 6 and checkpoints every 3 steps, the last one kept: the best
+  evaluation (not the last here) is still among the checkpoints, and --mode=eval finds it."""
+  config = tiny_config(num_train_steps=6, eval_every_steps=2, checkpoint_every_steps=3,
+                       keep_checkpoints=1, **{"data.on_device": "false"})  # (the host's batches)
+  loop.train_and_evaluate(config, str(tmp_path))
+  evals = [(r["accuracy"], r["step"]) for r in read_metrics(tmp_path / "metrics.jsonl")
+           if r["split"] == "eval"]
+  best_accuracy, best_step = max(evals)
+  assert best_step == 2  # (what makes the case: here the first evaluation is the best)
+  ckpts = checkpoint_lib.Checkpoints(str(tmp_path / "checkpoints"))
+  assert ckpts.best_step() == best_step
+  ckpts.close()
+  config.eval_checkpoint = "best"
+  assert loop.evaluate_checkpoint(config, str(tmp_path))["accuracy"] == best_accuracy
+
+
+def test_eval_of_best_without_evaluated_checkpoints_says_so(tmp_path):
+  config = tiny_config(num_train_steps=6, stop_after_steps=1, eval_checkpoint="best")
+  loop.train_and_evaluate(config, str(tmp_path / "run"))  # checkpoint 1, never evaluated
+  with pytest.raises(FileNotFoundError, match=r"no evaluated checkpoint .* steps 1\).*"
+                                              r"eval_checkpoint=latest"):
+    loop.evaluate_checkpoint(config, str(tmp_path / "run"))
+  with pytest.raises(FileNotFoundError, match=r"no checkpoints in .*empty"):
+    loop.evaluate_checkpoint(config, str(tmp_path / "empty"))
+  assert not (tmp_path / "empty" / "checkpoints").exists()
+
+
+def test_an_undecodable_eval_image_fails_before_training(tmp_path):
+  from PIL import Image  # noqa: PLC0415
+
+  for split, n in (("train", 8), ("test", 2)):
+    for label in ("cat", "dog"):
+      (tmp_path / "images" / split / label).mkdir(parents=True)
+      for i in range(n):
+        Image.fromarray(np.full((8, 8, 3), 30 * i, np.uint8)).save(
+            tmp_path / "images" / split / label / f"{i}.png")
+  bad = tmp_path / "images" / "test" / "dog" / "broken.png"
+  bad.write_bytes(b"\x89PNG not really")
+  config = tiny_config(**{"data.source": "folder", "data.path": str(tmp_path / "images"),
+                          "data.cache_dir": "", "batch_size": 8})
+  with pytest.raises(ValueError, match=rf"cannot be decoded: {bad}"):
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run" / "metrics.jsonl")  # not a step trained

@@ -81,18 +81,22 @@ def weights_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(weights_file):
-  """127.0.0.1 serving /model.safetensors whole, and /cut.safetensors cut off half way."""
+  """127.0.0.1 serving /model.safetensors whole, /cut.safetensors cut off half way, and
+  /short.safetensors, half the file as if it were all of it (the length it announces)."""
   body = open(weights_file[0], "rb").read()
+  bodies = {"/model.safetensors": body, "/cut.safetensors": body[:len(body) // 2],
+            "/short.safetensors": body[:len(body) // 2]}
 
   class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 (http.server's name)
-      if self.path not in ("/model.safetensors", "/cut.safetensors"):
+      if self.path not in bodies:
         self.send_error(404)
         return
       self.send_response(200)
-      self.send_header("Content-Length", str(len(body)))
+      announced = bodies[self.path] if self.path == "/short.safetensors" else body
+      self.send_header("Content-Length", str(len(announced)))
       self.end_headers()
-      self.wfile.write(body if self.path == "/model.safetensors" else body[:len(body) // 2])
+      self.wfile.write(bodies[self.path])
 
     def log_message(self, *args):
       pass
@@ -149,8 +153,32 @@ def test_corrupt_cached_file_is_refused(server, weights_file, registered, tmp_pa
   with open(tmp_path / "test.r20.safetensors", "r+b") as f:
     f.seek(-8, os.SEEK_END)
     f.write(b"corrupt!")
-  with pytest.raises(weights.ChecksumError, match="delete it"):
+  with pytest.raises(weights.ChecksumError, match="moved to .*corrupt, the next call downloads"):
     jresnet.pretrained(name, cache=str(tmp_path), progress=False)
+  assert os.listdir(tmp_path) == ["test.r20.safetensors.corrupt"]
+
+
+def test_without_a_digest_a_bad_file_is_set_aside_and_the_first_good_one_pinned(
+    server, weights_file, registered, tmp_path):
+  """An entry with sha256=None: a file that arrives whole by its length but does not load is
+  moved aside, named in the error; the first one that loads has its digest recorded, and a later
+  change to it is caught."""
+  name = registered(f"{server}/short.safetensors", None)
+  cached = tmp_path / "test.r20.safetensors"
+  with pytest.raises(ValueError, match=rf"{cached} does not load .*moved to {cached}.corrupt"):
+    jresnet.pretrained(name, cache=str(tmp_path), progress=False)
+  assert os.listdir(tmp_path) == ["test.r20.safetensors.corrupt"]
+
+  name = registered(f"{server}/model.safetensors", None)
+  jresnet.pretrained(name, cache=str(tmp_path), progress=False)
+  assert (tmp_path / "test.r20.safetensors.sha256").read_text().strip() == weights_file[2]
+  jresnet.pretrained(name, cache=str(tmp_path), progress=False)  # checked, from the cache
+  with open(cached, "r+b") as f:
+    f.seek(-8, os.SEEK_END)
+    f.write(b"corrupt!")
+  with pytest.raises(weights.ChecksumError, match=rf"expected {weights_file[2]}"):
+    jresnet.pretrained(name, cache=str(tmp_path), progress=False)
+  assert not cached.exists()
 
 
 def test_offline_error_names_the_url_and_the_cache_path(registered, tmp_path):

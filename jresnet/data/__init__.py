@@ -26,8 +26,8 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 _EXPORTS = {
     "DatasetInfo": "info", "load_info": "info",
-    "DatasetNotFoundError": "errors",
-    "eval_batches": "evaluation", "num_eval_batches": "evaluation",
+    "DatasetNotFoundError": "errors", "UndecodableImageError": "errors",
+    "check_split": "evaluation", "eval_batches": "evaluation", "num_eval_batches": "evaluation",
     "train_batches": "train",
     "DeviceSplit": "device_stream", "open_device_splits": "device_stream",
 }

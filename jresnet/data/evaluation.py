@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow as tf
 
-from jresnet.data import hosts, presets, sources, tf_runtime
+from jresnet.data import hosts, presets, sources, tf_runtime, undecodable
 from jresnet.data import transforms as T
 
 Batch = dict[str, np.ndarray]
@@ -52,7 +52,15 @@ def eval_batches(cfg, split: str | None = None, *, global_batch_size: int,
   ds = ds.batch(shard.batch_size).prefetch(tf.data.AUTOTUNE)
   ds = ds.with_options(tf_runtime.options(threads))
   steps = -(-n // global_batch_size)
-  return _padded(ds.as_numpy_iterator(), steps, shard.batch_size, preset.image_shape)
+  batches = undecodable.naming_undecodable(ds.as_numpy_iterator(), data)
+  return _padded(batches, steps, shard.batch_size, preset.image_shape)
+
+
+def check_split(cfg, split: str | None = None) -> None:
+  """Reads `split` (default cfg.eval_split) as eval_batches does, so that a broken image fails
+  now, naming the file, rather than at the first evaluation: an in-memory split is decoded (and
+  cached), a streamed one is only opened."""
+  sources.get(cfg).load(split or cfg.eval_split, cfg.cache, cfg.max_cache_mb)
 
 
 def _padded(batches, steps: int, batch_size: int, image_shape) -> Iterator[Batch]:

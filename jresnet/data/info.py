@@ -15,9 +15,13 @@ class DatasetInfo:
 
 def load_info(cfg) -> DatasetInfo:
   """Metadata of the configured dataset, in seconds; raises DatasetNotFoundError (with advice)
-  if the data is not on this machine, ValueError for an unknown source, preset or split."""
+  if the data is not on this machine, ValueError for an unknown source, preset or split, or a
+  single class."""
   source = sources.get(cfg)
   preset = presets.resolve(cfg, source.metadata)
   sizes = {split: source.num_examples(split) for split in (cfg.train_split, cfg.eval_split)}
   meta = source.metadata
+  if meta.num_classes < 2:
+    raise ValueError(f"data.source={cfg.source!r} gives {meta.num_classes} class: a classifier "
+                     "needs two or more.")
   return DatasetInfo(meta.num_classes, preset.image_shape, sizes, meta.class_names)

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow as tf
 
-from jresnet.data import hosts, presets, seeds, sources, tf_runtime
+from jresnet.data import hosts, presets, seeds, sources, tf_runtime, undecodable
 from jresnet.data import transforms as T
 
 Batch = dict[str, np.ndarray]
@@ -49,7 +49,7 @@ def train_batches(cfg, *, global_batch_size: int, seed: int, start_step: int = 0
     ds = ds.batch(shard.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     return map(_with_mask, ds.with_options(options).as_numpy_iterator())
   epochs = _record_examples(split, preset, shard, seed, start)
-  return _chain(epochs, shard.batch_size, options)
+  return undecodable.naming_undecodable(_chain(epochs, shard.batch_size, options), split)
 
 
 def _array_examples(split: sources.ArraySplit, preset, shard, seed: int, start: int):

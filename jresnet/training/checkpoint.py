@@ -1,16 +1,23 @@
 """Orbax checkpoints of the train state: asynchronous, atomic, the last K plus the best kept.
 
 Each checkpoint holds the state (a plain nested dict of arrays) and a JSON `meta` item (the model
-architecture, the evaluation metrics of that step). Orbax writes into a temporary directory and
-renames it when complete, so a crash or SIGKILL mid-save leaves the previous checkpoint intact;
-`restore` refuses a checkpoint that does not fit the configured model and says where it differs.
+architecture, the evaluation metrics of that step, and the sha256 of every array). Orbax writes
+into a temporary directory and renames it when complete, so a crash or SIGKILL mid-save leaves the
+previous checkpoint intact; `restore` refuses a checkpoint that does not fit the configured model
+and says where it differs, and one whose files do not read back as written (missing or damaged
+files, flipped bytes: the digests). `restore_newest` then moves it aside, never deleting it, and
+resumes from the newest one that is intact. A state with NaN or infinity is neither saved nor
+resumed from.
 """
 
+import hashlib
 import logging
 import os
 
 import flax.serialization
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import traverse_util
@@ -23,10 +30,43 @@ class CheckpointMismatchError(ValueError):
   """The checkpoint was written for a different model or optimiser than the config describes."""
 
 
+class CorruptCheckpointError(RuntimeError):
+  """A checkpoint's files do not read back as they were written."""
+
+
+class NonFiniteStateError(FloatingPointError):
+  """A train state holds NaN or infinity: it is not saved, and not resumed from."""
+
+
+def host_arrays(tree) -> dict[str, np.ndarray]:
+  """Every array of a state dict on the host, by path ('params/stem/conv1/kernel')."""
+  leaves = jax.tree_util.tree_leaves_with_path(tree)
+  values = jax.device_get([x for _, x in leaves])
+  return {jax.tree_util.keystr(path, simple=True, separator="/"): np.asarray(x)
+          for (path, _), x in zip(leaves, values)}
+
+
+def digests(arrays: dict[str, np.ndarray]) -> dict[str, str]:
+  """The sha256 of each array's bytes."""
+  return {path: hashlib.sha256(np.ascontiguousarray(x).reshape(-1).view(np.uint8)).hexdigest()
+          for path, x in arrays.items()}
+
+
+def non_finite(arrays: dict[str, np.ndarray]) -> list[str]:
+  """Paths of the floating-point arrays that hold NaN or infinity."""
+  return [path for path, x in arrays.items()
+          if jnp.issubdtype(x.dtype, jnp.floating) and not np.isfinite(x).all()]
+
+
+def _first_line(error: BaseException, limit: int = 300) -> str:
+  text = f"{type(error).__name__}: {str(error).strip()}".splitlines()[0]
+  return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _shape_dtype(x):
   if isinstance(x, jax.ShapeDtypeStruct):
     return x
-  # numpy scalars pass through ocp.utils.to_shape_dtype_struct and break restore (STACK.md).
+  # numpy scalars pass through ocp.utils.to_shape_dtype_struct and break restore.
   return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
 
 
@@ -56,8 +96,11 @@ def tree_differences(saved_tree, target_tree) -> list[str]:
 class Checkpoints:
   """A CheckpointManager for TrainStates in `directory`."""
 
-  def __init__(self, directory: str, keep: int = 2, async_save: bool = True):
+  def __init__(self, directory: str, keep: int = 2, async_save: bool = True,
+               verify: bool = True):
+    """`verify`: digest every array on save and check the digests on restore."""
     self.directory = epath.Path(os.path.abspath(os.path.expanduser(directory)))  # orbax: absolute
+    self.verify = verify
     keep_policy = policy.AnyPreservationPolicy([
         policy.LatestN(n=keep),
         policy.BestN(get_metric_fn=lambda m: m["accuracy"], reverse=False, n=1,
@@ -76,20 +119,34 @@ class Checkpoints:
 
   def best_step(self) -> int | None:
     """The kept step with the highest evaluation accuracy (None if none was evaluated)."""
-    scored = [(meta["metrics"]["accuracy"], step) for step in self.manager.all_steps()
-              if (meta := self.meta(step)).get("metrics")]
+    scored = []
+    for step in self.manager.all_steps():
+      try:
+        metrics = self.meta(step).get("metrics")
+      except Exception:  # noqa: BLE001 (an unreadable checkpoint is no candidate)
+        continue
+      if metrics:
+        scored.append((metrics["accuracy"], step))
     return max(scored)[1] if scored else None
 
   def meta(self, step: int) -> dict:
     return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
   def save(self, state: TrainState, meta: dict, metrics: dict | None = None) -> None:
-    """Starts an asynchronous save of `state` at its step; returns once the arrays are copied."""
+    """Starts an asynchronous save of `state` at its step; returns once the arrays are copied.
+    Raises NonFiniteStateError, saving nothing, if `state` holds NaN or infinity."""
     step = int(jax.device_get(state.step))
+    tree = flax.serialization.to_state_dict(state)
     meta = {**meta, "metrics": metrics}
+    if self.verify:
+      arrays = host_arrays(tree)
+      if bad := non_finite(arrays):
+        raise NonFiniteStateError(f"step {step} not saved: non-finite values in "
+                                  f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
+      meta["digests"] = digests(arrays)
     self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
-        meta=ocp.args.JsonSave(meta)), metrics=metrics, force=True)
+        state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)),
+        metrics=metrics, force=True)
 
   def _refuse(self, step: int, problems: list[str]) -> None:
     if problems:
@@ -100,19 +157,83 @@ class Checkpoints:
           + "\nUse a fresh --workdir, or the config the checkpoint was written with.")
 
   def check_model(self, step: int, target_meta: dict) -> None:
-    """Cheap early check (no arrays read) that `step` was written for this architecture."""
-    self._refuse(step, model_differences(self.meta(step), target_meta))
+    """Cheap early check (no arrays read) that `step` was written for this architecture. A meta
+    that does not read back is left to `restore`, which reports it as corrupt."""
+    try:
+      saved = self.meta(step)
+    except Exception:  # noqa: BLE001 (any failure to read is restore's to report)
+      return
+    self._refuse(step, model_differences(saved, target_meta))
 
   def restore(self, step: int, target: TrainState, target_meta: dict) -> TrainState:
-    """Restores `step` into the structure, shapes and shardings of `target` (arrays or specs)."""
+    """Restores `step` into the structure, shapes and shardings of `target` (arrays or specs).
+
+    Raises CheckpointMismatchError if it was written for another model, CorruptCheckpointError
+    if its files do not read back as written, NonFiniteStateError if it holds NaN or infinity.
+    """
+    path = self.directory / str(step)
     target_tree = jax.tree.map(_shape_dtype, flax.serialization.to_state_dict(target))
-    saved_tree = self.manager.item_metadata(step)["state"].tree
-    self._refuse(step, model_differences(self.meta(step), target_meta)
-                 + tree_differences(saved_tree, target_tree))
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target_tree)))["state"]
-    logging.info("restored checkpoint %s", self.directory / str(step))
+    try:
+      saved_meta = self.meta(step)
+      saved_tree = self.manager.item_metadata(step)["state"].tree
+      self._refuse(step, model_differences(saved_meta, target_meta)
+                   + tree_differences(saved_tree, target_tree))
+      restored = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target_tree)))["state"]
+      if self.verify:
+        arrays = host_arrays(restored)
+        expected = saved_meta.get("digests") or {}  # none: written before digests were kept
+        changed = [k for k, d in digests(arrays).items() if k in expected and expected[k] != d]
+        if changed or set(expected) - set(arrays):
+          raise ValueError(f"{len(changed)} array(s) differ from their sha256 at saving "
+                           f"({', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''})")
+        if bad := non_finite(arrays):
+          raise NonFiniteStateError(
+              f"checkpoint {path} holds non-finite values ({', '.join(bad[:5])}): it was saved "
+              "from a diverged run. Move it out of the checkpoints directory to resume from the "
+              "one before it, or use a fresh --workdir; and lower the learning rate or set "
+              "--config.grad_clip_norm.")
+    except (CheckpointMismatchError, NonFiniteStateError):
+      raise
+    except Exception as e:  # noqa: BLE001 (whatever the files did, the checkpoint is unusable)
+      raise CorruptCheckpointError(f"checkpoint {path} does not read back: "
+                                   f"{_first_line(e)}") from e
+    logging.info("restored checkpoint %s", path)
     return flax.serialization.from_state_dict(target, restored)
+
+  def restore_newest(self, target: TrainState, target_meta: dict) -> tuple[int, TrainState] | None:
+    """(step, state) of the newest checkpoint that restores intact into `target`; None if there
+    are none. Each newer one that does not read back is logged in one line and moved aside into
+    `<directory>.corrupt/` (never deleted); if none reads back, the error names them all."""
+    broken = []
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        return step, self.restore(step, target, target_meta)
+      except CorruptCheckpointError as e:
+        moved = self._set_aside(step)
+        logging.warning("%s; moved to %s, trying the checkpoint before it", e, moved)
+        broken.append(f"step {step} ({e}) -> {moved}")
+    if broken:
+      raise CorruptCheckpointError(
+          f"no checkpoint in {self.directory} reads back intact:\n  " + "\n  ".join(broken)
+          + "\nThey were moved aside, not deleted. Run again to train from step 0 in this "
+          "workdir, or restore a copy of the checkpoints from a backup.")
+    return None
+
+  def _set_aside(self, step: int) -> epath.Path:
+    """Moves checkpoint `step` into `<directory>.corrupt/` (process 0; the others wait)."""
+    aside = self.directory.parent / f"{self.directory.name}.corrupt"
+    target, n = aside / str(step), 1
+    while target.exists():
+      target, n = aside / f"{step}-{n}", n + 1
+    if jax.process_index() == 0:
+      aside.mkdir(parents=True, exist_ok=True)
+      (self.directory / str(step)).rename(target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # noqa: PLC0415
+      multihost_utils.sync_global_devices(f"checkpoint {step} set aside")
+    self.manager.reload()
+    return target
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

@@ -12,13 +12,12 @@ import os
 import signal
 
 import jax
-import numpy as np
 from ml_collections import ConfigDict
 
 from jresnet import export
 from jresnet.models import ResNet
 from jresnet.training import checkpoint as checkpoint_lib
-from jresnet.training import parallel, pretrained
+from jresnet.training import guard, parallel, pretrained, workdir_lock
 from jresnet.training import recipe as recipe_lib
 from jresnet.training import step as step_lib
 from jresnet.training.records import Records
@@ -73,11 +72,12 @@ def open_input(p: Plan, splits: tuple[str, ...]) -> tuple[dict | None, str]:
 
 
 class _Preemption:
-  """SIGTERM sets a flag; the loop then checkpoints and exits cleanly."""
+  """SIGTERM sets a flag; the loop then checkpoints and exits cleanly. A request noted by the
+  handler this one replaces (train.py's, during start-up) counts too."""
 
   def __init__(self):
-    self.requested = False
     self.previous = signal.signal(signal.SIGTERM, self._handle)
+    self.requested = bool(getattr(self.previous, "requested", False))
 
   def _handle(self, signum, frame):
     logging.warning("SIGTERM: checkpointing and stopping")
@@ -92,21 +92,32 @@ def _every(n: int | None, default: int) -> int:
 
 
 def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
-  """Trains (resuming from `workdir` if it holds checkpoints); returns the final eval metrics."""
+  """Trains (resuming from `workdir` if it holds checkpoints); returns the final eval metrics.
+  Another live run on `workdir` is an error (workdir_lock)."""
+  p = plan(config)
+  with workdir_lock.held(workdir):
+    return _train(p, workdir)
+
+
+def _train(p: Plan, workdir: str) -> dict:
   from jresnet import data  # noqa: PLC0415
 
-  p = plan(config)
   cfg = p.config
+  on_device, input_line = open_input(p, (cfg.data.train_split, cfg.data.eval_split))
+  if not on_device:  # (the device path has decoded both splits already)
+    data.check_split(cfg.data, cfg.data.eval_split)  # a broken eval image: now, not in an epoch
   checkpoints = checkpoint_lib.Checkpoints(os.path.join(workdir, "checkpoints"),
                                            keep=cfg.keep_checkpoints,
                                            async_save=cfg.async_checkpoints)
   meta = {"model": model_meta(p.model)}
-  start = checkpoints.latest_step() or 0
-  if start:
-    checkpoints.check_model(start, meta)  # before anything is compiled
+  latest = checkpoints.latest_step()
+  if latest:
+    checkpoints.check_model(latest, meta)  # before anything is compiled
   state = p.create_state()
-  if start:
-    state = p.runner.put_state(checkpoints.restore(start, p.runner.get_state(state), meta))
+  restored = checkpoints.restore_newest(p.runner.get_state(state), meta) if latest else None
+  start = restored[0] if restored else 0
+  if restored:
+    state = p.runner.put_state(restored[1])
   elif cfg.init_from:
     state = p.runner.put_state(pretrained.initialise_from(
         cfg.init_from, p.model, p.runner.get_state(state), p.tx))
@@ -123,7 +134,6 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
   records.note(f"{p.model.architecture}\n{p.info}\ntraining for {p.total_steps} steps "
                f"({p.steps_per_epoch:.1f} per epoch) from step {start} on {jax.device_count()} "
                f"device(s), {cfg.parallel}, {cfg.precision}; records in {workdir}")
-  on_device, input_line = open_input(p, (cfg.data.train_split, cfg.data.eval_split))
   records.note(input_line)
   if on_device:
     batches = on_device[cfg.data.train_split].train_batches(
@@ -133,29 +143,31 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
         data.train_batches(cfg.data, global_batch_size=cfg.batch_size, seed=cfg.seed,
                            start_step=start), cfg.data.prefetch)
   preemption = _Preemption()
+  if preemption.requested:
+    records.note("SIGTERM during start-up: stopped before training")
   eval_metrics, step = None, start
+  best_step = checkpoints.best_step()
+  best_accuracy = checkpoints.meta(best_step)["metrics"]["accuracy"] if best_step else -1.0
   try:
-    for step in range(start + 1, p.total_steps + 1):
+    for step in range(start + 1, (start if preemption.requested else p.total_steps) + 1):
       state, metrics = p.runner.train_step(state, next(batches))
       records.advance(1)
       last = step == p.total_steps
       stop = preemption.requested or (cfg.stop_after_steps and step - start >= cfg.stop_after_steps)
+      evaluate_now = last or step % eval_every == 0
       save = last or step % save_every == 0 or stop
-      if step % log_every == 0 or save:
+      if step % log_every == 0 or save or evaluate_now:  # every state that may be saved
         host = p.runner.to_host(metrics)
-        if not np.isfinite(host["loss"]):
-          raise FloatingPointError(
-              f"non-finite loss ({host['loss']}) at step {step}: training stopped before saving. "
-              f"The last good checkpoint (step {checkpoints.latest_step()}) is kept in {workdir}; "
-              "lower the learning rate or enable grad_clip_norm.")
+        guard.check_update(step, host, checkpoints.latest_step(), workdir)
         records.scalars(step, "train", host)
-      if last or step % eval_every == 0:
+      if evaluate_now:
         eval_metrics = evaluate(p, state.eval_variables(p.use_ema), cfg.data.eval_split,
                                 on_device)
         records.scalars(step, "eval", eval_metrics)
+        save = save or eval_metrics["accuracy"] > best_accuracy  # the best is always kept
+        best_accuracy = max(best_accuracy, eval_metrics["accuracy"])
       if save:
-        metrics_for_ckpt = eval_metrics if step % eval_every == 0 or last else None
-        checkpoints.save(p.runner.get_state(state), meta, metrics_for_ckpt)
+        checkpoints.save(p.runner.get_state(state), meta, eval_metrics if evaluate_now else None)
       if stop:
         break
   finally:
@@ -172,12 +184,20 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
 def _restore_for_eval(p: Plan, workdir: str) -> tuple[dict, str]:
   """Variables of checkpoint `eval_checkpoint` ('latest', 'best' or a step) of `workdir`."""
   cfg = p.config
-  checkpoints = checkpoint_lib.Checkpoints(os.path.join(workdir, "checkpoints"), async_save=False)
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):  # (the manager would create it)
+    raise FileNotFoundError(f"no checkpoints in {workdir}: nothing to evaluate (train there "
+                            "first, or set --config.eval_checkpoint to an exported .msgpack)")
+  checkpoints = checkpoint_lib.Checkpoints(directory, async_save=False)
   which = str(cfg.eval_checkpoint)
   step = {"latest": checkpoints.latest_step,
           "best": checkpoints.best_step}.get(which, lambda: int(which))()
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint ({which}) in {workdir}/checkpoints")
+  saved = ", ".join(map(str, checkpoints.manager.all_steps()))
+  if step is None or str(step) not in saved.split(", "):
+    raise FileNotFoundError(
+        f"no evaluated checkpoint in {directory} (saved without an evaluation: steps {saved}); "
+        "use --config.eval_checkpoint=latest or a step" if saved and which == "best" else
+        f"no checkpoint ({which}) in {directory}" + (f"; it holds steps {saved}" if saved else ""))
   checkpoints.check_model(step, {"model": model_meta(p.model)})
   target = p.runner.get_state(p.create_state())
   state = p.runner.put_state(checkpoints.restore(step, target, {"model": model_meta(p.model)}))

@@ -25,9 +25,8 @@ WEIGHT_FILES = (".pth", ".pt", ".bin", ".safetensors")
 
 
 def _load_torch(path: str, model: ResNet) -> dict:
-  if path in weights.REGISTRY:
-    path = weights.REGISTRY[path].download()
-  state_dict = weights.read_state_dict(path)
+  state_dict = (weights.read_registered(weights.REGISTRY[path]) if path in weights.REGISTRY
+                else weights.read_state_dict(path))
   headless = {k: v for k, v in state_dict.items() if not k.startswith(HEAD + ".")}
   return interop.from_torch(headless, model.clone(num_classes=None, scan_blocks=False))
 

@@ -78,16 +78,33 @@ class Recipe:
     return step_lib.summarise_eval(self.runner.to_host(sums))
 
 
+POSITIVE_SIZES = ("batch_size", "eval_batch_size", "num_train_steps", "stop_after_steps",
+                  "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
+                  "keep_checkpoints")
+
+
+def check_sizes(config: ConfigDict) -> None:
+  """Batch sizes, step counts and intervals must be positive (None: derived), and the run must
+  train: a zero or negative size fails here, before anything is written."""
+  bad = [f"{k}={config[k]}" for k in POSITIVE_SIZES if config[k] is not None and config[k] <= 0]
+  if config.num_train_steps is None and not (config.num_epochs or 0) > 0:
+    bad.append(f"num_epochs={config.num_epochs}")
+  if bad:
+    raise ValueError(f"{', '.join(bad)}: must be positive (a run that trains no step is "
+                     "refused; set num_epochs or num_train_steps to at least one step's worth)")
+
+
 def build(config: ConfigDict, num_classes: int, image_shape: tuple[int, ...],
           train_examples: int, *, model: ResNet | None = None, devices=None) -> Recipe:
   """The recipe for a dataset of `num_classes`, images of `image_shape` (H, W, C) and
   `train_examples` training examples. An invalid architecture, precision, schedule, optimiser or
-  batch size fails here, before anything is compiled.
+  batch size or step count fails here, before anything is compiled.
 
   `model` replaces the configured model and its precision (benchmarks and tests build their
   models directly); `devices` (jit only) limits the mesh, which defaults to every device.
   """
   config = ConfigDict(config.to_dict())  # a resolved copy; the caller's config is untouched
+  check_sizes(config)
   if model is None:
     config.precision = resolve_precision(config.precision)
     model = build_model(config, num_classes, image_shape[-1])
@@ -97,6 +114,8 @@ def build(config: ConfigDict, num_classes: int, image_shape: tuple[int, ...],
   parallel.check_batch_size(config.eval_batch_size or config.batch_size)
   steps_per_epoch = train_examples / config.batch_size
   total_steps = config.num_train_steps or math.ceil(config.num_epochs * steps_per_epoch)
+  if total_steps < 1:
+    raise ValueError(f"the train split has {train_examples} examples: nothing to train on")
   config.num_train_steps = total_steps
   config.learning_rate_resolved = optim.base_learning_rate(config)
   config.num_classes = num_classes

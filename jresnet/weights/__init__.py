@@ -14,8 +14,10 @@ import numpy as np
 
 from jresnet import interop
 from jresnet.models import ResNet
+from jresnet.weights import download
 from jresnet.weights.download import (
                                       ChecksumError,
+                                      CorruptWeightsError,
                                       WeightsUnavailableError,
                                       cache_dir,
                                       fetch,
@@ -23,9 +25,9 @@ from jresnet.weights.download import (
 )
 from jresnet.weights.registry import REGISTRY, EvalTransform, Weights, get
 
-__all__ = ["REGISTRY", "ChecksumError", "EvalTransform", "Pretrained", "Weights",
-           "WeightsUnavailableError", "cache_dir", "fetch", "get", "pretrained",
-           "read_state_dict", "save_safetensors", "sha256_of"]
+__all__ = ["REGISTRY", "ChecksumError", "CorruptWeightsError", "EvalTransform", "Pretrained",
+           "Weights", "WeightsUnavailableError", "cache_dir", "fetch", "get", "pretrained",
+           "read_registered", "read_state_dict", "save_safetensors", "sha256_of"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +47,24 @@ def read_state_dict(path: str) -> dict:
     from safetensors.numpy import load_file  # noqa: PLC0415 (imported on use)
     return load_file(path)
   return interop.load_state_dict(path)
+
+
+def read_registered(entry: Weights, cache: str | None = None, progress: bool = True) -> dict:
+  """The state dict of a registry entry, downloaded into the cache once. A cached file that does
+  not load is moved aside (the next call downloads it again) and the error names it; for an entry
+  without a sha256 on record, the digest of the first file that loads is kept and checked."""
+  path = entry.download(cache, progress)
+  try:
+    state_dict = read_state_dict(path)
+  except ImportError:  # the file may be fine: torch is missing
+    raise
+  except Exception as e:  # noqa: BLE001 (whatever the reader says, the cached file is unusable)
+    raise CorruptWeightsError(f"{path} does not load ({type(e).__name__}: {e}); moved to "
+                              f"{download.set_aside(path)}, the next call downloads it "
+                              "again") from e
+  if entry.sha256 is None:
+    download.record_sha256(path)
+  return state_dict
 
 
 def save_safetensors(path: str, variables: dict, model: ResNet) -> None:
@@ -68,16 +88,16 @@ def pretrained(name_or_path: str, model: ResNet | None = None, *, cache: str | N
   if name_or_path in REGISTRY:
     entry = REGISTRY[name_or_path]
     model = model or entry.model(**model_overrides)
-    path = entry.download(cache, progress)
+    state_dict = read_registered(entry, cache, progress)
     transform = transform or entry.transform
   elif os.path.exists(name_or_path) or os.sep in name_or_path:
     if model is None:
       raise ValueError(f"loading the local file {name_or_path} needs model=..., e.g. "
                        "jresnet.ResNet50()")
-    entry, path = None, name_or_path
+    entry, state_dict = None, read_state_dict(name_or_path)
     model = model.clone(**model_overrides) if model_overrides else model
     transform = transform or EvalTransform()
   else:
     get(name_or_path)  # raises KeyError listing the known names
-  variables = interop.from_torch(read_state_dict(path), model)
+  variables = interop.from_torch(state_dict, model)
   return Pretrained(model, variables, transform, entry)

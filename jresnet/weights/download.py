@@ -3,7 +3,10 @@
 A download streams into `<file>.partial.<pid>` beside its destination, hashing as it goes; only
 a transfer that is complete (as long as the server said) and matches the expected sha256 is
 renamed onto the destination, in one atomic `os.replace`. Anything else deletes the partial file
-and raises. A cached file is re-hashed before use.
+and raises. A cached file is re-hashed before use; one that does not match (or, see
+`jresnet.weights`, does not load) is moved aside to `<file>.corrupt`, so the next call downloads
+it again. Where no sha256 is on record, the digest of the first file that loads is recorded in
+`<file>.sha256` and checked from then on.
 """
 
 import hashlib
@@ -23,7 +26,11 @@ class WeightsUnavailableError(OSError):
   """The file is neither in the cache nor downloadable; the message says where to put it."""
 
 
-class ChecksumError(ValueError):
+class CorruptWeightsError(ValueError):
+  """A weights file that does not load or does not match its digest; it was moved aside."""
+
+
+class ChecksumError(CorruptWeightsError):
   pass
 
 
@@ -46,6 +53,35 @@ def _matches(digest: str, expected: str | None) -> bool:
   return expected is None or digest.startswith(expected.lower())
 
 
+def _digest_record(path: str) -> str:
+  return f"{path}.sha256"
+
+
+def recorded_sha256(path: str) -> str | None:
+  """The digest recorded for the cached `path` by `record_sha256`, if any."""
+  try:
+    with open(_digest_record(path)) as f:
+      return f.read().strip() or None
+  except FileNotFoundError:
+    return None
+
+
+def record_sha256(path: str) -> None:
+  """Records the digest of `path` (a file that loaded) so that later uses are checked."""
+  if recorded_sha256(path) is None:
+    with open(_digest_record(path), "w") as f:
+      f.write(sha256_of(path) + "\n")
+
+
+def set_aside(path: str) -> str:
+  """Moves a bad cached file to `<path>.corrupt` (`-1`, `-2` ... if taken); returns where."""
+  aside, n = f"{path}.corrupt", 1
+  while os.path.exists(aside):
+    aside, n = f"{path}.corrupt-{n}", n + 1
+  os.replace(path, aside)
+  return aside
+
+
 def fetch(url: str, file_name: str, sha256: str | None, directory: str | None = None,
           progress: bool = True) -> str:
   """The path of `file_name` in the cache, downloaded from `url` if it is not there yet.
@@ -54,19 +90,21 @@ def fetch(url: str, file_name: str, sha256: str | None, directory: str | None = 
   """
   directory = cache_dir(directory)
   path = os.path.join(directory, file_name)
+  expected = sha256 or recorded_sha256(path)
   if os.path.exists(path):
     digest = sha256_of(path)
-    if _matches(digest, sha256):
+    if _matches(digest, expected):
       return path
-    raise ChecksumError(f"{path} has sha256 {digest}, expected {sha256}...; delete it to "
-                        "download it again")
+    raise ChecksumError(f"{path} has sha256 {digest}, expected {expected}...; moved to "
+                        f"{set_aside(path)}, the next call downloads it again")
   os.makedirs(directory, exist_ok=True)
   partial = f"{path}.partial.{os.getpid()}"
   try:
     digest = _download(url, partial, progress)
-    if not _matches(digest, sha256):
-      raise ChecksumError(f"{url} downloaded with sha256 {digest}, expected {sha256}...; "
-                          "nothing was kept")
+    if not _matches(digest, expected):
+      raise ChecksumError(f"{url} downloaded with sha256 {digest}, expected {expected}...; "
+                          "nothing was kept" + ("" if sha256 else
+                          f" (the digest recorded at the first download, {_digest_record(path)})"))
     os.replace(partial, path)
   except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
     raise WeightsUnavailableError(
@@ -76,8 +114,9 @@ def fetch(url: str, file_name: str, sha256: str | None, directory: str | None = 
   finally:
     if os.path.exists(partial):
       os.remove(partial)
-  if sha256 is None:
-    logging.warning("%s has no recorded sha256; downloaded file's sha256 is %s", url, digest)
+  if expected is None:
+    logging.warning("%s has no recorded sha256; downloaded file's sha256 is %s (recorded once "
+                    "it loads)", url, digest)
   return path
 
 

@@ -43,6 +43,8 @@ class RecordSplit:
   read: Callable  # (shuffle seed or None) -> a tf.data.Dataset of those records
   # Encoded image (a tf.Tensor) -> uint8 (H, W, C).
   decode: Callable
+  # The paths of the split's files that do not decode (one decoding pass), where known.
+  find_undecodable: Callable | None = None
 
   def __len__(self) -> int:
     return self.num_examples

@@ -10,6 +10,10 @@ parallel) and saved under `cache_dir`, so the next run loads an array instead of
 the cache key covers the folder's path, file counts and directory mtimes (editing an image in place
 is not noticed). Other folders are streamed; slicing a streamed split reads, but does not decode,
 the images before the slice.
+
+Bad folders fail with the path at fault: an empty class directory, a single class, an image that
+does not decode (in-memory splits when they are decoded, before training; streamed splits at the
+first batch holding one, listing every undecodable file of the split).
 """
 
 import functools
@@ -22,11 +26,12 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from jresnet.data import splits, tf_runtime
-from jresnet.data.errors import DatasetNotFoundError
+from jresnet.data import splits, tf_runtime, undecodable
+from jresnet.data.errors import DatasetNotFoundError, UndecodableImageError
 from jresnet.data.sources import base
 
 _LAYOUT = "<path>/<split>/<class>/<image>.jpg (or .jpeg, .png)"
+_EXTENSIONS = (".jpg", ".jpeg", ".png")  # what ImageFolder lists
 
 
 class FolderSource(base.Source):
@@ -47,14 +52,41 @@ class FolderSource(base.Source):
     self._root = root
     self._cfg = cfg
     names = tuple(self._builder.info.features["label"].names)
+    empty = [d for split in self._sizes for c in names
+             if os.path.isdir(d := os.path.join(root, split, c))
+             and not any(f.lower().endswith(_EXTENSIONS) for f in os.listdir(d))]
+    if empty:
+      raise ValueError(f"Empty class director{'ies' if len(empty) > 1 else 'y'} "
+                       f"{', '.join(empty)}: each would be a class with no images; remove "
+                       "them or add images.")
+    if len(names) < 2:
+      raise ValueError(f"Image folder {root!r} has {len(names)} class ({', '.join(names)}): a "
+                       f"classifier needs two or more class directories; expected {_LAYOUT}.")
     self.metadata = base.Metadata("folder", len(names), names, self._first_image_shape())
+
+  def _encoded(self, name: str) -> tf.data.Dataset:
+    """Split `name`'s records, images still encoded, with their file names."""
+    return self._builder.as_dataset(split=name, decoders={"image": tfds.decode.SkipDecoding()})
 
   def _first_image_shape(self) -> tuple[int, int, int]:
     """The first image's shape, taken as the folder's until decoding shows otherwise."""
     split = next(name for name, n in self._sizes.items() if n)
-    ds = self._builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
-    encoded = next(iter(ds.take(1)))["image"]
-    return tuple(self._decode(encoded).shape.as_list())
+    first = next(iter(self._encoded(split).take(1)))
+    try:
+      return tuple(self._decode(first["image"]).shape.as_list())
+    except undecodable.DECODE_ERRORS as e:
+      raise UndecodableImageError(self._undecodable([split])) from e
+
+  def _undecodable(self, names) -> list[str]:
+    """The files of splits `names` that do not decode: one parallel decoding pass."""
+    paths, decodable = [], set()
+    for name in names:
+      ds = self._encoded(name)
+      paths += [p.decode() for p in ds.map(lambda ex: ex["image/filename"]).as_numpy_iterator()]
+      ok = ds.map(lambda ex: (ex["image/filename"], tf.shape(self._decode(ex["image"]))),
+                  num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+      decodable.update(p.decode() for p, _ in ok.as_numpy_iterator())
+    return [p for p in paths if p not in decodable]
 
   def _decode(self, encoded: tf.Tensor) -> tf.Tensor:
     return self._builder.info.features["image"].decode_example(encoded)
@@ -76,13 +108,13 @@ class FolderSource(base.Source):
                          "array: set config.data.cache=False (or None) to stream them.")
       logging.info("Images under %s differ in size: streaming them.", self._root)
     return base.RecordSplit(sum(stop - start for _, start, stop in parts),
-                            functools.partial(self._records, parts), self._decode)
+                            functools.partial(self._records, parts), self._decode,
+                            functools.partial(self._undecodable, names))
 
   def _records(self, parts, seed: int | None) -> tf.data.Dataset:
     ds = None
     for name, start, stop in parts:
-      part = self._builder.as_dataset(split=name, decoders={"image": tfds.decode.SkipDecoding()})
-      part = part.skip(start).take(stop - start)
+      part = self._encoded(name).skip(start).take(stop - start)
       ds = part if ds is None else ds.concatenate(part)
     ds = ds.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
     if seed is not None:
@@ -105,14 +137,20 @@ class FolderSource(base.Source):
     shape = self.metadata.image_shape
 
     def same_size(ex):
-      ok = tf.reduce_all(tf.equal(tf.shape(ex["image"]), shape))
-      image = tf.cond(ok, lambda: tf.ensure_shape(ex["image"], shape),
+      image = self._decode(ex["image"])
+      ok = tf.reduce_all(tf.equal(tf.shape(image), shape))
+      image = tf.cond(ok, lambda: tf.ensure_shape(image, shape),
                       lambda: tf.zeros(shape, tf.uint8))
       return image, tf.cast(ex["label"], tf.int32), ok
 
-    ds = self._builder.as_dataset(split=name, shuffle_files=False).map(same_size).batch(1024)
+    ds = self._encoded(name).map(same_size, num_parallel_calls=tf.data.AUTOTUNE).batch(1024)
     ds = ds.with_options(tf_runtime.options(tf_runtime.configure(self._cfg.threads)))
-    images, labels, ok = map(np.concatenate, zip(*ds.as_numpy_iterator()))
+    try:
+      images, labels, ok = map(np.concatenate, zip(*ds.as_numpy_iterator()))
+    except undecodable.DECODE_ERRORS as e:
+      if not (bad := self._undecodable([name])):
+        raise
+      raise UndecodableImageError(bad) from e
     if not ok.all():
       return None
     if path:
