@@ -2,9 +2,9 @@
 infinite stops training before its state can be saved.
 
 The step computes these four numbers anyway; the guard only reads them on the host, at the steps
-whose metrics are fetched (every log step and every save step), so it costs no device time. A
-non-finite state stays non-finite (NaN spreads through every later update), so a check at each
-save step is enough to keep it out of every checkpoint.
+whose metrics are fetched (every log, evaluation and save step), so it adds no device work and no
+synchronisation. A non-finite state stays non-finite (NaN spreads through every later update), so
+a check at each save step is enough to keep it out of every checkpoint.
 """
 
 import numpy as np

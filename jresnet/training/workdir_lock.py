@@ -44,6 +44,18 @@ def _read(path: str) -> dict | None:
     return {}  # unreadable: treated as held, the message says which file to check
 
 
+def _create(tmp: str, path: str) -> None:
+  """`path` with `tmp`'s content, atomically; FileExistsError if it exists."""
+  try:
+    os.link(tmp, path)
+  except FileExistsError:
+    raise
+  except OSError:  # a file system without hard links: exclusive creation, then the content
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    with os.fdopen(fd, "w") as f, open(tmp) as src:
+      f.write(src.read())
+
+
 def acquire(workdir: str) -> str:
   """Takes `<workdir>/train.lock` for this process (creating the workdir); returns its path.
   Raises WorkdirLockedError if a live process holds it."""
@@ -57,7 +69,7 @@ def acquire(workdir: str) -> str:
   try:
     while True:
       try:
-        os.link(tmp, path)
+        _create(tmp, path)
         return path
       except FileExistsError:
         pass
