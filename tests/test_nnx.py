@@ -103,14 +103,15 @@ def _batches(shape, num_classes, n=3):
 TX = optax.sgd(0.1, momentum=0.9)
 
 
-# Compiling a train step is what costs here: a plain model and the one with frozen BatchNorm,
-# bfloat16 and remat (the options that change training); the rest share these steps' code.
-@pytest.mark.parametrize("name", ["cifar-v1.5-basic-A", "cifar-frozen_bn-bf16-remat"])
-def test_three_train_steps_equal_linen(name):
-  """The project's linen train step and the NNX one under `nnx.jit`, from the same weights and
-  batches: the same losses, BatchNorm statistics and parameters."""
+# Compiling a train step is what costs here: a plain model with the `nnx.jit` step, and the one
+# with frozen BatchNorm, bfloat16 and remat (the options that change training) with the pure
+# `jax.jit` step; the other architectures share these steps' code.
+@pytest.mark.parametrize("name, form", [("cifar-v1.5-basic-A", "nnx.jit"),
+                                        ("cifar-frozen_bn-bf16-remat", "jax.jit")])
+def test_three_train_steps_equal_linen(name, form):
+  """The project's linen train step and an NNX one, from the same weights and batches: the
+  same losses, BatchNorm statistics and parameters."""
   model, shape = CASES[name]
-  model = model.clone(num_classes=model.num_classes or 7)
   variables = _random_variables(model, shape)
   batches = _batches(shape, model.num_classes)
 
@@ -119,7 +120,9 @@ def test_three_train_steps_equal_linen(name):
   state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                      batch_stats=variables["batch_stats"], opt_state=TX.init(variables["params"]),
                      ema_params=None, rng=jnp.zeros((2,), jnp.uint32))
-  linen_train = jax.jit(functools.partial(linen_step.train_step, cfg=cfg))
+  # The reference compiles at XLA's lowest backend optimisation level: half the compile time.
+  linen_train = jax.jit(functools.partial(linen_step.train_step, cfg=cfg),
+                        compiler_options={"xla_backend_optimization_level": 0})
   linen_losses = []
   for batch in batches:
     state, metrics = linen_train(state, batch)
@@ -128,39 +131,28 @@ def test_three_train_steps_equal_linen(name):
   net = jresnet.nnx.from_linen(variables, model)
   optimizer = nnx.Optimizer(net, TX, wrt=nnx.Param)
   net.train()
-  losses = [float(training.train_step(net, optimizer, b)["loss"]) for b in batches]
+  if form == "nnx.jit":
+    losses = [float(training.train_step(net, optimizer, b)["loss"]) for b in batches]
+  else:
+    graphdef, nnx_state = nnx.split((net, optimizer))
+    losses = []
+    for batch in batches:
+      nnx_state, metrics = training.pure_train_step(graphdef, nnx_state, batch)
+      losses.append(float(metrics["loss"]))
+    nnx.update((net, optimizer), nnx_state)
 
-  np.testing.assert_allclose(losses, linen_losses, rtol=1e-5)
+  # fp32 tolerance; bfloat16 gradients differ in their last bits with XLA's fusion choices.
+  tolerance = 1e-3 if model.dtype == jnp.bfloat16 else 1e-5
+  np.testing.assert_allclose(losses, linen_losses, rtol=tolerance)
   got = jresnet.nnx.to_linen(net)
-  close = functools.partial(np.testing.assert_allclose, atol=1e-5)
+  close = functools.partial(np.testing.assert_allclose, atol=tolerance)
   jax.tree.map(close, got["batch_stats"], state.batch_stats)
   jax.tree.map(close, got["params"], state.params)
-  stats_moved = jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max() > 1e-4,
-                                             got["batch_stats"], variables["batch_stats"]))
   if model.frozen_bn:  # frozen BatchNorm ignores train(): its statistics stay as loaded
     jax.tree.map(np.testing.assert_array_equal, got["batch_stats"], variables["batch_stats"])
   else:
-    assert all(stats_moved)
-
-
-def test_pure_jax_jit_step_equals_the_nnx_jit_step():
-  model, shape = CASES["cifar-v1.5-basic-A"]
-  variables = _random_variables(model, shape)
-  batches = _batches(shape, model.num_classes)
-  nets = [jresnet.nnx.from_linen(variables, model) for _ in range(2)]
-  optimizers = [nnx.Optimizer(net, TX, wrt=nnx.Param) for net in nets]
-  for net in nets:
-    net.train()
-  graphdef, state = nnx.split((nets[1], optimizers[1]))
-  for batch in batches:
-    expected = training.train_step(nets[0], optimizers[0], batch)
-    state, metrics = training.pure_train_step(graphdef, state, batch)
-    assert float(metrics["loss"]) == float(expected["loss"])
-  nnx.update((nets[1], optimizers[1]), state)
-  jax.tree.map(np.testing.assert_array_equal, jresnet.nnx.to_linen(nets[1]),
-               jresnet.nnx.to_linen(nets[0]))
-  nets[1].eval()
-  assert float(training.eval_step(nets[1], batches[0])["loss"]) > 0
+    assert all(jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max() > 1e-4,
+                                            got["batch_stats"], variables["batch_stats"])))
 
 
 def test_orbax_checkpoint_of_nnx_state_restores_exactly(tmp_path):
@@ -179,6 +171,10 @@ def test_orbax_checkpoint_of_nnx_state_restores_exactly(tmp_path):
   nnx.update(fresh, restored)
   jax.tree.map(np.testing.assert_array_equal, jresnet.nnx.to_linen(fresh),
                jresnet.nnx.to_linen(net))
+  batch = _batches(shape, 10, n=1)[0]
+  net.eval()
+  fresh.eval()
+  assert training.eval_step(fresh, batch) == training.eval_step(net, batch)
 
 
 def test_pretrained_file_loads_into_nnx(tmp_path):
