@@ -7,13 +7,15 @@ For each workload, the same step in five forms: the linen model under `jax.jit` 
 train step, `jresnet.training.step`, or `model.apply`), and the native `jresnet.nnx` model and
 the bridge-wrapped linen model, each under `nnx.jit` (`jresnet.nnx.training.train_step`) and
 under `jax.jit` on `nnx.split`'s state (`pure_train_step`). Printed: compile time (first call),
-images/s (median of the repeats, `bench.timing`) and the ratio to linen; then, per
+images/s (median of the repeats, `bench.timing`, interleaved across the forms), the ratio to
+linen, and for the `jax.jit` forms the size of the program; then, per
 implementation, what `nnx.split` gives (variable types, leaves, parameter paths) and whether
 the module exists before a call and follows `train()` / `eval()`.
 """
 
 import argparse
 import functools
+import statistics
 import time
 
 import jax
@@ -30,7 +32,8 @@ from jresnet.nnx import training
 from jresnet.training import step as linen_step
 from jresnet.training.state import TrainState
 
-COLUMNS = ["workload", "form", "batch", "compile_s", "images_per_s", "vs_linen"]
+COLUMNS = ["workload", "form", "batch", "compile_s", "images_per_s", "images_per_s_min",
+           "images_per_s_max", "vs_linen", "hlo_ops", "convolutions", "gflops"]
 TX = optax.sgd(0.1, momentum=0.9)
 
 
@@ -73,7 +76,7 @@ def linen_train(model, variables, batch):
 
   def step():
     state[0], _ = jitted(state[0], batch)
-  return step, lambda: jax.block_until_ready(state[0])
+  return step, lambda: jax.block_until_ready(state[0]), lambda: jitted.lower(state[0], batch)
 
 
 def nnx_train(net, batch, pure: bool):
@@ -84,13 +87,14 @@ def nnx_train(net, batch, pure: bool):
 
     def step():
       out[0] = training.train_step(net, optimizer, batch)
-    return step, lambda: jax.block_until_ready(out[0])
+    return step, lambda: jax.block_until_ready(out[0]), None
   graphdef, state = nnx.split((net, optimizer))
   state = [jax.tree.map(jnp.copy, state)]  # the step donates it; other forms share the arrays
 
   def step():
     state[0], _ = training.pure_train_step(graphdef, state[0], batch)
-  return step, lambda: jax.block_until_ready(state[0])
+  return (step, lambda: jax.block_until_ready(state[0]),
+          lambda: training.pure_train_step.lower(graphdef, state[0], batch))
 
 
 def linen_eval(model, variables, batch):
@@ -98,7 +102,8 @@ def linen_eval(model, variables, batch):
 
   def step():
     out[0] = jitted(variables, batch["image"])
-  return step, lambda: jax.block_until_ready(out[0])
+  return (step, lambda: jax.block_until_ready(out[0]),
+          lambda: jitted.lower(variables, batch["image"]))
 
 
 @nnx.jit
@@ -113,16 +118,17 @@ def _pure_forward(graphdef, state, x):
 
 def nnx_eval(net, batch, pure: bool):
   net.eval()
-  out = [None]
+  out, lower = [None], None
   if pure:
     graphdef, state = nnx.split(net)
+    lower = lambda: _pure_forward.lower(graphdef, state, batch["image"])  # noqa: E731
 
     def step():
       out[0] = _pure_forward(graphdef, state, batch["image"])
   else:
     def step():
       out[0] = _nnx_forward(net, batch["image"])
-  return step, lambda: jax.block_until_ready(out[0])
+  return step, lambda: jax.block_until_ready(out[0]), lower
 
 
 def _load_into_bridge(net: bridge.ToNNX, variables: dict) -> None:
@@ -132,6 +138,16 @@ def _load_into_bridge(net: bridge.ToNNX, variables: dict) -> None:
   state = nnx.state(net)
   nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(merged))
   nnx.update(net, state)
+
+
+def _program(lower) -> dict:
+  """Size of the jitted program (StableHLO operations, convolutions, XLA's FLOP count)."""
+  if lower is None:
+    return {}
+  lowered = lower()
+  text, cost = lowered.as_text(), lowered.cost_analysis() or {}
+  return {"hlo_ops": text.count(" = "), "convolutions": text.count("convolution("),
+          "gflops": round(cost.get("flops", 0.0) / 1e9, 3)}
 
 
 def describe(name: str, net: nnx.Module) -> dict:
@@ -180,15 +196,26 @@ def main(argv=None) -> list[dict]:
         forms[f"{impl}, {'jax.jit' if pure else 'nnx.jit'}"] = functools.partial(
             build, nnx.clone(net), batch, pure)
       described[impl] = describe(impl, net)
-    measured = []
+    built, measured = {}, []
     for form, build in forms.items():
-      conditions = report.conditions()
-      step, sync = build()
-      compile_s = _timed_first(lambda step=step, sync=sync: (step(), sync()))
-      result = timing.throughput(step, sync, batch_size, **timing_args)
-      measured.append({"workload": f"{name}, {size}x{size}", "form": form,
-                       "batch": batch_size, "compile_s": round(compile_s, 2), **result,
-                       **conditions, "machine": machine, "bench": "nnx_forms"})
+      step, sync, lower = build()
+      row = {"workload": f"{name}, {size}x{size}", "form": form, "batch": batch_size,
+             **report.conditions(), "machine": machine, "bench": "nnx_forms"}
+      row["compile_s"] = round(_timed_first(lambda step=step, sync=sync: (step(), sync())), 2)
+      row.update(_program(lower))
+      built[form], row["rates"] = (step, sync), []
+      measured.append(row)
+    # Repeats interleaved across the forms, so that the load of a shared machine drifts over all.
+    for _ in range(timing_args["repeats"]):
+      for row in measured:
+        step, sync = built[row["form"]]
+        result = timing.throughput(step, sync, batch_size, repeats=1,
+                                   min_repeat_s=timing_args["min_repeat_s"])
+        row["rates"].append(result["images_per_s"])
+    for row in measured:
+      rates = row.pop("rates")
+      row.update(images_per_s=round(statistics.median(rates), 2),
+                 images_per_s_min=min(rates), images_per_s_max=max(rates))
     for row in measured:
       row["vs_linen"] = round(row["images_per_s"] / measured[0]["images_per_s"], 3)
     report.append_jsonl(args.out, measured)

@@ -249,8 +249,8 @@ def test_scanned_linen_variables_load_into_the_unrolled_nnx_model():
 
 def test_import_jresnet_nnx_imports_no_tensorflow():
   code = ("import sys; sys.modules['tensorflow'] = sys.modules['ml_collections'] = None; "
-          "import jresnet; import jresnet.nnx; from jresnet.nnx import training; "
-          "assert jresnet.nnx.training is training; "
+          "import jresnet; assert 'jresnet.nnx' not in sys.modules; "
+          "from jresnet.nnx import training; assert jresnet.nnx.training is training; "
           "bad = [m for m in sys.modules if m.startswith(('tensorflow.', 'jresnet.data', "
           "'jresnet.training'))]; assert not bad, bad")
   run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
