@@ -3,8 +3,9 @@
 The model is written natively in NNX rather than wrapped with `flax.nnx.bridge.ToNNX`: the
 native module follows `train()` / `eval()` and updates its BatchNorm statistics by itself (the
 wrapper needs `train=True, mutable=[...]` at every call), exists without a first call on an
-example input, and splits into a state whose paths are linen's variable paths; compiled, the two
-run the same program (BENCHMARKS.md, "Flax NNX").
+example input, and splits into a state of the model's variables only, at linen's paths (the
+wrapper's also holds its RNG state); compiled, the two are the same program and run at the same
+speed (BENCHMARKS.md, "Flax NNX").
 
 Its options are the linen model's fields: the linen module is kept as `model.spec`, so that the
 depth rules, defaults and validation of `jresnet.models.architecture` and the per-stage strides of
