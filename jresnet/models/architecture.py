@@ -40,6 +40,12 @@ class Architecture:
   stride_in_1x1: bool
 
 
+def bottleneck_width(features: int, groups: int, width_per_group: int) -> int:
+  """The inner width of a bottleneck: `features` scaled by width_per_group / 64, times groups
+  (torchvision's `width`; 4x the stage width for Wide ResNet-50-2, grouped for ResNeXt)."""
+  return int(features * (width_per_group / 64.0)) * groups
+
+
 def _choices(values) -> str:
   return ", ".join(str(v) for v in values)
 

@@ -9,6 +9,7 @@ only what varies between them. Submodule names follow torchvision (`conv1`, `bn1
 import flax.linen as nn
 import jax
 
+from jresnet.models import architecture
 from jresnet.models.layers import (
   ModuleDef,
   avg_pool_2x2_same,
@@ -104,7 +105,7 @@ class ResidualBlock(nn.Module):
 
   @property
   def bottleneck_width(self) -> int:
-    return int(self.features * (self.width_per_group / 64.0)) * self.groups
+    return architecture.bottleneck_width(self.features, self.groups, self.width_per_group)
 
 
 class BasicBlock(ResidualBlock):

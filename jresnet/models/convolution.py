@@ -125,20 +125,24 @@ cpu_conv.defvjp(_cpu_conv_fwd, _cpu_conv_bwd)
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                         batch_group_count=1, precision=None, preferred_element_type=None):
-  """Drop-in for `lax.conv_general_dilated` (the signature `flax.linen.Conv` calls).
+                         batch_group_count=1, precision=None, preferred_element_type=None,
+                         out_sharding=None):
+  """Drop-in for `lax.conv_general_dilated` (what `flax.linen.Conv` and `flax.nnx.Conv` call).
 
-  2-D NHWC/HWIO convolutions without groups or input dilation take the CPU formulation on CPU;
-  everything else, and every other backend, is `lax.conv_general_dilated` itself.
+  2-D NHWC/HWIO convolutions without groups, input dilation or an output sharding take the CPU
+  formulation on CPU; everything else, and every other backend, is `lax.conv_general_dilated`
+  itself.
   """
   plain = functools.partial(
       lax.conv_general_dilated, window_strides=window_strides, padding=padding,
       lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
       dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
       batch_group_count=batch_group_count, precision=precision,
-      preferred_element_type=preferred_element_type)
+      preferred_element_type=preferred_element_type,
+      **({} if out_sharding is None else {"out_sharding": out_sharding}))  # older jax: no such arg
   special = (lhs.ndim != 4 or feature_group_count != 1 or batch_group_count != 1
-             or preferred_element_type is not None or any(d != 1 for d in lhs_dilation or ())
+             or preferred_element_type is not None or out_sharding is not None
+             or any(d != 1 for d in lhs_dilation or ())
              or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
              != lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC))
   if special:
