@@ -190,3 +190,22 @@ def test_summary_table():
   assert "layer3 (Stage)" in text and "(1, 14, 14, 1024)" in text
   assert "Total params: 23,528,522" in text  # 25,557,032 - 2048 * 990 - 990
   assert "Total mult-adds (G): 4.087" in text
+
+
+# --- init_variables: model.init's values, bit for bit, without the forward pass ---------------
+
+@pytest.mark.parametrize("model", [
+    jresnet.ResNet(stage_sizes=(1, 1), widths=(16, 32), family="cifar", num_classes=10),
+    jresnet.ResNet(stage_sizes=(1,), block="bottleneck", widths=(4,), stem="deep", stem_width=4,
+                   shortcut="D", version="v2", num_classes=3)],
+    ids=["cifar-basic-A", "preact-bottleneck-deep-D"])
+def test_init_variables_equals_model_init_bitwise(model):
+  key = jax.random.key(3)
+  expected = model.init(key, jnp.zeros((1, 16, 16, 3)))
+  got = jresnet.init_variables(model, key)
+  assert jax.tree.structure(got) == jax.tree.structure(expected)
+  for (path, want), have in zip(jax.tree_util.tree_leaves_with_path(expected),
+                                jax.tree.leaves(got)):
+    assert have.dtype == want.dtype and have.shape == want.shape, path
+    np.testing.assert_array_equal(np.asarray(have).view(np.uint8),
+                                  np.asarray(want).view(np.uint8), err_msg=str(path))
