@@ -5,8 +5,9 @@
 """
 
 from jresnet import export, interop, weights
+from jresnet.factory import create_model, list_models
 from jresnet.models import *  # noqa: F401,F403
-from jresnet.models import ResNet, to_scanned, to_unrolled
+from jresnet.models import ResNet, init_variables, to_scanned, to_unrolled
 from jresnet.summary import Summary, summary
 from jresnet.weights import pretrained
 
