@@ -81,7 +81,7 @@ def _as_numpy(value: Any) -> np.ndarray:
 
 def variable_shapes(model: ResNet, image_size: int = 64) -> dict:
   """The model's variables as ShapeDtypeStructs, without computing anything."""
-  x = jax.ShapeDtypeStruct((1, image_size, image_size, model.input_channels), jnp.float32)
+  x = jax.ShapeDtypeStruct(model.input_shape(image_size), jnp.float32)
   return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
 
 

@@ -139,7 +139,7 @@ def _draw(members: list) -> list[np.ndarray]:
 
 def _input(model, input_shape):
   if input_shape is None:
-    input_shape = (1, 64, 64, model.input_channels)
+    input_shape = model.input_shape(64)
   return jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
 
 
@@ -152,8 +152,8 @@ def init_variables(model: nn.Module, key: jax.Array | int = 0,
                    input_shape: tuple[int, ...] | None = None) -> dict:
   """`model.init(key, jnp.zeros(input_shape))`, bit for bit, without the forward pass.
 
-  `key` is a `jax.random.key` or an int seed; `input_shape` defaults to (1, 64, 64,
-  input_channels) (a ResNet's variables do not depend on the image size).
+  `key` is a `jax.random.key` or an int seed; `input_shape` defaults to one 64x64 image
+  (`model.input_shape(64)`; a ResNet's variables do not depend on the image size).
   """
   key = jax.random.key(key) if isinstance(key, int) else key
   x = _input(model, input_shape)
