@@ -11,6 +11,18 @@ class DatasetInfo:
   image_shape: tuple[int, int, int]  # (H, W, C) of the preprocessed images fed to the model
   split_sizes: dict[str, int]  # examples in config.train_split and config.eval_split
   class_names: tuple[str, ...] | None
+  # The preset's eval transform of one image, as `jresnet.export` records it: resize (the
+  # shorter side to `resize`, or with keep_aspect False the whole image to crop x crop), centre
+  # crop, then (x / 255 - mean) / std.
+  eval_transform: dict | None = dataclasses.field(default=None, repr=False)
+
+
+def eval_transform(preset: presets.Preset) -> dict:
+  size = preset.image_shape[0]
+  imagenet = preset.name == "imagenet"
+  return {"resize": round(size / presets.CENTER_CROP_FRACTION) if imagenet else size,
+          "crop": size, "keep_aspect": imagenet, "interpolation": "bilinear",
+          "mean": list(preset.mean), "std": list(preset.std)}
 
 
 def load_info(cfg) -> DatasetInfo:
@@ -21,4 +33,5 @@ def load_info(cfg) -> DatasetInfo:
   preset = presets.resolve(cfg, source.metadata)
   sizes = {split: source.num_examples(split) for split in (cfg.train_split, cfg.eval_split)}
   meta = source.metadata
-  return DatasetInfo(meta.num_classes, preset.image_shape, sizes, meta.class_names)
+  return DatasetInfo(meta.num_classes, preset.image_shape, sizes, meta.class_names,
+                     eval_transform(preset))

@@ -145,7 +145,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     records.close()
   if step == p.total_steps and jax.process_index() == 0:
     export.save(os.path.join(workdir, EXPORT_FILE), p.model,
-                p.runner.to_host(state.eval_variables(p.use_ema)))
+                p.runner.to_host(state.eval_variables(p.use_ema)),
+                class_names=p.info.class_names, transform=p.info.eval_transform)
   return eval_metrics or {}
 
 
