@@ -4,6 +4,9 @@
     python train.py --config configs/cifar10_resnet20.py --workdir runs/r20 --mode=eval \
         [--config.eval_checkpoint=best] [--config.data.eval_split=test]
 
+Eval mode starts from the workdir's config.json (the training run's values); fields given on the
+command line override it.
+
 A run resumes from the checkpoints in --workdir; SIGTERM checkpoints and exits 0. On Linux the
 command re-executes itself once with glibc's huge pages on (jresnet/training/huge_pages.py:
 ~20% faster CPU steps); JRESNET_HUGE_PAGES=0 keeps it as it is.
@@ -20,7 +23,7 @@ import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from jresnet.training import distributed, loop  # noqa: E402
+from jresnet.training import distributed, loop, run_config  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Config file whose get_config() returns the run's "
                                 "ml_collections.ConfigDict.", lock_config=True)
@@ -41,8 +44,10 @@ def main(argv):
                       os.path.expanduser(FLAGS.config.compilation_cache_dir))
   if FLAGS.mode == "train":
     metrics = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  else:
-    metrics = loop.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
+  else:  # the run's config.json is the base; the command line's fields win
+    config = run_config.for_eval(FLAGS.config, FLAGS.workdir,
+                                 config_flags.get_override_values(FLAGS["config"]))
+    metrics = loop.evaluate_checkpoint(config, FLAGS.workdir)
   if jax.process_index() == 0:
     print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                    for k, v in metrics.items()))
