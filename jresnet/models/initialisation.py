@@ -1,21 +1,21 @@
 """A model's initial variables without its forward pass: `init_variables(model, key)` equals
-`model.init(key, x)` bit for bit, in about a second for ResNet-50 on a CPU.
+`model.init(key, x)` bit for bit, in a fraction of its time on a CPU (BENCHMARKS.md).
 
 Flax's `init` runs the forward pass and every initialiser eagerly, and on a CPU each initialiser
 of a new shape compiles its own threefry kernel (ResNet-50 has 20 kernel shapes); jitting the
 whole `init` compiles them all in one program, which is not faster. Here `jax.eval_shape` traces
-the model once and records each variable's initialiser, shape and the key Flax derives for it;
-then every `VarianceScaling` parameter of one distribution is drawn in ONE jitted threefry over
-all their elements, element i of a parameter with that parameter's key and counter i. That is
-what `jax.random` computes for each parameter on its own (partitionable threefry, the default
-since JAX 0.5), followed by the same float operations as `jax.random.normal`/`uniform` and
-`variance_scaling`. Constant initialisers (BatchNorm's ones and zeros) run as they are.
+the model once and records each variable's initialiser, shape and the key Flax derives for it
+(with Flax's own derivation); then all `VarianceScaling` kernels are drawn in ONE jitted
+program with one threefry over all their elements, element i of a kernel with that kernel's key
+and counter i. That is what `jax.random` computes for each kernel on its own (partitionable
+threefry, JAX's default), followed by the same float operations as `jax.random.normal`/`uniform`
+and `variance_scaling`. Constant initialisers (BatchNorm's ones and zeros) run as they are.
 
 Where these conditions do not hold (another key implementation, `jax_threefry_partitionable`
 off, or scanned stages, whose keys are split inside `nn.scan`) `init_variables` is `model.init`;
 a parameter of another dtype or initialiser is initialised by its own initialiser. Either way the
-result is `model.init`'s. The recording patches two Flax functions for the duration of one
-`eval_shape` (not thread-safe).
+result is `model.init`'s (tested bitwise). The recording patches two Flax functions for the
+duration of one `eval_shape` (not thread-safe).
 """
 
 import contextlib
