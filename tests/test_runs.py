@@ -149,5 +149,9 @@ def test_readme_commands_run_as_written(tmp_path):
   assert "no 'test' split: evaluating on 'val'" in out.stdout
   assert "weights loaded from weights file" in out.stdout and "params/fc/kernel" in out.stdout
   assert out.stdout.count("finished: step 2 of 2") == 2
+  used = json.load(open(tmp_path / "runs" / "pets" / "config.json"))  # a folder run's own values
+  assert used["num_classes"] == 2 and used["data"]["eval_split"] == "val"
+  assert used["data"]["preprocess"] == "imagenet" and used["data"]["image_size"] == 16
+  assert not {"name", "num_classes", "image_shape", "num_examples"} & set(used["data"])
   evaluated = json.load(open(tmp_path / "runs" / "pets" / "eval_val_2.json"))
   assert evaluated["count"] == 8 and evaluated["split"] == "val"
