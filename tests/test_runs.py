@@ -104,6 +104,24 @@ def test_unknown_tfds_name_fails_in_one_short_message(tmp_path):
   assert error.value.__cause__ is None and error.value.__suppress_context__  # no 1,000-line cause
 
 
+def test_a_tfds_dataset_built_elsewhere_needs_no_builder_code(mock_metadata, tmp_path):
+  """The README's custom-dataset recipe: a dataset prepared by `tfds build` (here: cifar10's
+  metadata under another name, whose builder code is nowhere) is read from data_dir."""
+  import shutil  # noqa: PLC0415
+
+  data_dir = str(tmp_path / "tfds")
+  shutil.copytree(os.path.join(mock_metadata, "cifar10"), os.path.join(data_dir, "my_images"))
+  for root, _, files in os.walk(data_dir):
+    if "dataset_info.json" in files:
+      path = os.path.join(root, "dataset_info.json")
+      info = json.load(open(path))
+      json.dump({**info, "name": "my_images"}, open(path, "w"))
+  config = tiny_config(**{"data.source": "tfds", "data.name": "my_images",
+                          "data.data_dir": data_dir, "data.preprocess": "auto"})
+  info = data.load_info(config.data)
+  assert info.num_classes == 10 and info.split_sizes == {"train": 24, "test": 24}
+
+
 def _readme_commands() -> dict[str, list[str]]:
   """The train.py commands of the README's quick start, fine-tuning and evaluation, as argv."""
   text = open(os.path.join(REPO, "README.md")).read()
