@@ -1,7 +1,8 @@
 """jresnet: deep residual networks in JAX/Flax, exact to torchvision.
 
-`import jresnet` loads the models, `summary`, `interop` and `weights` only; the input pipelines
-(`jresnet.data`, which needs TensorFlow) and the training side are imported on demand.
+`import jresnet` loads the models, `summary`, `interop`, `weights`, `export` and `create_model` /
+`list_models` only; the input pipelines (`jresnet.data`, which needs TensorFlow) and the training
+side are imported on demand.
 """
 
 from jresnet import export, interop, weights

@@ -28,8 +28,9 @@ def resolved(config: ConfigDict, info) -> ConfigDict:
       for field in fields:
         data.pop(field, None)
   if info.eval_transform:
-    data.update(image_size=info.image_shape[0], mean=tuple(info.eval_transform["mean"]),
-                std=tuple(info.eval_transform["std"]))
+    data.update(mean=tuple(info.eval_transform["mean"]), std=tuple(info.eval_transform["std"]))
+  if info.image_shape[0] == info.image_shape[1]:  # square: what image_size gives
+    data["image_size"] = info.image_shape[0]
   if info.preset:
     data["preprocess"] = info.preset
   data["eval_split"] = info.eval_split or data["eval_split"]
