@@ -6,6 +6,9 @@
     python train.py --config configs/cifar10_resnet20_budget.py --workdir runs/cifar10_arrays \
         --mode=write_arrays [--arrays_encoding=jpeg]   # the config's two splits, one file
 
+Eval mode starts from the workdir's config.json (the training run's values); fields given on the
+command line override it.
+
 A run resumes from the checkpoints in --workdir; SIGTERM checkpoints and exits 0 (during start-up,
 before there is anything new to save, it just exits 0). On Linux the command re-executes itself
 once with glibc's huge pages on (jresnet/training/huge_pages.py: faster CPU steps);
@@ -38,7 +41,7 @@ import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from jresnet.training import distributed, loop  # noqa: E402
+from jresnet.training import distributed, loop, run_config  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Config file whose get_config() returns the run's "
                                 "ml_collections.ConfigDict.", lock_config=True)
@@ -65,8 +68,10 @@ def main(argv):
     metrics = loop.write_arrays(FLAGS.config, FLAGS.workdir, FLAGS.arrays_encoding)
   elif FLAGS.mode == "train":
     metrics = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  else:
-    metrics = loop.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
+  else:  # the run's config.json is the base; the command line's fields win
+    config = run_config.for_eval(FLAGS.config, FLAGS.workdir,
+                                 config_flags.get_override_values(FLAGS["config"]))
+    metrics = loop.evaluate_checkpoint(config, FLAGS.workdir)
   if jax.process_index() == 0:
     print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                    for k, v in metrics.items()))

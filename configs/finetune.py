@@ -1,7 +1,10 @@
 """Fine-tune ImageNet weights on an image folder: a new head, a slower backbone.
 
     python train.py --config configs/finetune.py --workdir runs/finetune \
-        --config.data.path=<folder with train/<class>/*.jpg and test/<class>/*.jpg>
+        --config.data.path=<folder with train/<class>/*.jpg and val/<class>/*.jpg>
+    python train.py --config configs/finetune.py --workdir runs/finetune --mode=eval
+
+The eval split is `test`, or where the folder has none its `validation`/`val`/`valid` split.
 
 `init_from` is a `jresnet.weights` name (downloaded once into ~/.cache/jresnet/weights; offline,
 the error names the file and where to put it) or a local `.safetensors` / `.pth` file in the

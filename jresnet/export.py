@@ -1,12 +1,20 @@
-"""Inference export: a trained model's architecture, parameters and BatchNorm statistics in one
-msgpack file, loadable with jresnet alone (no training code, no TensorFlow, no optimiser state).
+"""Inference export: a trained model's architecture, parameters, BatchNorm statistics, class
+names and eval transform in one msgpack file, loadable with jresnet alone (no training code, no
+TensorFlow, no optimiser state).
 
-    model, variables = jresnet.export.load("runs/cifar10/model.msgpack")
-    logits = model.apply(variables, images, train=False)
+    exported = jresnet.export.load("runs/cifar10/model.msgpack")
+    probabilities = exported.predict(images)       # uint8 (H, W, C) images, any sizes
+    model, variables = exported                    # or: the module and its variables
+    logits = model.apply(variables, exported.transform(image)[None], train=False)
+
+Files are written to a temporary name and renamed, so a crash never leaves half an export.
 """
 
 import dataclasses
+import functools
 import json
+import os
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -14,8 +22,13 @@ import numpy as np
 from flax import serialization
 
 from jresnet.models import ResNet
+from jresnet.weights.registry import EvalTransform
 
 _NOT_SAVED = {"parent", "name", "conv_general_dilated"}  # tree position and code, not architecture
+
+
+class ExportError(ValueError):
+  """The file is not a readable jresnet export."""
 
 
 def model_kwargs(model: ResNet) -> dict:
@@ -27,20 +40,85 @@ def model_kwargs(model: ResNet) -> dict:
   return json.loads(json.dumps(kwargs))
 
 
-def save(path: str, model: ResNet, variables: dict) -> None:
-  """Writes `model`'s architecture and `variables` ({'params', 'batch_stats'}) to `path`."""
+@dataclasses.dataclass(frozen=True)
+class Exported:
+  """What `load` returns. Unpacks as `model, variables`."""
+
+  model: ResNet
+  variables: dict
+  class_names: tuple[str, ...] | None = None
+  transform: EvalTransform | None = None
+
+  def __iter__(self):
+    return iter((self.model, self.variables))
+
+  def preprocess(self, images) -> np.ndarray:
+    """uint8 (H, W, C) images (a batch array or a list of any sizes) -> the model's input batch,
+    through the recorded eval transform (as they are, if the export has none)."""
+    if self.transform is None:
+      return np.stack([np.asarray(image, np.float32) for image in images])
+    return np.stack([np.asarray(self.transform(image)) for image in images])
+
+  def predict(self, images) -> np.ndarray:
+    """Class probabilities, (N, num_classes), of uint8 (H, W, C) images."""
+    logits = _logits(self.model, self.variables, self.preprocess(images))
+    return np.asarray(jax.nn.softmax(logits, axis=-1))
+
+  def top_k(self, images, k: int = 5) -> list[list[tuple[str, float]]]:
+    """The `k` most probable (class name, probability) of each image, best first."""
+    probabilities = self.predict(images)
+    names = self.class_names or tuple(str(i) for i in range(probabilities.shape[-1]))
+    best = np.argsort(-probabilities, axis=-1)[:, :k]
+    return [[(names[i], float(p[i])) for i in row] for p, row in zip(probabilities, best)]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _logits(model: ResNet, variables, x) -> jax.Array:
+  return model.apply(variables, x, train=False)
+
+
+def save(path: str, model: ResNet, variables: dict, *,
+         class_names: Sequence[str] | None = None,
+         transform: EvalTransform | dict | None = None) -> None:
+  """Writes `model`'s architecture, `variables` ({'params', 'batch_stats'}), and optionally the
+  class names and eval transform, to `path` (atomically: a temporary file, then a rename)."""
+  if isinstance(transform, dict):
+    transform = EvalTransform(**transform)
   payload = {"model": json.dumps(model_kwargs(model)),
-             "variables": jax.tree.map(np.asarray, jax.device_get(dict(variables)))}
-  with open(path, "wb") as f:
-    f.write(serialization.msgpack_serialize(payload))
+             "variables": jax.tree.map(np.asarray, jax.device_get(dict(variables))),
+             "class_names": json.dumps(list(class_names) if class_names is not None else None),
+             "transform": json.dumps(dataclasses.asdict(transform) if transform else None)}
+  tmp = f"{path}.tmp-{os.getpid()}"
+  try:
+    with open(tmp, "wb") as f:
+      f.write(serialization.msgpack_serialize(payload))
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
 
 
-def load(path: str) -> tuple[ResNet, dict]:
-  """The model and variables that `save` wrote."""
-  with open(path, "rb") as f:
-    payload = serialization.msgpack_restore(f.read())
-  kwargs = json.loads(payload["model"])
+def load(path: str) -> Exported:
+  """The model, variables, class names and eval transform that `save` wrote (files written
+  before class names and transforms were recorded load with None for them)."""
+  try:
+    with open(path, "rb") as f:
+      payload = serialization.msgpack_restore(f.read())
+    kwargs = json.loads(payload["model"])
+    variables = payload["variables"]
+    class_names = json.loads(payload.get("class_names", "null"))
+    transform = json.loads(payload.get("transform", "null"))
+  except FileNotFoundError:
+    raise
+  except Exception as e:  # msgpack, JSON or layout: a truncated or foreign file
+    raise ExportError(f"{path} is not a readable jresnet export ({type(e).__name__}: {e}); "
+                      "it may be truncated or damaged: export the model again (train.py writes "
+                      "model.msgpack at the end of training; or jresnet.export.save)") from e
   for key in ("stage_sizes", "widths"):
     if kwargs.get(key) is not None:
       kwargs[key] = tuple(kwargs[key])
-  return ResNet(**kwargs), payload["variables"]
+  if transform is not None:
+    transform = EvalTransform(**{k: tuple(v) if isinstance(v, list) else v
+                                 for k, v in transform.items()})
+  return Exported(ResNet(**kwargs), variables,
+                  tuple(class_names) if class_names is not None else None, transform)

@@ -81,7 +81,7 @@ def _as_numpy(value: Any) -> np.ndarray:
 
 def variable_shapes(model: ResNet, image_size: int = 64) -> dict:
   """The model's variables as ShapeDtypeStructs, without computing anything."""
-  x = jax.ShapeDtypeStruct((1, image_size, image_size, model.input_channels), jnp.float32)
+  x = jax.ShapeDtypeStruct(model.input_shape(image_size), jnp.float32)
   return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
 
 
@@ -102,12 +102,12 @@ def from_torch(state_dict: Mapping[str, Any], model: ResNet) -> dict:
         problems.append(f"missing {key} (for {collection}/{'/'.join(path)}, shape {spec.shape})")
         continue
       value = _as_numpy(state_dict[key])
+      used.add(key)  # listed once: as a wrong shape, not also as unexpected
       if value.shape != _torch_shape(spec.shape):
         problems.append(f"{key}: the state dict has shape {value.shape}, the model needs "
                         f"{_torch_shape(spec.shape)}")
         continue
       value = _from_torch_layout(value)
-      used.add(key)
       flat[path] = jnp.asarray(value, spec.dtype)
     out[collection] = traverse_util.unflatten_dict(flat)
   unused = sorted(k for k in state_dict if k not in used and not k.endswith("num_batches_tracked"))

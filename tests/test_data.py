@@ -358,7 +358,8 @@ def test_bad_configs_raise_before_any_work():
     jd.load_info(_config(source="tfrecords"))
   with pytest.raises(ValueError, match="Unknown preprocess preset 'resnet'.*'imagenet'"):
     jd.load_info(_synthetic(preprocess="resnet"))
-  with pytest.raises(ValueError, match="Unknown split"):
+  with pytest.raises(ValueError, match="data.eval_split='validation' is not a split of this "
+                                       "dataset, whose splits are 'train', 'test'"):
     jd.load_info(_synthetic(eval_split="validation"))
 
 

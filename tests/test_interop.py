@@ -139,7 +139,8 @@ def test_backbone_features_at_output_stride_equal_torchvision_dilation(output_st
   model = jresnet.ResNet50(output_stride=output_stride)
   variables = interop.from_torch(torch_model.state_dict(), model)
   extractor = create_feature_extractor(
-      torch_model, {"maxpool": "stem", **{f"layer{i}": f"layer{i}" for i in range(1, 5)}})
+      torch_model, {"relu": "act1", "maxpool": "stem",
+                    **{f"layer{i}": f"layer{i}" for i in range(1, 5)}})
   x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
   with torch.no_grad():
     expected = extractor(torch.from_numpy(x))
@@ -164,6 +165,27 @@ def test_resnet_d_backbone_features_equal_timm_output_stride(output_stride, timm
                                                intermediates_only=True)
   got = model.apply(variables, x.transpose(0, 2, 3, 1), return_features=True)
   _assert_features_equal(got, {f"layer{i + 1}": s for i, s in enumerate(stages)}, model, 64)
+
+
+def test_features_and_feature_info_equal_timm_features_only(timm):
+  """timm's `features_only` backbone (five levels, stride 2 to 32) and its `feature_info`:
+  jresnet's maps of the same modules are equal, and described alike."""
+  torch.manual_seed(0)
+  shape = (1, 3, 64, 64)
+  torch_model = ref.randomise_batchnorm(timm.create_model("resnet26d", features_only=True), shape)
+  model = jresnet.ResNet26D(num_classes=None, data_format="NCHW")  # PyTorch's layout, as is
+  variables = interop.from_torch(torch_model.state_dict(), model)
+  x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+  with torch.no_grad():
+    expected = torch_model(torch.from_numpy(x))
+  timm_info = [{k: f[k] for k in ("num_chs", "reduction", "module")}
+               for f in torch_model.feature_info.get_dicts()]
+  ours = {f["module"]: f for f in model.feature_info()}
+  assert [{k: ours[f["module"]][k] for k in f} for f in timm_info] == timm_info
+  assert len(timm_info) == 5 and timm_info[0]["reduction"] == 2
+  got = model.apply(variables, x, return_features=True)
+  _assert_features_equal(got, {ours[f["module"]]["name"]: value
+                               for f, value in zip(timm_info, expected)}, model, 64)
 
 
 def _publisher(w: jresnet.weights.Weights) -> str:

@@ -141,8 +141,28 @@ def test_return_features_gives_every_stage():
   feats = jax.eval_shape(lambda: model.init_with_output(
       jax.random.key(0), jnp.zeros((2, 224, 224, 3)), return_features=True)[0])
   assert {k: v.shape for k, v in feats.items()} == {
-      "stem": (2, 56, 56, 64), "layer1": (2, 56, 56, 256), "layer2": (2, 28, 28, 512),
-      "layer3": (2, 14, 14, 1024), "layer4": (2, 7, 7, 2048)}
+      "act1": (2, 112, 112, 64), "stem": (2, 56, 56, 64), "layer1": (2, 56, 56, 256),
+      "layer2": (2, 28, 28, 512), "layer3": (2, 14, 14, 1024), "layer4": (2, 7, 7, 2048)}
+  assert [(f["name"], f["num_chs"], f["reduction"], f["module"]) for f in model.feature_info()] == [
+      ("act1", 64, 2, "act1"), ("stem", 64, 4, "maxpool"), ("layer1", 256, 4, "layer1"),
+      ("layer2", 512, 8, "layer2"), ("layer3", 1024, 16, "layer3"), ("layer4", 2048, 32, "layer4")]
+  cifar = jresnet.CifarResNet20()  # no strided stem: no stride-2 map
+  assert [f["name"] for f in cifar.feature_info()] == ["stem", "layer1", "layer2", "layer3"]
+
+
+def test_nchw_input_equals_nhwc():
+  model = jresnet.ResNet(stage_sizes=(1, 1), widths=(8, 16), num_classes=4)
+  x = jax.random.normal(jax.random.key(0), (2, 33, 31, 3))
+  variables = jresnet.init_variables(model, 1)
+  nchw = model.clone(data_format="NCHW")
+  x_nchw = jnp.transpose(x, (0, 3, 1, 2))
+  features = jax.jit(lambda m, v, x: m.apply(v, x, return_features=True), static_argnums=0)
+  jax.tree.map(np.testing.assert_array_equal, features(nchw, variables, x_nchw),
+               features(model, variables, x))
+  jaxpr = str(jax.make_jaxpr(lambda v, x: nchw.apply(v, x))(variables, x_nchw))
+  assert jaxpr.count("transpose") == 1  # converted once, at the entry
+  with pytest.raises(ValueError, match=r"data_format must be 'NHWC' or 'NCHW'"):
+    jresnet.ResNet18(data_format="channels_first")
 
 
 def test_bfloat16_computation_keeps_float32_params_and_logits():
@@ -190,3 +210,22 @@ def test_summary_table():
   assert "layer3 (Stage)" in text and "(1, 14, 14, 1024)" in text
   assert "Total params: 23,528,522" in text  # 25,557,032 - 2048 * 990 - 990
   assert "Total mult-adds (G): 4.087" in text
+
+
+# --- init_variables: model.init's values, bit for bit, without the forward pass ---------------
+
+@pytest.mark.parametrize("model", [
+    jresnet.ResNet(stage_sizes=(1, 1), widths=(16, 32), family="cifar", num_classes=10),
+    jresnet.ResNet(stage_sizes=(1,), block="bottleneck", widths=(4,), stem="deep", stem_width=4,
+                   shortcut="D", version="v2", num_classes=3)],
+    ids=["cifar-basic-A", "preact-bottleneck-deep-D"])
+def test_init_variables_equals_model_init_bitwise(model):
+  key = jax.random.key(3)
+  expected = model.init(key, jnp.zeros((1, 16, 16, 3)))
+  got = jresnet.init_variables(model, key)
+  assert jax.tree.structure(got) == jax.tree.structure(expected)
+  for (path, want), have in zip(jax.tree_util.tree_leaves_with_path(expected),
+                                jax.tree.leaves(got)):
+    assert have.dtype == want.dtype and have.shape == want.shape, path
+    np.testing.assert_array_equal(np.asarray(have).view(np.uint8),
+                                  np.asarray(want).view(np.uint8), err_msg=str(path))

@@ -248,3 +248,57 @@ def test_pth_without_torch_says_which_extra(tmp_path):
 def test_local_file_needs_a_model(weights_file):
   with pytest.raises(ValueError, match="model="):
     jresnet.pretrained(weights_file[0])
+
+
+# --- models and weights by name --------------------------------------------------------------
+
+def test_list_models_by_pattern():
+  assert jresnet.list_models("resnet5*") == ["resnet50", "resnet50d"]
+  assert jresnet.list_models("resnet50", pretrained=True) == [
+      "resnet50.a1_in1k", "resnet50.tv2_in1k", "resnet50.tv_in1k"]
+  assert jresnet.list_models(["wide_*", "resnext50*"]) == [
+      "resnext50_32x4d", "wide_resnet101_2", "wide_resnet50_2"]
+  assert jresnet.list_models(pretrained=True) == sorted(weights.REGISTRY)
+  for name, entry in weights.REGISTRY.items():  # every registry name's architecture is listed
+    assert jresnet.create_model(name) == entry.model(), name
+  assert jresnet.create_model("wide_resnet50_2", num_classes=10) == jresnet.WideResNet50_2(
+      num_classes=10)
+  assert jresnet.create_model("cifar_preact_resnet164").depth == 164
+  assert jresnet.factory.default_weights("resnet50") == "resnet50.a1_in1k"  # best top-1
+  with pytest.raises(KeyError, match=r"did you mean resnet50"):
+    jresnet.create_model("resnet51")
+  with pytest.raises(KeyError, match=r"resnet50 has resnet50.a1_in1k, resnet50.tv2_in1k"):
+    jresnet.create_model("resnet50.in22k")
+
+
+def test_create_model_pretrained_with_a_new_head(server, weights_file, monkeypatch, tmp_path,
+                                                 caplog):
+  _, published, digest = weights_file  # a 10-class CIFAR ResNet-20
+  entry = registry.Weights("cifar_resnet20.test", jresnet.CifarResNet20,
+                           f"{server}/model.safetensors", digest, "safetensors", "test",
+                           registry.EvalTransform(36, 32), 91.0, "this test")
+  monkeypatch.setitem(weights.REGISTRY, entry.name, entry)
+  net = jresnet.create_model("cifar_resnet20", pretrained=True, num_classes=3, cache=str(tmp_path),
+                             progress=False, key=7)
+  assert net.model == jresnet.CifarResNet20(num_classes=3) and net.weights is entry
+  assert set(net.fresh) == {"params/fc/kernel", "params/fc/bias"}
+  assert "loaded all but the classifier" in caplog.text and "params/fc/kernel" in caplog.text
+  assert "freshly initialised for 3 classes (the file's head has 10)" in caplog.text
+  fresh_head = jresnet.init_variables(net.model, 7)["params"]["fc"]
+  jax.tree.map(np.testing.assert_array_equal, net.variables["params"]["fc"], fresh_head)
+  for collection in ("params", "batch_stats"):
+    for stage in ("stem", "layer1", "layer3"):
+      jax.tree.map(np.testing.assert_array_equal, net.variables[collection][stage],
+                   published[collection][stage])
+  backbone = jresnet.create_model("cifar_resnet20.test", pretrained=True, num_classes=0,
+                                  cache=str(tmp_path))
+  assert backbone.model.num_classes is None and "fc" not in backbone.variables["params"]
+
+
+def test_head_mismatch_lists_each_tensor_once(weights_file):
+  state_dict = weights.read_state_dict(weights_file[0])
+  with pytest.raises(ValueError) as error:
+    interop.from_torch(state_dict, jresnet.CifarResNet20(num_classes=3))
+  message = str(error.value)
+  assert message.count("fc.weight") == 1 and message.count("fc.bias") == 1
+  assert "fc.weight: the state dict has shape (10, 64), the model needs (3, 64)" in message

@@ -24,6 +24,8 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 DIGITS_MEAN, DIGITS_STD = (0.3053,), (0.3759,)  # of scikit-learn's digits, pixels 0..16 -> [0, 1]
 
+CENTER_CROP_FRACTION = 0.875  # imagenet eval: shorter side to size / 0.875, central size crop
+
 _CIFAR_LIKE = {"cifar10", "cifar100", "cifar10_1", "cifar10_corrupted", "svhn_cropped", "cinic10"}
 _MNIST_LIKE = {"mnist", "fashion_mnist", "emnist", "kmnist", "mnist_corrupted"}
 _IMAGENET_LIKE = {"imagenet2012", "imagenet2012_subset", "imagenet2012_real", "imagenette",

@@ -77,5 +77,8 @@ def train_image(preset: presets.Preset, image: tf.Tensor, seed: tf.Tensor) -> tf
 def eval_image(preset: presets.Preset, image: tf.Tensor) -> tf.Tensor:
   """uint8 (h, w, C) -> float32 preset.image_shape, deterministically."""
   size = preset.image_shape[:2]
-  out = center_crop(image, size) if preset.eval_crop == presets.CENTER else resize(image, size)
+  if preset.eval_crop == presets.CENTER:
+    out = center_crop(image, size, presets.CENTER_CROP_FRACTION)
+  else:
+    out = resize(image, size)
   return tf.ensure_shape(normalize(out, preset.mean, preset.std), preset.image_shape)

@@ -5,6 +5,7 @@ symmetrically. Every convolution and pooling layer here therefore takes explicit
 so that torchvision weights give torchvision's outputs.
 """
 
+import dataclasses
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -14,10 +15,26 @@ import jax.numpy as jnp
 ModuleDef = Callable[..., nn.Module]
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
+
+
+@dataclasses.dataclass(frozen=True)
+class VarianceScaling:
+  """`jax.nn.initializers.variance_scaling(scale, mode, distribution)`, with its arguments kept
+  so that `jresnet.models.initialisation` can draw all of a model's kernels at once."""
+
+  scale: float
+  mode: str          # fan_in | fan_out | fan_avg
+  distribution: str  # normal | uniform | truncated_normal
+
+  def __call__(self, key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
+    return nn.initializers.variance_scaling(self.scale, self.mode, self.distribution)(
+        key, shape, dtype)
+
+
 # torchvision: kaiming_normal_(mode='fan_out', nonlinearity='relu'), an untruncated normal.
-conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+conv_kernel_init = VarianceScaling(2.0, "fan_out", "normal")
 # torch.nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-dense_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+dense_kernel_init = VarianceScaling(1.0 / 3.0, "fan_in", "uniform")
 
 
 def torch_padding(kernel_size: int, dilation: int = 1) -> Padding:

@@ -11,7 +11,13 @@ import jax.numpy as jnp
 
 from jresnet.models import architecture, convolution
 from jresnet.models.blocks import BLOCKS
-from jresnet.models.layers import ModuleDef, conv_kernel_init, dense_kernel_init, global_avg_pool
+from jresnet.models.layers import (
+  ModuleDef,
+  conv_kernel_init,
+  dense_kernel_init,
+  global_avg_pool,
+  max_pool_3x3_s2,
+)
 from jresnet.models.stems import STEMS
 
 Dtype = Any
@@ -57,8 +63,10 @@ class ResNet(nn.Module):
   ResNet-20 of the paper; `ResNet(depth=1001, family='cifar', version='v2')` the pre-activation
   ResNet-1001. See `jresnet.models.architecture` for the depth rules and defaults.
 
-  Call with NHWC images: `model.apply(variables, x, train=False)` returns float32 logits, or with
-  `return_features=True` a dict of the stem's and each stage's feature maps.
+  Call with NHWC images (or NCHW with `data_format="NCHW"`, transposed once at the entry):
+  `model.apply(variables, x, train=False)` returns float32 logits, or with
+  `return_features=True` a dict of NHWC feature maps: for the strided stems the stride-2 map
+  after the stem's activation (`act1`, before the max-pool), the stem's output, and each stage's.
   """
 
   depth: int | None = None
@@ -88,11 +96,14 @@ class ResNet(nn.Module):
   conv_general_dilated: Callable = convolution.conv_general_dilated
   output_stride: int = 32              # 16 or 8: dilate the last stages instead of striding
   frozen_bn: bool = False              # BatchNorm always uses (and never updates) running stats
+  data_format: str = "NHWC"            # of the input; 'NCHW' (PyTorch loaders) is transposed once
 
   def __post_init__(self):
     self.architecture  # noqa: B018 (a bad depth fails here, at construction, not at trace time)
     if self.output_stride not in (8, 16, 32):
       raise ValueError(f"output_stride must be 8, 16 or 32; got {self.output_stride}")
+    if self.data_format not in ("NHWC", "NCHW"):
+      raise ValueError(f"data_format must be 'NHWC' or 'NCHW'; got {self.data_format!r}")
     super().__post_init__()
 
   @property
@@ -102,6 +113,12 @@ class ResNet(nn.Module):
         version=self.version, stem=self.stem, shortcut=self.shortcut, widths=self.widths,
         width_multiplier=self.width_multiplier, groups=self.groups,
         width_per_group=self.width_per_group)
+
+  def input_shape(self, image_size: int, batch: int = 1) -> tuple[int, int, int, int]:
+    """The shape of `batch` square images in the model's `data_format`."""
+    if self.data_format == "NCHW":
+      return (batch, self.input_channels, image_size, image_size)
+    return (batch, image_size, image_size, self.input_channels)
 
   @property
   def stem_stride(self) -> int:
@@ -127,23 +144,30 @@ class ResNet(nn.Module):
     return out
 
   def feature_info(self) -> list[dict]:
-    """Name, channels and stride of each feature map that `return_features=True` returns."""
+    """Each feature map that `return_features=True` returns: its key (`name`), channels and
+    stride, and the same as timm's `feature_info` describes them (`num_chs`, `reduction`, and
+    `module`, the timm ResNet module the map is the output of)."""
     arch = self.architecture
     expansion = 4 if arch.block == "bottleneck" else 1
     stride = self.stem_stride
-    info = [{"name": "stem", "channels": arch.stem_features, "stride": stride}]
+    maps = [("stem", "maxpool" if stride > 1 else "act1", arch.stem_features, stride)]
+    if stride > 1:
+      maps.insert(0, ("act1", "act1", arch.stem_features, stride // 2))
     for i, ((s, _, _), width) in enumerate(zip(self.stage_strides(), arch.widths)):
       stride *= s
-      info.append({"name": f"layer{i + 1}", "channels": width * expansion, "stride": stride})
-    return info
+      maps.append((f"layer{i + 1}", f"layer{i + 1}", width * expansion, stride))
+    return [{"name": name, "channels": channels, "stride": stride, "num_chs": channels,
+             "reduction": stride, "module": module} for name, module, channels, stride in maps]
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
     arch = self.architecture
     chex.assert_rank(x, 4)
+    if self.data_format == "NCHW":
+      x = jnp.transpose(x, (0, 2, 3, 1))
     if x.shape[-1] != self.input_channels:
-      raise ValueError(f"expected NHWC images with {self.input_channels} channels "
-                       f"(input_channels); got shape {x.shape}")
+      raise ValueError(f"expected {self.data_format} images with {self.input_channels} channels "
+                       f"(input_channels); got shape {x.shape} (data_format NHWC or NCHW)")
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
                              param_dtype=self.param_dtype, kernel_init=conv_kernel_init,
                              conv_general_dilated=self.conv_general_dilated)
@@ -153,9 +177,13 @@ class ResNet(nn.Module):
                              axis_name=self.axis_name, axis_index_groups=self.axis_index_groups)
 
     stem_kwargs = {"width": self.stem_width} if arch.stem == "deep" else {}
-    x = STEMS[arch.stem](arch.stem_features, conv, norm, preact=arch.preact, name="stem",
-                         **stem_kwargs)(x.astype(self.dtype))
-    features = {"stem": x}
+    x = STEMS[arch.stem](arch.stem_features, conv, norm, preact=arch.preact, pool=False,
+                         name="stem", **stem_kwargs)(x.astype(self.dtype))
+    features = {}
+    if self.stem_stride > 1:  # the stride-2 map, then the max-pool the stem leaves to us
+      features["act1"] = x
+      x = max_pool_3x3_s2(x)
+    features["stem"] = x
     block = functools.partial(
         BLOCKS[arch.block, arch.preact], conv=conv, norm=norm, groups=self.groups,
         width_per_group=self.width_per_group, shortcut=arch.shortcut,

@@ -1,7 +1,9 @@
 """Stems: the layers between the image and the first residual stage.
 
 With `preact=True` (v2 models) a stem ends at its last convolution (and pooling): the first block's
-own BatchNorm-ReLU pre-activates it, as in He et al. 2016 and Haiku's ResNetV2.
+own BatchNorm-ReLU pre-activates it, as in He et al. 2016 and Haiku's ResNetV2. `pool=False`
+leaves out the strided stems' final max-pool (the ResNet applies it itself, to return the
+stride-2 map as a feature).
 """
 
 import flax.linen as nn
@@ -16,6 +18,10 @@ class Stem(nn.Module):
   norm: ModuleDef
   preact: bool = False
   act: ModuleDef = nn.relu
+  pool: bool = True
+
+  def max_pool(self, x: jax.Array) -> jax.Array:
+    return max_pool_3x3_s2(x) if self.pool else x
 
   def norm_act(self, x: jax.Array) -> jax.Array:
     return x if self.preact else self.act(self.norm(name="bn1")(x))
@@ -27,7 +33,7 @@ class ImageNetStem(Stem):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     x = self.conv(self.features, (7, 7), 2, padding=torch_padding(7), name="conv1")(x)
-    return max_pool_3x3_s2(self.norm_act(x))
+    return self.max_pool(self.norm_act(x))
 
 
 class CifarStem(Stem):
@@ -53,7 +59,7 @@ class DeepStem(Stem):
       x = self.conv(features, (3, 3), strides, padding=torch_padding(3), name=f"conv1_{i}")(x)
       x = self.act(self.norm(name=f"bn1_{i}")(x))
     x = self.conv(self.features, (3, 3), 1, padding=torch_padding(3), name="conv1_2")(x)
-    return max_pool_3x3_s2(self.norm_act(x))
+    return self.max_pool(self.norm_act(x))
 
 
 STEMS = {"imagenet": ImageNetStem, "cifar": CifarStem, "deep": DeepStem}

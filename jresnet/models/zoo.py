@@ -2,9 +2,25 @@
 
 Any keyword overrides the named architecture's defaults (dtype, scan_blocks, input_channels, ...).
 Parameter counts in the docstrings are at 1000 classes (ImageNet) or 10 classes (CIFAR).
+`MODELS` holds them by timm's and torchvision's names (`resnet50`, `resnext50_32x4d`,
+`wide_resnet50_2`, `resnet50d`; `cifar_resnet20`, `preact_resnet18`, ... for the others), which
+`jresnet.create_model` and `jresnet.list_models` use.
 """
 
+from collections.abc import Callable
+
 from jresnet.models.resnet import ResNet
+
+MODELS: dict[str, Callable[..., ResNet]] = {}
+
+
+def registry_name(constructor_name: str) -> str:
+  """`ResNeXt50_32x4d` -> `resnext50_32x4d`, `WideResNet50_2` -> `wide_resnet50_2`,
+  `CifarPreActResNet110` -> `cifar_preact_resnet110`."""
+  name = constructor_name
+  for prefix, snake in (("Cifar", "cifar_"), ("PreAct", "preact_"), ("Wide", "wide_")):
+    name = name.replace(prefix, snake)
+  return name.lower()
 
 
 def _named(name: str, doc: str, **architecture):
@@ -13,6 +29,7 @@ def _named(name: str, doc: str, **architecture):
 
   make.__name__ = make.__qualname__ = name
   make.__doc__ = doc
+  MODELS[registry_name(name)] = make
   return make
 
 
@@ -64,3 +81,5 @@ CifarPreActResNet164 = _named("CifarPreActResNet164", "Pre-activation CIFAR ResN
 CifarPreActResNet1001 = _named("CifarPreActResNet1001", "Pre-activation CIFAR ResNet-1001, "
                                "bottlenecks, 10.2M parameters.", depth=1001, family="cifar",
                                version="v2", num_classes=10)
+
+__all__ = [make.__name__ for make in MODELS.values()]  # what `from zoo import *` exports

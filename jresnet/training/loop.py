@@ -17,7 +17,7 @@ from ml_collections import ConfigDict
 from jresnet import export
 from jresnet.models import ResNet
 from jresnet.training import checkpoint as checkpoint_lib
-from jresnet.training import guard, parallel, pretrained, workdir_lock
+from jresnet.training import eval_schedule, guard, parallel, pretrained, run_config, workdir_lock
 from jresnet.training import recipe as recipe_lib
 from jresnet.training import step as step_lib
 from jresnet.training.records import Records
@@ -45,6 +45,9 @@ def plan(config: ConfigDict) -> Plan:
   from jresnet import data  # noqa: PLC0415 (TensorFlow only where data is read)
 
   info = data.load_info(config.data)  # a missing dataset fails here, in seconds
+  if info.eval_split != config.data.eval_split:  # the default 'test' absent: validation
+    config = ConfigDict(config.to_dict())
+    config.data.eval_split = info.eval_split
   recipe = recipe_lib.build(config, info.num_classes, info.image_shape,
                             info.split_sizes[config.data.train_split])
   return Plan(**vars(recipe), info=info)
@@ -103,9 +106,6 @@ def _train(p: Plan, workdir: str) -> dict:
   from jresnet import data  # noqa: PLC0415
 
   cfg = p.config
-  on_device, input_line = open_input(p, (cfg.data.train_split, cfg.data.eval_split))
-  if not on_device:  # (the device path has decoded both splits already)
-    data.check_split(cfg.data, cfg.data.eval_split)  # a broken eval image: now, not in an epoch
   checkpoints = checkpoint_lib.Checkpoints(os.path.join(workdir, "checkpoints"),
                                            keep=cfg.keep_checkpoints,
                                            async_save=cfg.async_checkpoints)
@@ -113,14 +113,20 @@ def _train(p: Plan, workdir: str) -> dict:
   latest = checkpoints.latest_step()
   if latest:
     checkpoints.check_model(latest, meta)  # before anything is compiled
-  state = p.create_state()
+  if latest and latest >= p.total_steps:
+    return _already_finished(checkpoints, latest, workdir)
+  on_device, input_line = open_input(p, (cfg.data.train_split, cfg.data.eval_split))
+  if not on_device:  # (the device path has decoded both splits already)
+    data.check_split(cfg.data, cfg.data.eval_split)  # a broken eval image: now, not in an epoch
+  state, loaded_note = p.create_state(), None
   restored = checkpoints.restore_newest(p.runner.get_state(state), meta) if latest else None
   start = restored[0] if restored else 0
   if restored:
     state = p.runner.put_state(restored[1])
   elif cfg.init_from:
-    state = p.runner.put_state(pretrained.initialise_from(
-        cfg.init_from, p.model, p.runner.get_state(state), p.tx))
+    initialised, loaded_note = pretrained.initialise_from(
+        cfg.init_from, p.model, p.runner.get_state(state), p.tx)
+    state = p.runner.put_state(initialised)
 
   epoch_steps = round(p.steps_per_epoch)
   log_every = _every(cfg.log_every_steps, 100)
@@ -128,9 +134,11 @@ def _train(p: Plan, workdir: str) -> dict:
   save_every = _every(cfg.checkpoint_every_steps, eval_every)
 
   records = Records(workdir, p.total_steps, start, cfg.batch_size)
-  records.write_config(cfg)
+  records.write_config(run_config.resolved(cfg, p.info))
+  for note in p.info.notes + ((loaded_note,) if loaded_note else ()):
+    records.note(note)
   if start:
-    records.note(f"resumed from {workdir}/checkpoints/{start}")
+    records.note(f"resumed from {workdir}/checkpoints/{start} at step {start} of {p.total_steps}")
   records.note(f"{p.model.architecture}\n{p.info}\ntraining for {p.total_steps} steps "
                f"({p.steps_per_epoch:.1f} per epoch) from step {start} on {jax.device_count()} "
                f"device(s), {cfg.parallel}, {cfg.precision}; records in {workdir}")
@@ -151,23 +159,27 @@ def _train(p: Plan, workdir: str) -> dict:
   try:
     for step in range(start + 1, (start if preemption.requested else p.total_steps) + 1):
       state, metrics = p.runner.train_step(state, next(batches))
+      if step == start + 1:
+        records.restart_clock(step)  # images/s: not the compilation
       records.advance(1)
       last = step == p.total_steps
       stop = preemption.requested or (cfg.stop_after_steps and step - start >= cfg.stop_after_steps)
-      evaluate_now = last or step % eval_every == 0
+      evaluated = eval_schedule.is_eval_step(step, eval_every, p.total_steps)
       save = last or step % save_every == 0 or stop
-      if step % log_every == 0 or save or evaluate_now:  # every state that may be saved
+      if step % log_every == 0 or save or evaluated:  # every state that may be saved
         host = p.runner.to_host(metrics)
         guard.check_update(step, host, checkpoints.latest_step(), workdir)
         records.scalars(step, "train", host)
-      if evaluate_now:
+      if evaluated:
         eval_metrics = evaluate(p, state.eval_variables(p.use_ema), cfg.data.eval_split,
                                 on_device)
         records.scalars(step, "eval", eval_metrics)
         save = save or eval_metrics["accuracy"] > best_accuracy  # the best is always kept
         best_accuracy = max(best_accuracy, eval_metrics["accuracy"])
       if save:
-        checkpoints.save(p.runner.get_state(state), meta, eval_metrics if evaluate_now else None)
+        checkpoints.save(p.runner.get_state(state), meta, eval_metrics if evaluated else None)
+      if evaluated or save:
+        records.restart_clock(step)  # images/s: training only
       if stop:
         break
   finally:
@@ -177,8 +189,37 @@ def _train(p: Plan, workdir: str) -> dict:
     records.close()
   if step == p.total_steps and jax.process_index() == 0:
     export.save(os.path.join(workdir, EXPORT_FILE), p.model,
-                p.runner.to_host(state.eval_variables(p.use_ema)))
+                p.runner.to_host(state.eval_variables(p.use_ema)),
+                class_names=p.info.class_names, transform=p.info.eval_transform)
+    _say(f"finished: step {step} of {p.total_steps}; {_metrics_text(eval_metrics)}; exported "
+         f"to {os.path.join(workdir, EXPORT_FILE)}")
+  elif step < p.total_steps:
+    _say(f"stopped after {step - start} steps, at step {step} of {p.total_steps} "
+         f"({'SIGTERM' if preemption.requested else 'stop_after_steps'}); checkpoint saved in "
+         f"{workdir}: run the same command to resume")
   return eval_metrics or {}
+
+
+def _say(line: str) -> None:
+  """One line for the person watching (process 0), whatever the logging level."""
+  if jax.process_index() == 0:
+    print(line, flush=True)
+
+
+def _metrics_text(metrics: dict | None) -> str:
+  if not metrics:
+    return "no evaluation recorded"
+  return "eval " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                             if isinstance(v, float))
+
+
+def _already_finished(checkpoints, step: int, workdir: str) -> dict:
+  """A finished workdir: the final metrics of its last checkpoint, and nothing run again."""
+  metrics = checkpoints.meta(step).get("metrics") or {}
+  checkpoints.close()
+  _say(f"already finished: {workdir} holds the final checkpoint (step {step}); "
+       f"{_metrics_text(metrics)}. Use another --workdir to train again.")
+  return metrics
 
 
 def _restore_for_eval(p: Plan, workdir: str) -> tuple[dict, str]:
@@ -205,6 +246,17 @@ def _restore_for_eval(p: Plan, workdir: str) -> tuple[dict, str]:
   return state.eval_variables(p.use_ema), str(step)
 
 
+def _eval_advice(message: str, cfg: ConfigDict, workdir: str) -> str:
+  """A mismatch in eval mode: name the config fields to give, not a fresh workdir."""
+  message = message.split("\nUse a fresh --workdir")[0]
+  fields = run_config.differing_fields(cfg, workdir)
+  if fields:
+    return f"{message}\nThe run was trained with {', '.join(fields)}: drop or change these flags."
+  return (f"{message}\nEvaluate with the training run's model settings: give its --config.model.* "
+          f"flags (e.g. --config.model.depth=...), or keep {workdir}/config.json, which eval mode "
+          "reads.")
+
+
 def evaluate_checkpoint(config: ConfigDict, workdir: str) -> dict:
   """Eval mode: `config.eval_checkpoint` ('latest', 'best', a step of `workdir`'s checkpoints,
   or an exported `.msgpack` file, whose own architecture is used) on `config.data.eval_split`;
@@ -221,7 +273,10 @@ def evaluate_checkpoint(config: ConfigDict, workdir: str) -> dict:
     p = dataclasses.replace(p, model=model, runner=runner)
     variables, which = runner.put_state(variables), os.path.basename(cfg.eval_checkpoint)
   else:
-    variables, which = _restore_for_eval(p, workdir)
+    try:
+      variables, which = _restore_for_eval(p, workdir)
+    except checkpoint_lib.CheckpointMismatchError as e:
+      raise checkpoint_lib.CheckpointMismatchError(_eval_advice(str(e), cfg, workdir)) from None
   on_device, _ = open_input(p, (cfg.data.eval_split,))
   metrics = evaluate(p, variables, cfg.data.eval_split, on_device)
   metrics["checkpoint"] = which

@@ -44,33 +44,45 @@ def _load_checkpoint(path: str) -> dict:
   return to_unrolled({"params": raw["params"], "batch_stats": raw["batch_stats"]})
 
 
-def _merge(loaded: dict, fresh: dict, source: str) -> dict:
-  """Loaded values where they fit; the fresh head where the class count differs."""
+def _merge(loaded: dict, fresh: dict, source: str) -> tuple[dict, list[str]]:
+  """Loaded values where they fit; the fresh head where the class count differs (its paths
+  returned too)."""
   flat_loaded = traverse_util.flatten_dict(loaded, sep="/")
-  merged, problems = {}, []
+  merged, problems, kept_fresh = {}, [], []
   for path, value in traverse_util.flatten_dict(fresh, sep="/").items():
     old = flat_loaded.get(path)
     if old is not None and np.shape(old) == value.shape:
       merged[path] = np.asarray(old, value.dtype)
     elif path.startswith(HEAD + "/") or path.startswith("params/" + HEAD + "/"):
       merged[path] = value
+      kept_fresh.append(path)
     else:
       problems.append(f"{path}: model {value.shape}, {source} "
                       f"{'missing' if old is None else np.shape(old)}")
   if problems:
     raise ValueError(f"init_from={source} does not fit the model:\n  " + "\n  ".join(problems))
-  return traverse_util.unflatten_dict(merged, sep="/")
+  return traverse_util.unflatten_dict(merged, sep="/"), kept_fresh
 
 
-def initialise_from(path: str, model: ResNet, state: TrainState, tx) -> TrainState:
-  """`state` with parameters and BatchNorm statistics from `path`, fresh optimiser state."""
+def _describe(path: str, from_weights: bool) -> str:
+  if path in weights.REGISTRY:
+    return f"{path} (jresnet.weights, {weights.REGISTRY[path].download(progress=False)})"
+  return f"{'weights file' if from_weights else 'run'} {path}"
+
+
+def initialise_from(path: str, model: ResNet, state: TrainState, tx) -> tuple[TrainState, str]:
+  """`state` with parameters and BatchNorm statistics from `path`, fresh optimiser state; and a
+  line saying what was loaded and what is fresh."""
   from_weights = path in weights.REGISTRY or path.endswith(WEIGHT_FILES)
   loaded = _load_torch(path, model) if from_weights else _load_checkpoint(path)
   fresh = to_unrolled({"params": state.params, "batch_stats": state.batch_stats})
-  merged = _merge(loaded, jax.device_get(fresh), path)
+  merged, kept_fresh = _merge(loaded, jax.device_get(fresh), path)
   if model.scan_blocks:
     merged = to_scanned(merged)
   logging.info("initialised from %s", path)
   params = merged["params"]
+  fresh_note = (f"freshly initialised: {', '.join(kept_fresh)} (a new head for "
+                f"{model.num_classes} classes)" if kept_fresh else "nothing freshly initialised")
+  note = f"weights loaded from {_describe(path, from_weights)}; {fresh_note}"
   return state.replace(params=params, batch_stats=merged["batch_stats"], opt_state=tx.init(params),
-                       ema_params=params if state.ema_params is not None else None)
+                       ema_params=params if state.ema_params is not None else None), note

@@ -46,18 +46,27 @@ class Records:
     values = {k: float(v) for k, v in metrics.items()}
     if split == "train":
       now = time.perf_counter()
-      values["images_per_sec"] = (step - self.last_step) * self.batch_size / (now - self.last_time)
+      rate = ((step - self.last_step) * self.batch_size / (now - self.last_time)
+              if step > self.last_step else None)  # None: no training timed since the clock
       self.last_time, self.last_step = now, step
+      values["images_per_sec"] = rate
       self.bar.set_postfix(loss=f"{values['loss']:.4f}", acc=f"{values['accuracy']:.3f}",
                            lr=f"{values['learning_rate']:.3g}",
-                           img_s=f"{values['images_per_sec']:.0f}", refresh=False)
+                           img_s="-" if rate is None else f"{rate:.0f}", refresh=False)
     else:
       self.bar.write(f"step {step}: eval " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
     if self.writer is not None:
       for name, value in values.items():
-        self.writer.add_scalar(f"{split}/{name}", value, step=step)
+        if value is not None:
+          self.writer.add_scalar(f"{split}/{name}", value, step=step)
     self.jsonl.write(json.dumps({"step": step, "split": split, **values}) + "\n")
     self.jsonl.flush()
+
+  def restart_clock(self, step: int) -> None:
+    """Times images/s from here: what came before (compilation, evaluation, a checkpoint) is
+    left out."""
+    if self.active:
+      self.last_time, self.last_step = time.perf_counter(), step
 
   def note(self, message: str) -> None:
     """A line for the person watching, above the progress bar."""

@@ -8,12 +8,14 @@
 """
 
 import dataclasses
+import logging
 import os
 
+import jax
 import numpy as np
 
 from jresnet import interop
-from jresnet.models import ResNet
+from jresnet.models import ResNet, init_variables
 from jresnet.weights import download
 from jresnet.weights.download import (
                                       ChecksumError,
@@ -30,12 +32,16 @@ __all__ = ["REGISTRY", "ChecksumError", "CorruptWeightsError", "EvalTransform", 
            "read_registered", "read_state_dict", "save_safetensors", "sha256_of"]
 
 
+HEAD = "fc"
+
+
 @dataclasses.dataclass(frozen=True)
 class Pretrained:
   model: ResNet
   variables: dict
   transform: EvalTransform
   weights: Weights | None   # the registry entry, None for a local file
+  fresh: tuple[str, ...] = ()  # variables initialised here, not loaded (a new head)
 
 
 def read_state_dict(path: str) -> dict:
@@ -76,14 +82,22 @@ def save_safetensors(path: str, variables: dict, model: ResNet) -> None:
   save_file(state_dict, path)
 
 
+def _head_size(state_dict: dict) -> int | None:
+  weight = state_dict.get(f"{HEAD}.weight")
+  return None if weight is None else int(np.shape(weight)[0])
+
+
 def pretrained(name_or_path: str, model: ResNet | None = None, *, cache: str | None = None,
                progress: bool = True, transform: EvalTransform | None = None,
-               **model_overrides) -> Pretrained:
+               key: jax.Array | int = 0, **model_overrides) -> Pretrained:
   """A registry entry (downloaded into the cache once) or a local weights file.
 
   For a registry name the architecture comes from the entry (`model_overrides` such as
   `dtype=jnp.bfloat16`, `output_stride=16` or `frozen_bn=True` apply to it); a local file
-  needs `model`. The state dict must fit the model exactly (see `interop.from_torch`).
+  needs `model`. The state dict must fit the model exactly (see `interop.from_torch`), except
+  for the classifier: with another `num_classes` everything else loads and the head `fc` is
+  initialised from `key` (logged, and listed in `fresh`); `num_classes=None` drops it (a
+  backbone).
   """
   if name_or_path in REGISTRY:
     entry = REGISTRY[name_or_path]
@@ -99,5 +113,17 @@ def pretrained(name_or_path: str, model: ResNet | None = None, *, cache: str | N
     transform = transform or EvalTransform()
   else:
     get(name_or_path)  # raises KeyError listing the known names
-  variables = interop.from_torch(state_dict, model)
-  return Pretrained(model, variables, transform, entry)
+  file_classes = _head_size(state_dict)
+  if file_classes is None or file_classes == model.num_classes:
+    return Pretrained(model, interop.from_torch(state_dict, model), transform, entry)
+  headless = {k: v for k, v in state_dict.items() if not k.startswith(HEAD + ".")}
+  variables = interop.from_torch(headless, model.clone(num_classes=None))
+  if model.num_classes is None:
+    return Pretrained(model, variables, transform, entry)
+  head = init_variables(model, key)["params"][HEAD]
+  variables = {**variables, "params": {**variables["params"], HEAD: head}}
+  fresh = tuple(f"params/{HEAD}/{name}" for name in head)
+  logging.getLogger("jresnet").warning(
+      "%s: loaded all but the classifier; %s freshly initialised for %d classes (the file's "
+      "head has %d)", name_or_path, ", ".join(fresh), model.num_classes, file_classes)
+  return Pretrained(model, variables, transform, entry, fresh)

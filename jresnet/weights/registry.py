@@ -25,21 +25,26 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 @dataclasses.dataclass(frozen=True)
 class EvalTransform:
   """Resize the shorter side to `resize`, centre-crop `crop` x `crop`, scale to [0, 1],
-  normalise: torchvision's `ImageClassification` and timm's eval transform."""
+  normalise: torchvision's `ImageClassification` and timm's eval transform. `keep_aspect=False`
+  resizes the whole image to `crop` x `crop` instead (jresnet's CIFAR-style presets)."""
   resize: int = 256
   crop: int = 224
   interpolation: str = "bilinear"   # bilinear | bicubic
-  mean: tuple[float, float, float] = IMAGENET_MEAN
-  std: tuple[float, float, float] = IMAGENET_STD
+  mean: tuple[float, ...] = IMAGENET_MEAN
+  std: tuple[float, ...] = IMAGENET_STD
+  keep_aspect: bool = True
 
   def __call__(self, image) -> jax.Array:
-    """(H, W, 3) uint8 image -> (crop, crop, 3) float32 model input (antialiased resize)."""
+    """(H, W, C) uint8 image -> (crop, crop, C) float32 model input (antialiased resize)."""
     image = jnp.asarray(image, jnp.float32) / 255.0
     h, w = image.shape[:2]
     scale = self.resize / min(h, w)
     size = (max(self.resize, round(h * scale)), max(self.resize, round(w * scale)))
+    if not self.keep_aspect:
+      size = (self.crop, self.crop)
     method = {"bilinear": "linear", "bicubic": "cubic"}[self.interpolation]
-    image = jax.image.resize(image, (*size, image.shape[2]), method, antialias=True)
+    if size != (h, w):
+      image = jax.image.resize(image, (*size, image.shape[2]), method, antialias=True)
     top, left = (size[0] - self.crop) // 2, (size[1] - self.crop) // 2
     image = image[top:top + self.crop, left:left + self.crop]
     return (image - jnp.asarray(self.mean)) / jnp.asarray(self.std)

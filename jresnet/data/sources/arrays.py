@@ -32,6 +32,9 @@ class ArraysSource(base.Source):
       self._loaded[name] = self._file.split(name)
     return self._loaded[name]
 
+  def split_names(self) -> tuple[str, ...]:
+    return tuple(self._file.split_names)
+
   def _sizes(self) -> dict[str, int]:
     return {name: self._file.size(name) for name in self._file.split_names}
 

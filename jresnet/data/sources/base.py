@@ -54,6 +54,10 @@ class Source(abc.ABC):
   metadata: Metadata
 
   @abc.abstractmethod
+  def split_names(self) -> tuple[str, ...]:
+    """The named splits there are (what split strings slice)."""
+
+  @abc.abstractmethod
   def num_examples(self, split: str) -> int:
     """Size of `split` (a split string such as 'train[:90%]'), without reading the data."""
 

@@ -34,6 +34,9 @@ class DigitsSource(base.Source):
     del cfg  # Nothing to configure: the data is bundled with scikit-learn.
     self.metadata = base.Metadata("digits", 10, tuple(str(d) for d in range(10)), (8, 8, 1))
 
+  def split_names(self) -> tuple[str, ...]:
+    return tuple(_base_splits())
+
   def num_examples(self, split: str) -> int:
     return splits.num_examples(split, {k: len(v[1]) for k, v in _base_splits().items()})
 

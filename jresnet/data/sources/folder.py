@@ -91,6 +91,9 @@ class FolderSource(base.Source):
   def _decode(self, encoded: tf.Tensor) -> tf.Tensor:
     return self._builder.info.features["image"].decode_example(encoded)
 
+  def split_names(self) -> tuple[str, ...]:
+    return tuple(name for name, n in self._sizes.items() if n)
+
   def num_examples(self, split: str) -> int:
     return splits.num_examples(split, self._sizes)
 

@@ -24,6 +24,9 @@ class SyntheticSource(base.Source):
   def _sizes(self) -> dict[str, int]:
     return dict.fromkeys(_SPLITS, self._cfg.num_examples)
 
+  def split_names(self) -> tuple[str, ...]:
+    return tuple(self._sizes())
+
   def num_examples(self, split: str) -> int:
     return splits.num_examples(split, self._sizes())
 

@@ -36,8 +36,13 @@ class TfdsSource(base.Source):
   def __init__(self, cfg):
     try:
       builder = tfds.builder(cfg.name, data_dir=cfg.data_dir)
-    except tfds.core.registered.DatasetNotFoundError as e:
-      raise ValueError(f"{cfg.name!r} is not a TFDS dataset: {e}") from e
+    except tfds.core.registered.DatasetNotFoundError:
+      # TFDS's own message lists every registered dataset (~1,000 lines): not repeated here.
+      raise ValueError(
+          f"{cfg.name!r} is not a TFDS dataset, nor one prepared in data_dir="
+          f"{cfg.data_dir or tfds.core.constants.DATA_DIR!r}: check --config.data.name "
+          "(`tfds.list_builders()` lists the registered ones) and, for a dataset you built "
+          "yourself, --config.data.data_dir (where `tfds build` wrote it).") from None
     if not builder.is_prepared():
       if not cfg.download:
         raise DatasetNotFoundError(_advice(cfg.name, builder, cfg))
@@ -52,6 +57,9 @@ class TfdsSource(base.Source):
     self._shuffle_buffer = cfg.shuffle_buffer
     self.metadata = base.Metadata(cfg.name, label.num_classes, tuple(label.names),
                                   tuple(features["image"].shape))
+
+  def split_names(self) -> tuple[str, ...]:
+    return tuple(self._builder.info.splits.keys())
 
   def num_examples(self, split: str) -> int:
     return self._builder.info.splits[split].num_examples

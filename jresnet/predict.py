@@ -1,0 +1,70 @@
+"""Classify image files with an export: the top-5 classes and their probabilities per image.
+
+    python -m jresnet.predict runs/pets/model.msgpack cat.jpg dog.png
+    python -m jresnet.predict runs/pets/model.msgpack ~/photos/      # every image below it
+
+Images are decoded with Pillow (`pip install 'jresnet[predict]'`) and prepared with the eval
+transform the export records; no TensorFlow.
+"""
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+from jresnet import export
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+BATCH = 32
+
+
+def image_files(paths: list[str]) -> list[str]:
+  """The files given, and the image files under each folder given (sorted)."""
+  files = []
+  for path in paths:
+    if os.path.isdir(path):
+      found = sorted(os.path.join(root, name) for root, _, names in os.walk(path)
+                     for name in names if name.lower().endswith(IMAGE_SUFFIXES))
+      if not found:
+        raise FileNotFoundError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {path}")
+      files += found
+    elif os.path.isfile(path):
+      files.append(path)
+    else:
+      raise FileNotFoundError(f"no file or folder at {path}")
+  return files
+
+
+def read_image(path: str, channels: int) -> np.ndarray:
+  """uint8 (H, W, channels) pixels of an image file."""
+  try:
+    from PIL import Image  # noqa: PLC0415 (only the command needs it)
+  except ImportError as e:
+    raise ImportError("decoding images needs Pillow: pip install 'jresnet[predict]'") from e
+  with Image.open(path) as image:
+    array = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+  return array[..., None] if channels == 1 else array
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(prog="python -m jresnet.predict",
+                                   description=__doc__.split("\n")[0])
+  parser.add_argument("export", help="a model.msgpack written by train.py or jresnet.export.save")
+  parser.add_argument("images", nargs="+", help="image files, or folders of them")
+  parser.add_argument("--top", type=int, default=5, help="classes shown per image (5)")
+  args = parser.parse_args(argv)
+  exported = export.load(args.export)
+  files = image_files(args.images)
+  for start in range(0, len(files), BATCH):
+    batch = files[start:start + BATCH]
+    images = [read_image(f, exported.model.input_channels) for f in batch]
+    for path, best in zip(batch, exported.top_k(images, args.top)):
+      print(f"{path}: " + ", ".join(f"{name} {p:.4f}" for name, p in best))
+
+
+if __name__ == "__main__":
+  try:
+    main()
+  except (FileNotFoundError, export.ExportError, ImportError) as e:
+    sys.exit(f"error: {e}")

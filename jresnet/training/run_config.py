@@ -1,0 +1,85 @@
+"""The workdir's config.json: what a run used, and the base of an evaluation of that run.
+
+`resolved` is what a training run writes: the recipe's resolved values (precision, steps, learning
+rate, classes), the data preset as applied (image size, mean, std, preset, eval split), and of the
+data fields that only one source reads, only those of the run's source. `for_eval` starts
+`--mode=eval` from that file, so that the training run's overrides need not be given again; the
+fields given on the command line still win.
+"""
+
+import json
+import os
+
+from flax import traverse_util
+from ml_collections import ConfigDict
+
+CONFIG_FILE = "config.json"
+# config.data fields that only one source reads.
+SOURCE_FIELDS = {"tfds": ("name", "data_dir", "manual_dir", "download"), "folder": ("path",),
+                 "synthetic": ("num_classes", "image_shape", "num_examples", "synthetic_seed")}
+
+
+def resolved(config: ConfigDict, info) -> ConfigDict:
+  """`config` (a recipe's resolved copy) as the run used it on the dataset `info` describes."""
+  values = config.to_dict()
+  data = values["data"]
+  for source, fields in SOURCE_FIELDS.items():
+    if data["source"] != source:
+      for field in fields:
+        data.pop(field, None)
+  if info.eval_transform:
+    data.update(mean=tuple(info.eval_transform["mean"]), std=tuple(info.eval_transform["std"]))
+  if info.image_shape[0] == info.image_shape[1]:  # square: what image_size gives
+    data["image_size"] = info.image_shape[0]
+  if info.preset:
+    data["preprocess"] = info.preset
+  data["eval_split"] = info.eval_split or data["eval_split"]
+  return ConfigDict(values)
+
+
+def _flat(tree: dict) -> dict:
+  return traverse_util.flatten_dict(tree, sep=".")
+
+
+def saved(workdir: str) -> dict | None:
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _value(value):
+  return tuple(_value(v) for v in value) if isinstance(value, list) else value
+
+
+def for_eval(config: ConfigDict, workdir: str, overrides: dict) -> ConfigDict:
+  """`config` with the values of `workdir`'s config.json, except the fields in `overrides` (the
+  command line's, by dotted name); unchanged if the workdir has no config.json."""
+  values = saved(workdir)
+  if values is None:
+    return config
+  config = ConfigDict(config.to_dict())
+  known = _flat(config.to_dict())
+  for key, value in _flat(values).items():
+    if key in known and key not in overrides:
+      *parents, leaf = key.split(".")
+      target = config
+      for parent in parents:
+        target = target[parent]
+      target[leaf] = _value(value)
+  return config
+
+
+def differing_fields(config: ConfigDict, workdir: str) -> list[str]:
+  """The model fields (and a set data.image_size) in which `config` differs from the run's
+  config.json, as the flags that would give the run's values."""
+  values = saved(workdir)
+  if values is None:
+    return []
+  ours, theirs = _flat(config.to_dict()), _flat(values)
+  keys = [k for k in theirs if k.startswith("model.")]
+  if ours.get("data.image_size") is not None:
+    keys.append("data.image_size")
+  return [f"--config.{k}={theirs[k]!r} (this command: {ours.get(k)!r})" for k in sorted(keys)
+          if k in ours and _value(theirs[k]) != _value(ours[k])]
