@@ -10,6 +10,8 @@ import pathlib
 import subprocess
 import sys
 
+from conftest import deadline
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # The modules that run tf.data / TFDS; everything else must not import TensorFlow.
 TENSORFLOW_MODULES = {
@@ -17,7 +19,8 @@ TENSORFLOW_MODULES = {
     "jresnet/data/train.py", "jresnet/data/transforms.py", "jresnet/data/undecodable.py",
     "jresnet/data/sources/folder.py", "jresnet/data/sources/tfds_source.py",
 }
-ML_COLLECTIONS_MODULES = {"jresnet/training/recipe.py", "jresnet/training/loop.py", "train.py"}
+ML_COLLECTIONS_MODULES = {"jresnet/training/recipe.py", "jresnet/training/loop.py",
+                          "jresnet/training/run_config.py", "train.py"}
 TENSORFLOW = ("tensorflow", "tensorflow_datasets", "clu")
 
 
@@ -51,7 +54,7 @@ def _run_blocked(blocked: tuple[str, ...], code: str) -> subprocess.CompletedPro
   """`code` in a fresh interpreter in which importing any of `blocked` fails."""
   block = f"import sys; sys.modules.update(dict.fromkeys({blocked!r})); "
   return subprocess.run([sys.executable, "-c", block + code], cwd=REPO, capture_output=True,
-                        text=True, timeout=600)
+                        text=True, timeout=deadline(60))
 
 
 def test_step_side_imports_with_only_jax_flax_optax_orbax():

@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import deadline
 from tiny_config import tiny_config
 
 from jresnet import data
@@ -162,7 +163,8 @@ def test_readme_commands_run_as_written(tmp_path):
   env = dict(os.environ, JRESNET_HUGE_PAGES="0")
   out = subprocess.run([sys.executable, "-c", driver, json.dumps(runs)], cwd=str(tmp_path),
                        env={**env, "PYTHONPATH": REPO + os.pathsep + env.get("PYTHONPATH", "")},
-                       capture_output=True, text=True, timeout=600)
+                       capture_output=True, text=True,
+                       timeout=deadline(120))
   assert out.returncode == 0, out.stdout + out.stderr
   assert "no 'test' split: evaluating on 'val'" in out.stdout
   assert "weights loaded from weights file" in out.stdout and "params/fc/kernel" in out.stdout

@@ -499,7 +499,7 @@ def test_sigterm_during_start_up_exits_cleanly(tmp_path):
       env={**os.environ, "JRESNET_HUGE_PAGES": "0"})  # no re-exec: the handler is in place at once
   time.sleep(1.0)  # importing JAX and TensorFlow takes longer than this
   proc.send_signal(signal.SIGTERM)
-  out, _ = proc.communicate(timeout=60)
+  out, _ = proc.communicate(timeout=deadline(20))
   assert proc.returncode == 0, out
   assert "SIGTERM during start-up: stopped before training" in out
   assert not os.listdir(tmp_path / "run" / "checkpoints")  # no step trained, none saved

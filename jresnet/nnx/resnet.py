@@ -20,7 +20,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jresnet.models import resnet as linen_resnet
-from jresnet.models.layers import conv_kernel_init, dense_kernel_init, global_avg_pool
+from jresnet.models.layers import (
+    conv_kernel_init,
+    dense_kernel_init,
+    global_avg_pool,
+    max_pool_3x3_s2,
+)
 from jresnet.nnx.blocks import BLOCKS, BatchNorm
 from jresnet.nnx.stems import STEMS
 
@@ -111,11 +116,17 @@ class ResNet(nnx.Module):
   def __call__(self, x: jax.Array, return_features: bool = False):
     spec = self.spec
     chex.assert_rank(x, 4)
+    if spec.data_format == "NCHW":
+      x = jnp.transpose(x, (0, 2, 3, 1))
     if x.shape[-1] != spec.input_channels:
-      raise ValueError(f"expected NHWC images with {spec.input_channels} channels "
+      raise ValueError(f"expected {spec.data_format} images with {spec.input_channels} channels "
                        f"(input_channels); got shape {x.shape}")
     x = self.stem(x.astype(spec.dtype))
-    features = {"stem": x}
+    features = {}
+    if spec.stem_stride > 1:  # the stride-2 map, then the max-pool
+      features["act1"] = x
+      x = max_pool_3x3_s2(x)
+    features["stem"] = x
     num_stages = len(spec.architecture.stage_sizes)
     for i in range(num_stages):
       x = getattr(self, f"layer{i + 1}")(x)

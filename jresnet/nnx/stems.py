@@ -6,7 +6,7 @@ With `preact=True` (v2) a stem ends at its last convolution (and pooling), witho
 import jax
 from flax import nnx
 
-from jresnet.models.layers import max_pool_3x3_s2, torch_padding
+from jresnet.models.layers import torch_padding
 from jresnet.nnx.blocks import ModuleDef
 
 
@@ -23,7 +23,7 @@ class Stem(nnx.Module):
 
 
 class ImageNetStem(Stem):
-  """7x7/2 convolution, BatchNorm, ReLU, 3x3/2 max-pool: 224 -> 56."""
+  """7x7/2 convolution, BatchNorm, ReLU: 224 -> 112 (the ResNet max-pools it to 56)."""
 
   def __init__(self, in_features: int, features: int, conv: ModuleDef, norm: ModuleDef, *,
                preact: bool = False):
@@ -31,7 +31,7 @@ class ImageNetStem(Stem):
     self._norm_act(norm, features, preact)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return max_pool_3x3_s2(self.norm_act(self.conv1(x)))
+    return self.norm_act(self.conv1(x))
 
 
 class CifarStem(Stem):
@@ -47,8 +47,8 @@ class CifarStem(Stem):
 
 
 class DeepStem(Stem):
-  """Three 3x3 convolutions (the first strided) of widths `width`, `width`, `features`, then
-  the 3x3/2 max-pool: ResNet-C/D."""
+  """Three 3x3 convolutions (the first strided) of widths `width`, `width`, `features`
+  (ResNet-C/D; the ResNet max-pools the result)."""
 
   def __init__(self, in_features: int, features: int, conv: ModuleDef, norm: ModuleDef, *,
                preact: bool = False, width: int = 32):
@@ -62,7 +62,7 @@ class DeepStem(Stem):
   def __call__(self, x: jax.Array) -> jax.Array:
     x = nnx.relu(self.bn1_0(self.conv1_0(x)))
     x = nnx.relu(self.bn1_1(self.conv1_1(x)))
-    return max_pool_3x3_s2(self.norm_act(self.conv1_2(x)))
+    return self.norm_act(self.conv1_2(x))
 
 
 STEMS = {"imagenet": ImageNetStem, "cifar": CifarStem, "deep": DeepStem}

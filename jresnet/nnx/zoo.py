@@ -9,9 +9,7 @@ from flax import nnx
 from jresnet.models import zoo as linen_zoo
 from jresnet.nnx.resnet import ResNet
 
-NAMES = [name for name, value in vars(linen_zoo).items()
-         if not name.startswith("_") and callable(value)
-         and getattr(value, "__module__", None) == linen_zoo.__name__]
+NAMES = list(linen_zoo.__all__)
 
 
 def _twin(name: str):
