@@ -215,9 +215,12 @@ def test_resuming_a_non_finite_checkpoint_stops_naming_it(tmp_path, monkeypatch)
     loop.train_and_evaluate(tiny_config(num_train_steps=3), str(tmp_path / "diverged"))
 
 
+def _files(directory):
+  return [os.path.join(d, f) for d, _, fs in os.walk(directory) for f in fs]
+
+
 def _largest(directory):
-  files = [os.path.join(d, f) for d, _, fs in os.walk(directory) for f in fs]
-  return max(files, key=os.path.getsize)
+  return max(_files(directory), key=os.path.getsize)
 
 
 def _flip_4_bytes(path):
@@ -422,7 +425,8 @@ CORRUPTIONS = {
                                             "wb").write(os.urandom(os.path.getsize(p))),
     "garbled meta/metadata": lambda c: (c / "meta" / "metadata").write_bytes(os.urandom(300)),
     "deleted manifest": lambda c: os.remove(c / "state" / "manifest.ocdbt"),
-    "4 flipped bytes": lambda c: _flip_4_bytes(_largest(c / "state" / "ocdbt.process_0")),
+    "4 flipped bytes in each data file": lambda c: [
+        _flip_4_bytes(p) for p in _files(c / "state" / "ocdbt.process_0")],
 }
 
 
@@ -439,7 +443,7 @@ def test_a_corrupt_checkpoint_is_named_set_aside_and_skipped(tmp_path, corruptio
   with pytest.raises(Exception, match=r"checkpoint .*checkpoints/2 does not read back: \w+"):
     ckpts.restore(2, _small_state(0, 0), meta)
   step, state = ckpts.restore_newest(_small_state(0, 0), meta)
-  assert step == 1 and ckpts.manager.all_steps() == [1]
+  assert step == 1 and ckpts.all_steps() == [1]
   jax.tree.map(np.testing.assert_array_equal, state, _small_state(1, 1))
   assert os.listdir(tmp_path / "checkpoints.corrupt") == ["2"]
   ckpts.save(_small_state(2, 3), meta)  # step 2 can be written again

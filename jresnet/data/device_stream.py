@@ -98,7 +98,7 @@ def _eval_batch(images, labels, step, *, preset, n: int, batch_size: int) -> dic
 
 # `on_device='auto'` puts a split on the accelerators when the train and eval splits together
 # take at most this fraction of one device's memory (the rest is the model's); on CPU it follows
-# CPU_AUTO, the faster path there for ResNet-20 on CIFAR (BENCHMARKS.md).
+# CPU_AUTO: the device path measured as fast as tf.data there for ResNet-20 (BENCHMARKS.md).
 DEVICE_MEMORY_FRACTION = 0.25
 CPU_AUTO = True
 

@@ -117,6 +117,19 @@ class Checkpoints:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
+  def all_steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  def saved_state(self, step: int) -> dict:
+    """Checkpoint `step`'s train state as saved (nested dicts of arrays), with no target to
+    restore into: what `init_from` reads from another run."""
+    try:
+      return self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore()))["state"]
+    except Exception as e:  # noqa: BLE001 (whatever the files did, the checkpoint is unusable)
+      raise CorruptCheckpointError(f"checkpoint {self.directory / str(step)} does not read back: "
+                                   f"{_first_line(e)}") from e
+
   def best_step(self) -> int | None:
     """The kept step with the highest evaluation accuracy (None if none was evaluated)."""
     scored = []

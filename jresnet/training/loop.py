@@ -233,7 +233,7 @@ def _restore_for_eval(p: Plan, workdir: str) -> tuple[dict, str]:
   which = str(cfg.eval_checkpoint)
   step = {"latest": checkpoints.latest_step,
           "best": checkpoints.best_step}.get(which, lambda: int(which))()
-  saved = ", ".join(map(str, checkpoints.manager.all_steps()))
+  saved = ", ".join(map(str, checkpoints.all_steps()))
   if step is None or str(step) not in saved.split(", "):
     raise FileNotFoundError(
         f"no evaluated checkpoint in {directory} (saved without an evaluation: steps {saved}); "

@@ -10,7 +10,6 @@ import os
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from jresnet import interop, weights
@@ -38,8 +37,7 @@ def _load_checkpoint(path: str) -> dict:
   step = checkpoints.latest_step()
   if step is None:
     raise FileNotFoundError(f"init_from={path}: no checkpoint there (nor in {directory})")
-  raw = checkpoints.manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore()))["state"]
+  raw = checkpoints.saved_state(step)
   checkpoints.close()
   return to_unrolled({"params": raw["params"], "batch_stats": raw["batch_stats"]})
 
