@@ -176,3 +176,20 @@ def test_train_py_on_digits_without_tensorflow(tmp_path):
   assert "count=360" in run.stdout  # every test digit evaluated once
   assert {"metrics.jsonl", "model.msgpack", "curves.png", "config.json"} <= set(
       os.listdir(tmp_path))
+
+
+def test_config_json_of_an_array_file_run_keeps_the_file():
+  """What eval mode later starts from: the run's own source fields, the file's path among them."""
+  import types  # noqa: PLC0415
+
+  from jresnet.training import run_config  # noqa: PLC0415
+
+  cfg = default.get_config()
+  cfg.data.update(source="arrays", path="/runs/cifar10_arrays/arrays.npz")
+  info = types.SimpleNamespace(eval_transform=None, image_shape=(32, 32, 3), preset="cifar",
+                               eval_split="test")
+  data = run_config.resolved(cfg, info).data
+  assert data.path == "/runs/cifar10_arrays/arrays.npz"
+  assert not {"name", "data_dir", "num_examples", "synthetic_seed"} & set(data)
+  cfg.data.source = "tfds"
+  assert "path" not in run_config.resolved(cfg, info).data

@@ -16,6 +16,7 @@ from ml_collections import ConfigDict
 CONFIG_FILE = "config.json"
 # config.data fields that only one source reads.
 SOURCE_FIELDS = {"tfds": ("name", "data_dir", "manual_dir", "download"), "folder": ("path",),
+                 "arrays": ("path",),
                  "synthetic": ("num_classes", "image_shape", "num_examples", "synthetic_seed")}
 
 
@@ -23,10 +24,10 @@ def resolved(config: ConfigDict, info) -> ConfigDict:
   """`config` (a recipe's resolved copy) as the run used it on the dataset `info` describes."""
   values = config.to_dict()
   data = values["data"]
-  for source, fields in SOURCE_FIELDS.items():
-    if data["source"] != source:
-      for field in fields:
-        data.pop(field, None)
+  kept = set(SOURCE_FIELDS.get(data["source"], ()))
+  for fields in SOURCE_FIELDS.values():
+    for field in set(fields) - kept:
+      data.pop(field, None)
   if info.eval_transform:
     data.update(mean=tuple(info.eval_transform["mean"]), std=tuple(info.eval_transform["std"]))
   if info.image_shape[0] == info.image_shape[1]:  # square: what image_size gives
