@@ -57,12 +57,20 @@ class DeviceSplit:
     """Global batches {'image', 'label', 'mask'} from step `start_step` on, forever."""
     if start_step < 0:
       raise ValueError(f"start_step={start_step} must be >= 0.")
-    make = jax.jit(functools.partial(_train_batch, preset=self.preset, n=self.num_examples,
+    n, spans = self.num_examples, 1 + -(-global_batch_size // self.num_examples)
+    make = jax.jit(functools.partial(_train_batch, preset=self.preset, n=n,
                                      batch_size=global_batch_size),
                    out_shardings=self.sharding)
+    order = jax.jit(functools.partial(_epoch_order, n=n),
+                    out_shardings=NamedSharding(self.sharding.mesh, P()))
     key = jax.random.key_data(jax.random.key(seed))
+    orders = {}  # epoch -> its permutation, computed once per epoch, not in every step
     for step in itertools.count(start_step):
-      yield make(self.images, self.labels, key, np.int32(step))
+      first = step * global_batch_size // n
+      orders = {e: orders[e] if e in orders else order(key, np.int32(e))
+                for e in range(first, first + spans)}
+      yield make(self.images, self.labels, key, jnp.stack(list(orders.values())),
+                 np.int32(step))
 
   def eval_batches(self, *, global_batch_size: int) -> Iterator[dict]:
     """Every example once, in order: ceil(N / B) global batches, padding rows masked."""
@@ -73,15 +81,20 @@ class DeviceSplit:
       yield make(self.images, self.labels, np.int32(step))
 
 
-def _train_batch(images, labels, key_data, step, *, preset, n: int, batch_size: int) -> dict:
-  key = jax.random.wrap_key_data(key_data)
-  shuffle, augment = jax.random.fold_in(key, _SHUFFLE), jax.random.fold_in(key, _AUGMENT)
+def _epoch_order(key_data, epoch, *, n: int) -> jax.Array:
+  """The permutation of the split in `epoch`."""
+  shuffle = jax.random.fold_in(jax.random.wrap_key_data(key_data), _SHUFFLE)
+  return jax.random.permutation(jax.random.fold_in(shuffle, epoch), n)
+
+
+def _train_batch(images, labels, key_data, orders, step, *, preset, n: int,
+                 batch_size: int) -> dict:
+  """Global batch `step`; `orders` are the permutations of the epochs it spans, from the first
+  (at most two when batch_size <= n)."""
+  augment = jax.random.fold_in(jax.random.wrap_key_data(key_data), _AUGMENT)
   positions = step * batch_size + jnp.arange(batch_size, dtype=jnp.int32)
   epochs, offsets = positions // n, positions % n
-  first = (step * batch_size) // n  # a batch spans at most two epochs when batch_size <= n
-  orders = jnp.stack([jax.random.permutation(jax.random.fold_in(shuffle, first + e), n)
-                      for e in range(1 + -(-batch_size // n))])
-  index = orders[epochs - first, offsets]
+  index = orders[epochs - (step * batch_size) // n, offsets]
   keys = jax.vmap(lambda e, i: jax.random.fold_in(jax.random.fold_in(augment, e), i))(
       epochs, index)
   image = device_transforms.train_batch(preset, images[index], keys)
