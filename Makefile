@@ -29,7 +29,7 @@ demo: $(VENV)/.installed
 	$(PY) -c "import jresnet; print(jresnet.summary(jresnet.ResNet50(num_classes=10), (1, 224, 224, 3)))"
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 tests
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check jresnet tests configs bench train.py

@@ -46,11 +46,31 @@ def mock_metadata(tmp_path_factory):
   return data_dir
 
 
+class _RealFileSystem:
+  """Stands in for tfds's MockFs inside mock_data: the metadata is on disk, so nothing needs a
+  mocked file system. MockFs patches tf.io.gfile and epath for the whole process while a mocked
+  `as_dataset` runs, so Orbax's background threads (saving, cleaning up temporary directories)
+  would see every path under a temporary directory and fail."""
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False
+
+  def add_file(self, path):
+    del path
+
+
 @pytest.fixture
 def mock_tfds(mock_metadata):
   """Mocked examples over that metadata; per test, since an open mock hides absent datasets."""
-  import tensorflow_datasets as tfds  # noqa: PLC0415
+  from unittest import mock  # noqa: PLC0415
 
-  with tfds.testing.mock_data(num_examples=MOCK_N, policy=tfds.testing.MockPolicy.USE_FILES,
-                              data_dir=mock_metadata):
+  import tensorflow_datasets as tfds  # noqa: PLC0415
+  from tensorflow_datasets.testing import mocking  # noqa: PLC0415
+
+  with mock.patch.object(mocking.test_utils, "MockFs", _RealFileSystem), \
+      tfds.testing.mock_data(num_examples=MOCK_N, policy=tfds.testing.MockPolicy.USE_FILES,
+                             data_dir=mock_metadata):
     yield mock_metadata

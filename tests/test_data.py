@@ -176,6 +176,26 @@ def test_tfds_cifar10(mock_tfds):
   _check_batch(batches[0], 10, (32, 32, 3), 10)
 
 
+def test_mock_tfds_leaves_the_file_system_real(mock_tfds, tmp_path):
+  """While a mocked dataset opens, paths elsewhere are real: Orbax's background threads save and
+  clean up checkpoints then (tfds's own mock redirects every path of the process)."""
+  from unittest import mock  # noqa: PLC0415
+
+  from etils import epath  # noqa: PLC0415
+
+  reader = tfds.core.dataset_builder.FileReaderBuilder
+  mocked = reader._as_dataset
+  seen = []
+
+  def spying(self, *args, **kwargs):
+    seen.append((epath.Path(tmp_path).exists(), tf.io.gfile.exists(str(tmp_path))))
+    return mocked(self, *args, **kwargs)
+
+  with mock.patch.object(reader, "_as_dataset", spying):
+    tfds.builder("cifar10", data_dir=mock_tfds).as_dataset(split="train")
+  assert seen == [(True, True)]
+
+
 def test_tfds_imagenet_variable_size_streamed(mock_tfds):
   cfg = _config(name="imagenet2012", data_dir=mock_tfds, eval_split="validation")
   info = jd.load_info(cfg)
