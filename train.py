@@ -5,6 +5,8 @@
         [--config.eval_checkpoint=best] [--config.data.eval_split=test]
     python train.py --config configs/cifar10_resnet20_budget.py --workdir runs/cifar10_arrays \
         --mode=write_arrays [--arrays_encoding=jpeg]   # the config's two splits, one file
+    python train.py --config configs/imagenet_resnet50.py --workdir runs/imagenet_small \
+        --mode=write_resized --resized_side=256   # an image folder, shorter sides <= 256 px
 
 Eval mode starts from the workdir's config.json (the training run's values); fields given on the
 command line override it.
@@ -46,12 +48,15 @@ from jresnet.training import distributed, loop, run_config  # noqa: E402
 config_flags.DEFINE_config_file("config", None, "Config file whose get_config() returns the run's "
                                 "ml_collections.ConfigDict.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and curves.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "write_arrays"],
-                  "Train (and evaluate); only evaluate a checkpoint of --workdir; or write the "
+flags.DEFINE_enum("mode", "train", ["train", "eval", "write_arrays", "write_resized"],
+                  "Train (and evaluate); only evaluate a checkpoint of --workdir; write the "
                   "config's train and eval splits to <workdir>/arrays.npz (data.source=arrays "
-                  "reads it, without TensorFlow).")
+                  "reads it, without TensorFlow); or write a copy of the dataset with smaller "
+                  "images to <workdir>/resized<side>/ (an image folder, faster to decode).")
 flags.DEFINE_enum("arrays_encoding", "raw", ["raw", "jpeg"], "--mode=write_arrays: decoded "
                   "pixels, or an image folder's JPEG files as they are (far smaller).")
+flags.DEFINE_integer("resized_side", 256, "--mode=write_resized: the longest shorter side, in "
+                     "pixels, of the copy's images.")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
@@ -66,6 +71,8 @@ def main(argv):
                       os.path.expanduser(FLAGS.config.compilation_cache_dir))
   if FLAGS.mode == "write_arrays":
     metrics = loop.write_arrays(FLAGS.config, FLAGS.workdir, FLAGS.arrays_encoding)
+  elif FLAGS.mode == "write_resized":
+    metrics = loop.write_resized(FLAGS.config, FLAGS.workdir, FLAGS.resized_side)
   elif FLAGS.mode == "train":
     metrics = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   else:  # the run's config.json is the base; the command line's fields win

@@ -17,7 +17,8 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 TENSORFLOW_MODULES = {
     "jresnet/data/evaluation.py", "jresnet/data/seeds.py", "jresnet/data/tf_runtime.py",
     "jresnet/data/train.py", "jresnet/data/transforms.py", "jresnet/data/undecodable.py",
-    "jresnet/data/sources/folder.py", "jresnet/data/sources/tfds_source.py",
+    "jresnet/data/resized_copy.py", "jresnet/data/sources/folder.py",
+    "jresnet/data/sources/tfds_source.py",
 }
 ML_COLLECTIONS_MODULES = {"jresnet/training/recipe.py", "jresnet/training/loop.py",
                           "jresnet/training/run_config.py", "train.py"}

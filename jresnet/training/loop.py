@@ -25,6 +25,7 @@ from jresnet.training.records import Records
 
 EXPORT_FILE = "model.msgpack"  # inference export written at the end of training
 ARRAYS_FILE = "arrays.npz"  # --mode=write_arrays
+RESIZED_DIR = "resized{side}"  # --mode=write_resized
 
 
 def model_meta(model: ResNet) -> dict:
@@ -312,4 +313,20 @@ def write_arrays(config: ConfigDict, workdir: str, encoding: str = "raw") -> dic
   counts = arrays.write(path, sources.get(config.data), names, encoding)
   print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB, {encoding}); train from it "
         f"with --config.data.source=arrays --config.data.path={path}")
+  return counts
+
+
+def write_resized(config: ConfigDict, workdir: str, side: int) -> dict:
+  """`--mode=write_resized`: every split of the config's dataset to <workdir>/resized<side>/, an
+  image folder with the shorter sides capped at `side` pixels. Returns the images per split."""
+  from jresnet import data  # noqa: PLC0415
+  from jresnet.data import resized_copy  # noqa: PLC0415
+
+  data.load_info(config.data)  # a missing dataset fails here, in seconds
+  out = os.path.join(workdir, RESIZED_DIR.format(side=side))
+  if jax.process_index() != 0:  # one copy per job
+    return {}
+  counts = resized_copy.write(config.data, out, side)
+  print(f"wrote {sum(counts.values())} images to {out} (shorter side <= {side}); train from it "
+        f"with --config.data.source=folder --config.data.path={out}")
   return counts

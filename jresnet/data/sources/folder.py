@@ -77,12 +77,17 @@ class FolderSource(base.Source):
     except undecodable.DECODE_ERRORS as e:
       raise UndecodableImageError(self._undecodable([split])) from e
 
+  def files(self, name: str) -> list[str]:
+    """The image files of the named split `name`, in the source's order."""
+    filenames = self._encoded(name).map(lambda ex: ex["image/filename"])
+    return [p.decode() for p in filenames.as_numpy_iterator()]
+
   def _undecodable(self, names) -> list[str]:
     """The files of splits `names` that do not decode: one parallel decoding pass."""
     paths, decodable = [], set()
     for name in names:
       ds = self._encoded(name)
-      paths += [p.decode() for p in ds.map(lambda ex: ex["image/filename"]).as_numpy_iterator()]
+      paths += self.files(name)
       ok = ds.map(lambda ex: (ex["image/filename"], tf.shape(self._decode(ex["image"]))),
                   num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
       decodable.update(p.decode() for p, _ in ok.as_numpy_iterator())

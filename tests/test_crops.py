@@ -1,0 +1,152 @@
+"""The imagenet preset's crops: windows decoded from the JPEG, their statistics, the eval crop
+against resize-then-crop, and the resized copies. Images are crops of the photographs
+scikit-learn ships (real texture, so decoder differences show)."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from sklearn.datasets import load_sample_images
+
+import jresnet.data as jd
+from configs import default
+from jresnet.data import presets, resized_copy
+from jresnet.data import transforms as T
+
+IMAGENET = presets.Preset("imagenet", (224, 224, 3), presets.IMAGENET_MEAN, presets.IMAGENET_STD,
+                          presets.RANDOM_RESIZED, True, presets.CENTER)
+
+
+def _photo(h=375, w=500, which=0):
+  return load_sample_images().images[which][:h, :w]
+
+
+def _encoded(image, fmt):
+  data = tf.io.encode_jpeg(image, quality=95) if fmt == "jpeg" else tf.io.encode_png(image)
+  return T.Encoded(data, lambda e: tf.io.decode_image(e, 3, expand_animations=False), 3)
+
+
+def _seed(i):
+  return tf.constant([i, 7], tf.int64)
+
+
+@pytest.mark.parametrize("hw", [(375, 500), (500, 333), (64, 48)])
+def test_inception_windows_stay_inside_and_span_the_box_ranges(hw):
+  sample = tf.function(lambda seed: T.inception_window(seed)(tf.constant(hw, tf.int32)))
+  boxes = np.array([sample(_seed(i)).numpy() for i in range(1000)])
+  top, left, h, w = boxes.T
+  assert (top >= 0).all() and (left >= 0).all()
+  assert (top + h <= hw[0]).all() and (left + w <= hw[1]).all()
+  area, aspect = h * w / (hw[0] * hw[1]), w / h
+  whole = (h == hw[0]) & (w == hw[1])  # the fallback after ten failed attempts
+  assert whole.mean() < 0.1
+  rounding = 2 / min(hw)  # integer box sides
+  inside = area[~whole]
+  assert inside.min() >= 0.08 - rounding and inside.max() <= 1.0
+  assert aspect[~whole].min() >= 3 / 4 - rounding and aspect[~whole].max() <= 4 / 3 + rounding
+  assert inside.min() < 0.12 and inside.max() > 0.8  # the area range (up to what fits)
+  assert aspect[~whole].min() < 0.8 and aspect[~whole].max() > 1.25  # and the aspect range
+  assert 0.4 < np.mean(np.log(aspect[~whole]) > 0) < 0.6  # log-uniform: as many wide as tall
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png"])
+def test_a_window_decoded_from_the_file_is_the_decoded_image_s_window(fmt):
+  """The same seed gives the same crop whatever the storage; a JPEG window decode differs from
+  the whole decode only by the decoder's chroma upsampling at the window's edges."""
+  encoded = _encoded(_photo(), fmt)
+  whole = encoded.decode(encoded.data)
+  for i in range(20):
+    streamed = T.train_image(IMAGENET, encoded, _seed(i)).numpy().astype(int)
+    in_memory = T.train_image(IMAGENET, whole, _seed(i)).numpy().astype(int)
+    if fmt == "png":
+      np.testing.assert_array_equal(streamed, in_memory)
+    else:
+      difference = np.abs(streamed - in_memory)
+      assert difference.mean() < 0.05 and np.mean(difference > 2) < 0.005
+
+
+@pytest.mark.parametrize("hw", [(375, 500), (427, 300)])
+@pytest.mark.parametrize("which", [0, 1])
+def test_eval_crop_is_resize_then_centre_crop_up_to_interpolation(hw, which):
+  """On a smooth photograph (where interpolation methods agree), against the preset as it was:
+  the shorter side resized to 256 (antialiased), then the central 224."""
+  photo = _photo(*hw, which=which)
+  smooth = tf.image.resize(tf.image.resize(photo, (hw[0] // 8, hw[1] // 8), antialias=True), hw)
+  encoded = _encoded(T.to_uint8(smooth), "jpeg")
+  out = T.eval_image(IMAGENET, encoded).numpy().astype(np.float32)
+  image = encoded.decode(encoded.data)
+  scale = 256 / min(hw)
+  resized = tf.image.resize(image, [round(hw[0] * scale), round(hw[1] * scale)], antialias=True)
+  top, left = (resized.shape[0] - 224) // 2, (resized.shape[1] - 224) // 2
+  reference = resized[top:top + 224, left:left + 224].numpy()
+  shifted = resized[top + 4:top + 228, left:left + 224].numpy()  # a crop 4 pixels off
+  assert np.abs(out - reference).mean() < 2  # levels of 255
+  assert np.abs(out - reference).mean() < 0.3 * np.abs(out - shifted).mean()
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory):
+  """2 classes x 6 train images of 64x48 and 48x64, JPEG and PNG mixed."""
+  root = tmp_path_factory.mktemp("photos")
+  photo = load_sample_images().images[0]
+  for c in range(2):
+    os.makedirs(root / "train" / f"c{c}")
+    for i in range(6):
+      image = photo[40 * i:40 * i + 64, 60 * c:60 * c + 48]
+      image = image if i % 3 else np.ascontiguousarray(image.transpose(1, 0, 2))
+      data, ext = (tf.io.encode_png(image), "png") if i % 2 else (tf.io.encode_jpeg(image), "jpg")
+      tf.io.write_file(str(root / "train" / f"c{c}" / f"{i:02d}.{ext}"), data)
+  return root
+
+
+def _imagenet_config(path, **overrides):
+  cfg = default.data_config()
+  cfg.update(source="folder", path=str(path), train_split="train", eval_split="train",
+             preprocess="imagenet", image_size=32, cache=False, cache_dir="", threads=2)
+  cfg.update(overrides)
+  return cfg
+
+
+def test_streamed_jpeg_and_png_folder_resumes_exactly(photo_folder):
+  cfg = _imagenet_config(photo_folder)
+  stream = jd.train_batches(cfg, global_batch_size=4, seed=1)
+  batches = [next(stream) for _ in range(7)]  # 2.3 epochs
+  assert all(b["image"].shape == (4, 32, 32, 3) and b["image"].dtype == np.uint8 for b in batches)
+  resumed = jd.train_batches(cfg, global_batch_size=4, seed=1, start_step=4)
+  for expected in batches[4:]:
+    got = next(resumed)
+    np.testing.assert_array_equal(got["image"], expected["image"])
+    np.testing.assert_array_equal(got["label"], expected["label"])
+  evaluated = list(jd.eval_batches(cfg, global_batch_size=5))
+  assert sum(b["mask"].sum() for b in evaluated) == 12
+
+
+def test_resized_copy_of_a_folder_keeps_names_and_caps_the_shorter_side(photo_folder, tmp_path):
+  out = tmp_path / "copy"
+  counts = resized_copy.write(_imagenet_config(photo_folder), str(out), max_side=24)
+  assert counts == {"train": 12}
+  for c in ("c0", "c1"):
+    names = sorted(os.listdir(out / "train" / c))
+    assert names == [f"{i:02d}.jpg" for i in range(6)]  # PNG files became JPEG, names kept
+    for name in names:
+      shape = tf.io.extract_jpeg_shape(tf.io.read_file(str(out / "train" / c / name))).numpy()
+      assert min(shape[:2]) == 24 and max(shape[:2]) == 32  # 64x48 -> 32x24, aspect kept
+  copy = _imagenet_config(out)
+  assert jd.load_info(copy).split_sizes == {"train": 12}
+  labels = lambda cfg: [int(l) for b in jd.eval_batches(cfg, global_batch_size=12)
+                        for l in b["label"][b["mask"]]]
+  assert labels(copy) == labels(_imagenet_config(photo_folder))  # the same order
+  with pytest.raises(FileExistsError, match="not empty"):
+    resized_copy.write(_imagenet_config(photo_folder), str(out), max_side=24)
+
+
+def test_resized_copy_of_a_tfds_dataset(mock_tfds, tmp_path):
+  cfg = default.data_config()
+  cfg.update(source="tfds", name="cifar10", data_dir=mock_tfds, threads=2)
+  counts = resized_copy.write(cfg, str(tmp_path / "copy"), max_side=16)
+  assert counts == {"train": 24, "test": 24}
+  copy = _imagenet_config(tmp_path / "copy", eval_split="test", preprocess="none",
+                          image_size=None, cache=None)
+  info = jd.load_info(copy)
+  assert info.image_shape == (16, 16, 3) and info.split_sizes == {"train": 24, "test": 24}
