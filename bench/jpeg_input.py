@@ -1,0 +1,249 @@
+"""ImageNet-style JPEG preprocessing on the host, images/s on one core and on all cores, on the
+same files in one run: the raw decode, the previous preset (bench.previous_imagenet_preset),
+jresnet's train and eval streams on the full-size files and on resized copies, a PyTorch
+DataLoader worker (bench.torchvision_worker), and where the train stream's time goes.
+
+    python -m bench.make_jpegs --out /tmp/imagenet_like --per-class 300
+    python -m bench.jpeg_input --folder /tmp/imagenet_like [--sides 256,320] [--feed 5600]
+
+The streams are the product's (`jresnet.data.train_batches` / `eval_batches` with data.threads
+= the thread count, folder source, imagenet preset, streamed); the other rows run the same
+tf.data settings (`tf_runtime.options`) over the same files. --feed: the images/s a consumer takes
+(an H100's ResNet-50 bf16 step, BENCHMARKS.md), to say how many cores feed it.
+"""
+
+import argparse
+import glob
+import os
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+import jresnet.data as jd
+from bench import previous_imagenet_preset as previous
+from bench import report
+from configs import default
+from jresnet.data import presets, resized_copy, tf_runtime
+from jresnet.data import transforms as T
+
+BATCH = 128
+PRESET = presets.Preset("imagenet", (224, 224, 3), presets.IMAGENET_MEAN, presets.IMAGENET_STD,
+                        presets.RANDOM_RESIZED, True, presets.CENTER)
+
+
+def _encoded(data: tf.Tensor) -> T.Encoded:
+  return T.Encoded(data, lambda e: tf.io.decode_image(e, 3, expand_animations=False), 3)
+
+
+def _seed(i):
+  return tf.stack([i, tf.constant(0, tf.int64)])
+
+
+def window_only(i, data):
+  return T.crop(_encoded(data), T.inception_window(_seed(i)))
+
+
+def window_and_resize(i, data):
+  return T.resize(window_only(i, data), (224, 224))
+
+
+def window_resize_antialiased(i, data):
+  return tf.image.resize(window_only(i, data), (224, 224), antialias=True)
+
+
+def window_fast_idct(i, data):
+  box = T.inception_window(_seed(i))(tf.io.extract_jpeg_shape(data)[:2])
+  crop = tf.io.decode_and_crop_jpeg(data, box, channels=3, dct_method="INTEGER_FAST")
+  return T.resize(crop, (224, 224))
+
+
+def train_normalised_on_host(i, data):
+  image = tf.cast(T.train_image(PRESET, _encoded(data), _seed(i)), tf.float32)
+  return (image - previous.MEAN) / previous.STD
+
+
+# name -> one example's work, (index, file bytes) -> image; run over the files with tf.data.
+PER_EXAMPLE = {
+    "raw decode (tf.io.decode_jpeg)": lambda i, data: tf.io.decode_jpeg(data, channels=3),
+    "previous train preset": lambda i, data: previous.train_image(data, _seed(i)),
+    "train: window decode only": window_only,
+    "train: window + bilinear resize": window_and_resize,
+    "train: jresnet transform (uint8 out)": lambda i, d: T.train_image(PRESET, _encoded(d), _seed(i)),
+    "alt: antialiased resize": window_resize_antialiased,
+    "alt: INTEGER_FAST IDCT": window_fast_idct,
+    "alt: float32 normalised on host": train_normalised_on_host,
+    "previous eval preset": lambda i, data: previous.eval_image(data),
+    "eval: jresnet transform (uint8 out)": lambda i, d: T.eval_image(PRESET, _encoded(d)),
+}
+
+
+def _rate(batches, images: int, repeats: int = 3) -> float:
+  """Best images/s of `repeats` passes of `batches()` (an iterable of `images` images)."""
+  best = 0.0
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for _ in batches():
+      pass
+    best = max(best, images / (time.perf_counter() - start))
+  return best
+
+
+def _batchable(fn):
+  """Images of differing sizes (a decode, a window) reduced to their shape, which needs them."""
+  def example(i, data):
+    image = fn(i, data)
+    return image if image.shape.is_fully_defined() else tf.shape(image)
+  return example
+
+
+def per_example_rate(files: list[str], fn, threads: int, options=None,
+                     parallel_calls=tf.data.AUTOTUNE) -> float:
+  """`fn` over the files, with jresnet's tf.data options for `threads` unless `options`."""
+  ds = tf.data.Dataset.from_tensor_slices(files).map(tf.io.read_file).enumerate()
+  ds = ds.map(_batchable(fn), num_parallel_calls=parallel_calls).batch(BATCH)
+  ds = ds.prefetch(tf.data.AUTOTUNE).with_options(options or tf_runtime.options(threads))
+  next(iter(ds))  # graph building, first files
+  return _rate(lambda: ds, len(files))
+
+
+def settings_rates(files: list[str], threads: int) -> dict[str, float]:
+  """The train transform under other tf.data settings than jresnet's (tf_runtime.options)."""
+  fn = PER_EXAMPLE["train: jresnet transform (uint8 out)"]
+  shared_intra_op = tf_runtime.options(threads)
+  shared_intra_op.threading.max_intra_op_parallelism = 0  # tf.data's default
+  global_pool = tf.data.Options()
+  global_pool.deterministic = True
+  return {
+      "settings: jresnet's (private pool, intra-op 1, AUTOTUNE)": per_example_rate(
+          files, fn, threads),
+      "settings: intra-op parallelism unbounded": per_example_rate(
+          files, fn, threads, shared_intra_op),
+      "settings: TensorFlow's global pool": per_example_rate(files, fn, threads, global_pool),
+      "settings: parallel calls = threads": per_example_rate(
+          files, fn, threads, parallel_calls=threads),
+  }
+
+
+def stream_config(root: str, threads: int):
+  cfg = default.data_config()
+  cfg.update(source="folder", path=root, train_split="train", eval_split="train",
+             preprocess="imagenet", cache=False, cache_dir="", threads=threads)
+  return cfg
+
+
+def stream_rate(make_stream, images: int, repeats: int = 3) -> float:
+  """Best images/s of `repeats` fresh streams, each timed inside its first epoch after two
+  batches (so neither the pipeline's start nor an epoch boundary is timed: on ImageNet they
+  happen once in 10,000 batches)."""
+  steps = images // BATCH - 3
+  if steps < 5:
+    raise SystemExit(f"{images} files make too few batches of {BATCH} to time a stream: "
+                     "write more with bench.make_jpegs --per-class")
+  best = 0.0
+  for _ in range(repeats):
+    stream = make_stream()
+    next(stream), next(stream)
+    start = time.perf_counter()
+    for _ in range(steps):
+      next(stream)
+    best = max(best, steps * BATCH / (time.perf_counter() - start))
+  return best
+
+
+def train_stream_rate(root: str, threads: int, images: int) -> float:
+  cfg = stream_config(root, threads)
+  return stream_rate(lambda: jd.train_batches(cfg, global_batch_size=BATCH, seed=0), images)
+
+
+def eval_stream_rate(root: str, threads: int, images: int) -> float:
+  cfg = stream_config(root, threads)
+  return stream_rate(lambda: iter(jd.eval_batches(cfg, global_batch_size=BATCH)), images)
+
+
+def torchvision_rate(files: list[str], threads: int) -> float:
+  import torch  # noqa: PLC0415 (only this row needs torch)
+
+  from bench import torchvision_worker  # noqa: PLC0415
+
+  torch.set_num_threads(1)
+  loader = torchvision_worker.loader(files, BATCH, 0 if threads == 1 else threads)
+  next(iter(loader))
+  return _rate(lambda: loader, len(files))
+
+
+def describe(files: list[str]) -> dict:
+  sizes = [os.path.getsize(f) for f in files]
+  shapes = [Image.open(f).size for f in files]
+  return {"files": len(files), "mean_kb": round(np.mean(sizes) / 1e3, 1),
+          "mean_width": round(np.mean([w for w, _ in shapes])),
+          "mean_height": round(np.mean([h for _, h in shapes]))}
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--folder", required=True, help="an image folder with a 'train' split")
+  parser.add_argument("--sides", default="256,320", help="resized copies to measure")
+  parser.add_argument("--feed", type=float, default=5600, help="images/s the consumer takes")
+  parser.add_argument("--results", default="bench/results.jsonl")
+  args = parser.parse_args(argv)
+  root = os.path.abspath(args.folder)
+  files = sorted(glob.glob(os.path.join(root, "train", "*", "*.jp*g")))
+  if not files:
+    raise SystemExit(f"no JPEG files in {root}/train/<class>/: make them with bench.make_jpegs")
+  all_cores = report.cores()
+  tf_runtime.configure(all_cores)
+  described = describe(files)
+  print(f"{described['files']} JPEGs, mean {described['mean_kb']} KB, mean "
+        f"{described['mean_width']}x{described['mean_height']}; batches of {BATCH}")
+
+  with tempfile.TemporaryDirectory() as scratch:
+    copies = {}
+    for side in map(int, args.sides.split(",")):
+      copies[side] = os.path.join(scratch, f"resized{side}")
+      resized_copy.write(stream_config(root, all_cores), copies[side], side)
+    rows = {}
+    for threads in sorted({1, all_cores}):
+      for name, fn in PER_EXAMPLE.items():
+        rows.setdefault(name, {})[threads] = per_example_rate(files, fn, threads)
+      rows.setdefault("jresnet train stream", {})[threads] = train_stream_rate(
+          root, threads, len(files))
+      for side, copy in copies.items():
+        rows.setdefault(f"jresnet train stream, copy <= {side} px", {})[threads] = (
+            train_stream_rate(copy, threads, len(files)))
+      rows.setdefault("jresnet eval stream", {})[threads] = eval_stream_rate(
+          root, threads, len(files))
+      rows.setdefault("PIL + torchvision worker", {})[threads] = torchvision_rate(files, threads)
+    for name, rate in settings_rates(files, all_cores).items():
+      rows[name] = {all_cores: rate}
+
+  threads = sorted({1, all_cores})
+  print(f"\n{'images/s':56s}" + "".join(f"{f'{t} thread(s)':>14s}" for t in threads))
+  for name, rates in rows.items():
+    print(f"{name:56s}" + "".join(f"{rates[t]:14.1f}" if t in rates else f"{'':14s}"
+                                   for t in threads))
+  one = {name: rates[1] for name, rates in rows.items() if 1 in rates}
+  stream, decode = one["jresnet train stream"], one["raw decode (tf.io.decode_jpeg)"]
+  ratios = {
+      "train_stream_over_raw_decode": stream / decode,
+      "train_stream_over_torchvision": stream / one["PIL + torchvision worker"],
+      "eval_stream_over_previous_eval": one["jresnet eval stream"] / one["previous eval preset"],
+      **{f"copy{side}_over_full_size": one[f"jresnet train stream, copy <= {side} px"] / stream
+         for side in copies},
+      "cores_to_feed": args.feed / stream,
+      **{f"cores_to_feed_copy{side}": args.feed / one[f"jresnet train stream, copy <= {side} px"]
+         for side in copies},
+  }
+  print("\none thread: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
+  report.append_jsonl(args.results, [{
+      "bench": "jpeg_input", "machine": report.machine(), **report.conditions(), **described,
+      "feed": args.feed, "rates": {name: {str(t): round(r, 1) for t, r in rates.items()}
+                                   for name, rates in rows.items()},
+      **{k: round(v, 3) for k, v in ratios.items()}}])
+
+
+if __name__ == "__main__":
+  main()
