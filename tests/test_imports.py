@@ -15,8 +15,8 @@ from conftest import deadline
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # The modules that run tf.data / TFDS; everything else must not import TensorFlow.
 TENSORFLOW_MODULES = {
-    "jresnet/data/evaluation.py", "jresnet/data/seeds.py", "jresnet/data/tf_runtime.py",
-    "jresnet/data/train.py", "jresnet/data/transforms.py", "jresnet/data/undecodable.py",
+    "jresnet/data/eval_stream.py", "jresnet/data/seeds.py", "jresnet/data/tf_runtime.py",
+    "jresnet/data/train_stream.py", "jresnet/data/transforms.py", "jresnet/data/undecodable.py",
     "jresnet/data/sources/folder.py", "jresnet/data/sources/tfds_source.py",
 }
 ML_COLLECTIONS_MODULES = {"jresnet/training/recipe.py", "jresnet/training/loop.py",
@@ -80,5 +80,5 @@ def test_every_config_loads_without_tensorflow():
 
 def test_the_block_catches_a_tensorflow_import():
   """The control: under the same block, a module that does import TensorFlow fails."""
-  out = _run_blocked(TENSORFLOW, "import jresnet.data.train")
+  out = _run_blocked(TENSORFLOW, "import jresnet.data.train_stream")
   assert out.returncode != 0 and "import of tensorflow halted" in out.stderr

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow as tf
 
-from jresnet.data import hosts, presets, sources, tf_runtime, undecodable
+from jresnet.data import presets, process_shard, sources, tf_runtime, undecodable
 from jresnet.data import transforms as T
 
 Batch = dict[str, np.ndarray]
@@ -30,7 +30,7 @@ def eval_batches(cfg, split: str | None = None, *, global_batch_size: int,
 
   Yields {'image': float32 (b, H, W, C), 'label': int32 (b,), 'mask': bool (b,)}.
   """
-  shard = hosts.shard(global_batch_size, process_index, process_count)
+  shard = process_shard.shard(global_batch_size, process_index, process_count)
   threads = tf_runtime.configure(cfg.threads)
   source = sources.get(cfg)
   preset = presets.resolve(cfg, source.metadata)
