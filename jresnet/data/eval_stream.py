@@ -20,7 +20,7 @@ Batch = dict[str, np.ndarray]
 def num_eval_batches(cfg, split: str | None = None, *, global_batch_size: int) -> int:
   """How many batches eval_batches yields on every process."""
   n = sources.get(cfg).num_examples(split or cfg.eval_split)
-  return -(-n // global_batch_size)
+  return process_shard.eval_batch_count(n, global_batch_size)
 
 
 def eval_batches(cfg, split: str | None = None, *, global_batch_size: int,
@@ -51,7 +51,7 @@ def eval_batches(cfg, split: str | None = None, *, global_batch_size: int,
         num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(shard.batch_size).prefetch(tf.data.AUTOTUNE)
   ds = ds.with_options(tf_runtime.options(threads))
-  steps = -(-n // global_batch_size)
+  steps = process_shard.eval_batch_count(n, global_batch_size)
   batches = undecodable.naming_undecodable(ds.as_numpy_iterator(), data)
   return _padded(batches, steps, shard.batch_size, preset.image_shape)
 
