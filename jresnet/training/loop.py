@@ -2,7 +2,7 @@
 
 Order of work: check everything that can be checked cheaply (config keys, dataset presence, model
 architecture, batch divisibility, a checkpoint that fits) before anything is compiled; then train,
-evaluating and checkpointing on schedule. Records are written by process 0 only.
+evaluating and checkpointing on schedule. Metrics are written by process 0 only.
 """
 
 import dataclasses
@@ -20,7 +20,7 @@ from jresnet.training import checkpoint as checkpoint_lib
 from jresnet.training import eval_schedule, guard, parallel, pretrained, run_config, workdir_lock
 from jresnet.training import recipe as recipe_lib
 from jresnet.training import step as step_lib
-from jresnet.training.records import Records
+from jresnet.training.records import MetricWriter
 
 EXPORT_FILE = "model.msgpack"  # inference export written at the end of training
 ARRAYS_FILE = "arrays.npz"  # --mode=write_arrays
@@ -133,16 +133,16 @@ def _train(p: Plan, workdir: str) -> dict:
   eval_every = _every(cfg.eval_every_steps, epoch_steps)
   save_every = _every(cfg.checkpoint_every_steps, eval_every)
 
-  records = Records(workdir, p.total_steps, start, cfg.batch_size)
-  records.write_config(run_config.resolved(cfg, p.info))
+  writer = MetricWriter(workdir, p.total_steps, start, cfg.batch_size)
+  writer.write_config(run_config.resolved(cfg, p.info))
   for note in p.info.notes + ((loaded_note,) if loaded_note else ()):
-    records.note(note)
+    writer.note(note)
   if start:
-    records.note(f"resumed from {workdir}/checkpoints/{start} at step {start} of {p.total_steps}")
-  records.note(f"{p.model.architecture}\n{p.info}\ntraining for {p.total_steps} steps "
-               f"({p.steps_per_epoch:.1f} per epoch) from step {start} on {jax.device_count()} "
-               f"device(s), {cfg.parallel}, {cfg.precision}; records in {workdir}")
-  records.note(input_line)
+    writer.note(f"resumed from {workdir}/checkpoints/{start} at step {start} of {p.total_steps}")
+  writer.note(f"{p.model.architecture}\n{p.info}\ntraining for {p.total_steps} steps "
+              f"({p.steps_per_epoch:.1f} per epoch) from step {start} on {jax.device_count()} "
+              f"device(s), {cfg.parallel}, {cfg.precision}; records in {workdir}")
+  writer.note(input_line)
   if on_device:
     batches = on_device[cfg.data.train_split].train_batches(
         global_batch_size=cfg.batch_size, seed=cfg.seed, start_step=start)
@@ -152,7 +152,7 @@ def _train(p: Plan, workdir: str) -> dict:
                            start_step=start), cfg.data.prefetch)
   preemption = _Preemption()
   if preemption.requested:
-    records.note("SIGTERM during start-up: stopped before training")
+    writer.note("SIGTERM during start-up: stopped before training")
   eval_metrics, step = None, start
   best_step = checkpoints.best_step()
   best_accuracy = checkpoints.meta(best_step)["metrics"]["accuracy"] if best_step else -1.0
@@ -160,8 +160,8 @@ def _train(p: Plan, workdir: str) -> dict:
     for step in range(start + 1, (start if preemption.requested else p.total_steps) + 1):
       state, metrics = p.runner.train_step(state, next(batches))
       if step == start + 1:
-        records.restart_clock(step)  # images/s: not the compilation
-      records.advance(1)
+        writer.restart_clock(step)  # images/s: not the compilation
+      writer.advance(1)
       last = step == p.total_steps
       stop = preemption.requested or (cfg.stop_after_steps and step - start >= cfg.stop_after_steps)
       evaluated = eval_schedule.is_eval_step(step, eval_every, p.total_steps)
@@ -169,24 +169,24 @@ def _train(p: Plan, workdir: str) -> dict:
       if step % log_every == 0 or save or evaluated:  # every state that may be saved
         host = p.runner.to_host(metrics)
         guard.check_update(step, host, checkpoints.latest_step(), workdir)
-        records.scalars(step, "train", host)
+        writer.scalars(step, "train", host)
       if evaluated:
         eval_metrics = evaluate(p, state.eval_variables(p.use_ema), cfg.data.eval_split,
                                 on_device)
-        records.scalars(step, "eval", eval_metrics)
+        writer.scalars(step, "eval", eval_metrics)
         save = save or eval_metrics["accuracy"] > best_accuracy  # the best is always kept
         best_accuracy = max(best_accuracy, eval_metrics["accuracy"])
       if save:
         checkpoints.save(p.runner.get_state(state), meta, eval_metrics if evaluated else None)
       if evaluated or save:
-        records.restart_clock(step)  # images/s: training only
+        writer.restart_clock(step)  # images/s: training only
       if stop:
         break
   finally:
     preemption.restore()
     checkpoints.wait()
     checkpoints.close()
-    records.close()
+    writer.close()
   if step == p.total_steps and jax.process_index() == 0:
     export.save(os.path.join(workdir, EXPORT_FILE), p.model,
                 p.runner.to_host(state.eval_variables(p.use_ema)),

@@ -1,8 +1,8 @@
 """What a config describes, for a dataset of a given shape: the model at its precision, the
 learning-rate schedule, the optimiser and the compiled steps' runner.
 
-Imports neither the input pipeline nor the records (both load TensorFlow), so a benchmark on a
-machine without TensorFlow trains exactly what train.py trains; `loop.plan` adds the dataset.
+Imports no input pipeline (which loads TensorFlow), so a benchmark on a machine without
+TensorFlow trains exactly what train.py trains; `loop.plan` adds the dataset.
 """
 
 import dataclasses
