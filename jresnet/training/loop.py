@@ -34,14 +34,8 @@ def model_meta(model: ResNet) -> dict:
   return json.loads(json.dumps(meta))
 
 
-@dataclasses.dataclass
-class Plan(recipe_lib.Recipe):
-  """The recipe and the dataset it was derived from."""
-
-  info: object
-
-
-def plan(config: ConfigDict) -> Plan:
+def plan(config: ConfigDict) -> recipe_lib.Recipe:
+  """The recipe for the configured dataset, with its DatasetInfo (`info`)."""
   from jresnet import data  # noqa: PLC0415 (TensorFlow only where data is read)
 
   info = data.load_info(config.data)  # a missing dataset fails here, in seconds
@@ -50,22 +44,22 @@ def plan(config: ConfigDict) -> Plan:
     config.data.eval_split = info.eval_split
   recipe = recipe_lib.build(config, info.num_classes, info.image_shape,
                             info.split_sizes[config.data.train_split])
-  return Plan(**vars(recipe), info=info)
+  return dataclasses.replace(recipe, info=info)
 
 
-def evaluate(p: Plan, variables, split: str, on_device=None) -> dict:
+def evaluate_split(p: recipe_lib.Recipe, variables, split: str, on_device=None) -> dict:
   """Loss, top-1 and top-5 accuracy over every example of `split`, each counted once; from the
   devices where `on_device` holds the split ({split: DeviceSplit}), else from the host."""
   from jresnet import data  # noqa: PLC0415
 
   batch_size = p.config.eval_batch_size or p.config.batch_size
   if on_device:
-    return p.evaluate(variables, on_device[split].eval_batches(global_batch_size=batch_size))
+    return p.metrics_over(variables, on_device[split].eval_batches(global_batch_size=batch_size))
   batches = data.eval_batches(p.config.data, split, global_batch_size=batch_size)
-  return p.evaluate(variables, p.runner.feed(batches, p.config.data.prefetch))
+  return p.metrics_over(variables, p.runner.feed(batches, p.config.data.prefetch))
 
 
-def open_input(p: Plan, splits: tuple[str, ...]) -> tuple[dict | None, str]:
+def open_input(p: recipe_lib.Recipe, splits: tuple[str, ...]) -> tuple[dict | None, str]:
   """The device path's splits where config.data.on_device chooses it (else None: the host
   path), and a line saying which and why."""
   from jresnet import data  # noqa: PLC0415
@@ -102,7 +96,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     return _train(p, workdir)
 
 
-def _train(p: Plan, workdir: str) -> dict:
+def _train(p: recipe_lib.Recipe, workdir: str) -> dict:
   from jresnet import data  # noqa: PLC0415
 
   cfg = p.config
@@ -171,8 +165,8 @@ def _train(p: Plan, workdir: str) -> dict:
         guard.check_update(step, host, checkpoints.latest_step(), workdir)
         writer.scalars(step, "train", host)
       if evaluated:
-        eval_metrics = evaluate(p, state.eval_variables(p.use_ema), cfg.data.eval_split,
-                                on_device)
+        eval_metrics = evaluate_split(p, state.eval_variables(p.use_ema), cfg.data.eval_split,
+                                      on_device)
         writer.scalars(step, "eval", eval_metrics)
         save = save or eval_metrics["accuracy"] > best_accuracy  # the best is always kept
         best_accuracy = max(best_accuracy, eval_metrics["accuracy"])
@@ -222,7 +216,7 @@ def _already_finished(checkpoints, step: int, workdir: str) -> dict:
   return metrics
 
 
-def _restore_for_eval(p: Plan, workdir: str) -> tuple[dict, str]:
+def _restore_for_eval(p: recipe_lib.Recipe, workdir: str) -> tuple[dict, str]:
   """Variables of checkpoint `eval_checkpoint` ('latest', 'best' or a step) of `workdir`."""
   cfg = p.config
   directory = os.path.join(workdir, "checkpoints")
@@ -278,7 +272,7 @@ def evaluate_checkpoint(config: ConfigDict, workdir: str) -> dict:
     except checkpoint_lib.CheckpointMismatchError as e:
       raise checkpoint_lib.CheckpointMismatchError(_eval_advice(str(e), cfg, workdir)) from None
   on_device, _ = open_input(p, (cfg.data.eval_split,))
-  metrics = evaluate(p, variables, cfg.data.eval_split, on_device)
+  metrics = evaluate_split(p, variables, cfg.data.eval_split, on_device)
   metrics["checkpoint"] = which
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
