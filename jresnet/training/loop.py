@@ -17,9 +17,8 @@ from ml_collections import ConfigDict
 from jresnet import export
 from jresnet.models import ResNet
 from jresnet.training import checkpoint as checkpoint_lib
-from jresnet.training import eval_schedule, guard, parallel, pretrained, run_config, workdir_lock
+from jresnet.training import eval_schedule, guard, pretrained, run_config, workdir_lock
 from jresnet.training import recipe as recipe_lib
-from jresnet.training import step as step_lib
 from jresnet.training.records import MetricWriter
 
 EXPORT_FILE = "model.msgpack"  # inference export written at the end of training
@@ -262,10 +261,10 @@ def evaluate_checkpoint(config: ConfigDict, workdir: str) -> dict:
     if model.num_classes != p.info.num_classes:
       raise ValueError(f"{cfg.eval_checkpoint} has {model.num_classes} classes, the data "
                        f"{p.info.num_classes}")
-    runner = parallel.create(cfg.parallel, step_lib.StepConfig(
-        model=model, tx=p.tx, schedule=p.schedule, num_classes=p.info.num_classes))
-    p = dataclasses.replace(p, model=model, runner=runner)
-    variables, which = runner.put_state(variables), os.path.basename(cfg.eval_checkpoint)
+    recipe = recipe_lib.build(cfg, p.info.num_classes, p.image_shape,
+                              p.info.split_sizes[cfg.data.train_split], model=model)
+    p = dataclasses.replace(recipe, info=p.info)
+    variables, which = p.runner.put_state(variables), os.path.basename(cfg.eval_checkpoint)
   else:
     try:
       variables, which = _restore_for_eval(p, workdir)
