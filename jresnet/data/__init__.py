@@ -30,6 +30,7 @@ _EXPORTS = {
     "check_split": "eval_stream", "eval_batches": "eval_stream", "num_eval_batches": "eval_stream",
     "train_batches": "train_stream",
     "DeviceSplit": "device_stream", "open_device_splits": "device_stream",
+    "decoded_split": "sources",
 }
 
 __all__ = sorted(_EXPORTS)
