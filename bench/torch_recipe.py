@@ -78,7 +78,7 @@ def initialise(model: torch.nn.Module, zero_init_residual: bool) -> torch.nn.Mod
   return model
 
 
-def evaluate(model, images, labels, mean, std, batch: int) -> float:
+def accuracy(model, images, labels, mean, std, batch: int) -> float:
   model.eval()
   correct = 0
   with torch.no_grad():
@@ -143,7 +143,7 @@ def main(argv):
       losses += loss.item() * len(y)
       hits += (logits.argmax(-1) == y).sum().item()
       seen += len(y)
-    val = evaluate(model, val_x, val_y, mean, std, cfg.eval_batch_size)
+    val = accuracy(model, val_x, val_y, mean, std, cfg.eval_batch_size)
     row = {"epoch": len(history) + 1, "step": step, "train_loss": round(losses / seen, 4),
            "train_accuracy": round(hits / seen, 4), "val_accuracy": val,
            "images_per_s": round(seen / (time.perf_counter() - t0), 1)}
