@@ -32,8 +32,8 @@ def streams(p: recipe.Recipe) -> dict:
   cfg = p.config
   on_device, _ = data.open_device_splits(_with(cfg.data, on_device="true"),
                                          p.runner.batch_sharding, (cfg.data.train_split,))
-  host = p.runner.feed(data.train_batches(cfg.data, global_batch_size=cfg.batch_size,
-                                          seed=cfg.seed), cfg.data.prefetch)
+  host = loop.feed_host_batches(p, data.train_batches(cfg.data, global_batch_size=cfg.batch_size,
+                                                     seed=cfg.seed))
   device = on_device[cfg.data.train_split].train_batches(global_batch_size=cfg.batch_size,
                                                          seed=cfg.seed)
   return {"host (tf.data)": host, "device": device}

@@ -1,6 +1,7 @@
 """The presets in JAX, on a whole batch on the accelerator: what transforms.py does to one
 example in TensorFlow. Random choices come from one key per example, so a batch is a pure
-function of its images and keys. Images are float32 in [0, 255] until the normalisation.
+function of its images and keys. Images are float32 in [0, 255] until the normalisation, which
+also turns the host stream's uint8 batches into the model's input (`normalize_batch`).
 
 The device path serves in-memory splits of fixed-size images: the 'cifar', 'digits', 'mnist' and
 'none' presets (pad-crop-flip, translation, resize only); 'imagenet' (random-resized crops of
@@ -42,10 +43,20 @@ def _maybe_flip(image: jax.Array, key: jax.Array) -> jax.Array:
   return jnp.where(jax.random.bernoulli(key), image[:, ::-1], image)
 
 
+def normalize(images: jax.Array, mean, std) -> jax.Array:
+  """Pixels in [0, 255] (any dtype) -> float32 (x / 255 - mean) / std per channel."""
+  mean = jnp.asarray(mean, jnp.float32) * 255
+  std = jnp.asarray(std, jnp.float32) * 255
+  return (images.astype(jnp.float32) - mean) / std
+
+
+def normalize_batch(batch: dict, mean, std) -> dict:
+  """A batch of the host stream (uint8 images) -> the model's input."""
+  return {**batch, "image": normalize(batch["image"], mean, std)}
+
+
 def _normalize(images: jax.Array, preset: presets.Preset) -> jax.Array:
-  mean = jnp.asarray(preset.mean, jnp.float32) * 255
-  std = jnp.asarray(preset.std, jnp.float32) * 255
-  return (images - mean) / std
+  return normalize(images, preset.mean, preset.std)
 
 
 def train_batch(preset: presets.Preset, images: jax.Array, keys: jax.Array) -> jax.Array:

@@ -28,7 +28,8 @@ def eval_batches(cfg, split: str | None = None, *, global_batch_size: int,
                  process_count: int | None = None) -> Iterator[Batch]:
   """This process's rows of each global batch over `split` (default cfg.eval_split).
 
-  Yields {'image': float32 (b, H, W, C), 'label': int32 (b,), 'mask': bool (b,)}.
+  Yields {'image': uint8 (b, H, W, C), 'label': int32 (b,), 'mask': bool (b,)}: pixels before
+  the preset's normalisation, as train_batches.
   """
   shard = process_shard.shard(global_batch_size, process_index, process_count)
   threads = tf_runtime.configure(cfg.threads)
@@ -46,7 +47,8 @@ def eval_batches(cfg, split: str | None = None, *, global_batch_size: int,
   else:
     ds = tf.data.Dataset.zip(positions, data.read(None))
     ds = ds.filter(lambda p, _: shard.owns(p)).map(
-        lambda p, r: {"image": T.eval_image(preset, data.decode(r["image"])),
+        lambda p, r: {"image": T.eval_image(preset,
+                                            T.Encoded(r["image"], data.decode, preset.channels)),
                       "label": tf.cast(r["label"], tf.int32)},
         num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(shard.batch_size).prefetch(tf.data.AUTOTUNE)
@@ -70,7 +72,7 @@ def _padded(batches, steps: int, batch_size: int, image_shape) -> Iterator[Batch
     if rows == batch_size:
       yield {**batch, "mask": np.ones(batch_size, bool)}
       continue
-    padded = {"image": np.zeros((batch_size, *image_shape), np.float32),
+    padded = {"image": np.zeros((batch_size, *image_shape), np.uint8),
               "label": np.zeros(batch_size, np.int32),
               "mask": np.arange(batch_size) < rows}
     if rows:

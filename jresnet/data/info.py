@@ -20,6 +20,10 @@ class DatasetInfo:
   eval_split: str | None = None
   preset: str | None = None  # the preprocessing preset applied ('auto' resolved)
   notes: tuple[str, ...] = dataclasses.field(default=(), repr=False)
+  # The preset's normalisation, (x / 255 - mean) / std per channel: it runs on the device, on the
+  # uint8 images the host stream yields (device_transforms.normalize_batch).
+  mean: tuple[float, ...] = dataclasses.field(default=(0.0,), repr=False)
+  std: tuple[float, ...] = dataclasses.field(default=(1.0,), repr=False)
 
 
 # Tried in this order when the default eval split 'test' is absent.
@@ -70,4 +74,5 @@ def load_info(cfg) -> DatasetInfo:
     raise ValueError(f"data.source={cfg.source!r} gives {meta.num_classes} class: a classifier "
                      "needs two or more.")
   return DatasetInfo(meta.num_classes, preset.image_shape, sizes, meta.class_names,
-                     eval_transform(preset), eval_split, preset.name, (note,) if note else ())
+                     eval_transform(preset), eval_split, preset.name, (note,) if note else (),
+                     preset.mean, preset.std)

@@ -84,6 +84,10 @@ class Preset:
   eval_crop: str | None
 
   @property
+  def channels(self) -> int:
+    return self.image_shape[2]
+
+  @property
   def pad(self) -> int:
     """Pixels of the PAD translation."""
     return max(self.image_shape[:2]) // 8

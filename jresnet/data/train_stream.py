@@ -30,8 +30,9 @@ def train_batches(cfg, *, global_batch_size: int, seed: int, start_step: int = 0
                   process_count: int | None = None) -> Iterator[Batch]:
   """Infinite iterator of this process's rows of each global batch, from step `start_step`.
 
-  Yields {'image': float32 (b, H, W, C), 'label': int32 (b,), 'mask': bool (b,) all True} with
-  b = global_batch_size // process_count (JAX's process index and count by default).
+  Yields {'image': uint8 (b, H, W, C), 'label': int32 (b,), 'mask': bool (b,) all True} with
+  b = global_batch_size // process_count (JAX's process index and count by default): the preset's
+  pixels before its normalisation, which runs on the device (`device_transforms.normalize`).
   """
   shard = process_shard.shard(global_batch_size, process_index, process_count)
   if start_step < 0:
@@ -84,7 +85,7 @@ def _record_examples(split: sources.RecordSplit, preset, shard, seed: int, start
       ds = ds.skip(start - e * n)
 
     def example(position, record, e=e):
-      image = T.train_image(preset, split.decode(record["image"]),
+      image = T.train_image(preset, T.Encoded(record["image"], split.decode, preset.channels),
                             seeds.augment(seed, e, position - e * n))
       return {"image": image, "label": tf.cast(record["label"], tf.int32)}
 

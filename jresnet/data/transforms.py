@@ -1,17 +1,86 @@
-"""The presets in TensorFlow, for tf.data: one example at a time. Images are float32 in
-[0, 255] until `normalize`; random operations are stateless, so their result is a pure function of
-the image and the seed."""
+"""The presets in TensorFlow, for tf.data: one example at a time, to uint8 pixels; the
+normalisation runs on the device (`device_transforms.normalize`), so the host does no float work
+per pixel after the resize and sends a quarter of the bytes. Random operations are stateless, so
+their result is a pure function of the image and the seed.
+
+An example arrives decoded (in-memory splits) or `Encoded` (streamed records). Crops of an encoded
+JPEG decode only their window (`tf.io.decode_and_crop_jpeg`: the entropy decoding still reads the
+whole file, the rest of the work is the window's); other formats are decoded whole, then cropped.
+Both give the same window for the same seed, so an image's crop does not depend on its storage.
+Resizes are bilinear without antialiasing (the choice, measured against the alternatives:
+BENCHMARKS.md).
+"""
+
+import dataclasses
+from collections.abc import Callable
 
 import tensorflow as tf
 
 from jresnet.data import presets
 
+INCEPTION_AREA, INCEPTION_ASPECT = (0.08, 1.0), (3 / 4, 4 / 3)  # RANDOM_RESIZED's box ranges
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoded:
+  """An image still encoded: a scalar string tensor, and the source's decoder for any format."""
+  data: tf.Tensor
+  decode: Callable  # encoded -> uint8 (H, W, C)
+  channels: int
+
+
+Image = tf.Tensor | Encoded  # uint8 (H, W, C) or encoded
+Window = Callable  # (H, W) int32 -> (top, left, height, width) int32 of a crop
+
+
+def decoded(image: Image) -> tf.Tensor:
+  return image.decode(image.data) if isinstance(image, Encoded) else image
+
+
+def crop(image: Image, window: Window) -> tf.Tensor:
+  """The uint8 pixels of `window(image height and width)`, decoding only them from a JPEG."""
+  if not isinstance(image, Encoded):
+    top, left, height, width = tf.unstack(window(tf.shape(image)[:2]))
+    return image[top:top + height, left:left + width]
+
+  def jpeg():
+    box = window(tf.io.extract_jpeg_shape(image.data)[:2])
+    return tf.io.decode_and_crop_jpeg(image.data, box, channels=image.channels)
+
+  return tf.cond(tf.io.is_jpeg(image.data), jpeg, lambda: crop(decoded(image), window))
+
+
+def inception_window(seed: tf.Tensor, area=INCEPTION_AREA, aspect=INCEPTION_ASPECT) -> Window:
+  """A random box of `area` fraction and `aspect` ratio (Szegedy et al.); ten attempts at one,
+  then the whole image (torchvision falls back to a centre crop instead)."""
+  def window(hw):
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.concat([hw, [1]], 0), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed,
+        min_object_covered=0.0, aspect_ratio_range=aspect, area_range=area, max_attempts=10,
+        use_image_if_no_bounding_boxes=True)
+    return tf.concat([begin[:2], size[:2]], 0)
+  return window
+
+
+def center_window(size: tuple[int, int], crop_fraction: float) -> Window:
+  """The central box that resizing the shorter side to max(size) / crop_fraction (224 -> 256)
+  and cropping the central `size` would keep: the same pixels, resized once."""
+  def window(hw):
+    extent = tf.cast(tf.reduce_min(hw), tf.float32) * crop_fraction / max(size)
+    box = tf.minimum(tf.cast(tf.round(extent * tf.constant(size, tf.float32)), tf.int32), hw)
+    return tf.concat([(hw - box) // 2, box], 0)
+  return window
+
 
 def resize(image: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
-  """To `size` (H, W), bilinear with antialiasing; images already that size are only cast."""
+  """To `size` (H, W), bilinear, float32 in [0, 255]; an image already that size is only cast."""
   if image.shape[:2].as_list() == list(size):
     return tf.cast(image, tf.float32)
-  return tf.image.resize(image, size, antialias=True)
+  return tf.image.resize(image, size)
+
+
+def to_uint8(image: tf.Tensor) -> tf.Tensor:
+  return tf.saturate_cast(tf.round(image), tf.uint8)
 
 
 def pad_and_crop(image: tf.Tensor, pad: int, seed: tf.Tensor) -> tf.Tensor:
@@ -27,58 +96,25 @@ def flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
   return tf.image.stateless_random_flip_left_right(image, seed)
 
 
-def random_resized_crop(image: tf.Tensor, size: tuple[int, int], seed: tf.Tensor,
-                        area=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> tf.Tensor:
-  """Inception-style crop: a random box of `area` fraction and aspect `ratio`, resized to `size`.
-
-  Ten attempts at a box, then the whole image (torchvision falls back to a centre crop instead).
-  """
-  begin, box, _ = tf.image.stateless_sample_distorted_bounding_box(
-      tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed,
-      min_object_covered=0.0, aspect_ratio_range=ratio, area_range=area, max_attempts=10,
-      use_image_if_no_bounding_boxes=True)
-  crop = tf.slice(image, begin, box)
-  return tf.image.resize(crop, size, antialias=True)
-
-
-def center_crop(image: tf.Tensor, size: tuple[int, int], crop_fraction: float = 0.875) -> tf.Tensor:
-  """Resize the shorter side to size / crop_fraction (224 -> 256), then take the central `size`."""
-  hw = tf.cast(tf.shape(image)[:2], tf.float32)
-  scale = (max(size) / crop_fraction) / tf.reduce_min(hw)
-  resized = tf.cast(tf.round(hw * scale), tf.int32)
-  image = tf.image.resize(image, resized, antialias=True)
-  top, left = tf.unstack((resized - tf.constant(size)) // 2)
-  return tf.image.crop_to_bounding_box(image, top, left, size[0], size[1])
-
-
-def normalize(image: tf.Tensor, mean, std) -> tf.Tensor:
-  """From [0, 255] to (x / 255 - mean) / std per channel."""
-  mean = tf.constant(mean, tf.float32) * 255
-  std = tf.constant(std, tf.float32) * 255
-  return (image - mean) / std
-
-
-def train_image(preset: presets.Preset, image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-  """uint8 (h, w, C) -> float32 preset.image_shape, randomly augmented by the stateless `seed`."""
+def train_image(preset: presets.Preset, image: Image, seed: tf.Tensor) -> tf.Tensor:
+  """An image -> uint8 preset.image_shape, randomly augmented by the stateless `seed`."""
   size = preset.image_shape[:2]
   crop_seed, flip_seed = (tf.unstack(tf.random.experimental.stateless_split(seed, 2))
                           if preset.flip else (seed, None))
   if preset.train_crop == presets.RANDOM_RESIZED:
-    out = random_resized_crop(image, size, crop_seed)
+    out = to_uint8(resize(crop(image, inception_window(crop_seed)), size))
   else:
-    out = resize(image, size)
+    out = to_uint8(resize(decoded(image), size))
     if preset.train_crop == presets.PAD:
       out = pad_and_crop(out, preset.pad, crop_seed)
   if preset.flip:
     out = flip(out, flip_seed)
-  return tf.ensure_shape(normalize(out, preset.mean, preset.std), preset.image_shape)
+  return tf.ensure_shape(out, preset.image_shape)
 
 
-def eval_image(preset: presets.Preset, image: tf.Tensor) -> tf.Tensor:
-  """uint8 (h, w, C) -> float32 preset.image_shape, deterministically."""
+def eval_image(preset: presets.Preset, image: Image) -> tf.Tensor:
+  """An image -> uint8 preset.image_shape, deterministically."""
   size = preset.image_shape[:2]
   if preset.eval_crop == presets.CENTER:
-    out = center_crop(image, size, presets.CENTER_CROP_FRACTION)
-  else:
-    out = resize(image, size)
-  return tf.ensure_shape(normalize(out, preset.mean, preset.std), preset.image_shape)
+    image = crop(image, center_window(size, presets.CENTER_CROP_FRACTION))
+  return tf.ensure_shape(to_uint8(resize(decoded(image), size)), preset.image_shape)

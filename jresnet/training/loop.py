@@ -6,6 +6,7 @@ evaluating and checkpointing on schedule. Metrics are written by process 0 only.
 """
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -55,7 +56,16 @@ def evaluate_split(p: recipe_lib.Recipe, variables, split: str, on_device=None) 
   if on_device:
     return p.metrics_over(variables, on_device[split].eval_batches(global_batch_size=batch_size))
   batches = data.eval_batches(p.config.data, split, global_batch_size=batch_size)
-  return p.metrics_over(variables, p.runner.feed(batches, p.config.data.prefetch))
+  return p.metrics_over(variables, feed_host_batches(p, batches))
+
+
+def feed_host_batches(p: recipe_lib.Recipe, batches):
+  """The host stream's batches on the devices, normalised there (the host sends uint8)."""
+  from jresnet.data import device_transforms  # noqa: PLC0415
+
+  normalize = functools.partial(device_transforms.normalize_batch, mean=p.info.mean,
+                                std=p.info.std)
+  return p.runner.feed(batches, p.config.data.prefetch, on_device=normalize)
 
 
 def open_input(p: recipe_lib.Recipe, splits: tuple[str, ...]) -> tuple[dict | None, str]:
@@ -140,9 +150,8 @@ def _train(p: recipe_lib.Recipe, workdir: str) -> dict:
     batches = on_device[cfg.data.train_split].train_batches(
         global_batch_size=cfg.batch_size, seed=cfg.seed, start_step=start)
   else:
-    batches = p.runner.feed(
-        data.train_batches(cfg.data, global_batch_size=cfg.batch_size, seed=cfg.seed,
-                           start_step=start), cfg.data.prefetch)
+    batches = feed_host_batches(p, data.train_batches(
+        cfg.data, global_batch_size=cfg.batch_size, seed=cfg.seed, start_step=start))
   preemption = _Preemption()
   if preemption.requested:
     writer.note("SIGTERM during start-up: stopped before training")

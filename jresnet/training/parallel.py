@@ -5,7 +5,8 @@ global batch because the batch is one global array; the steps compile with `comp
 pmap: one replica per local device, the same step with `axis_name='batch'` (the model's BatchNorm
 and the gradient `pmean` use it).
 Both take host-local numpy batches (this process's rows of each global batch, as `jresnet.data`
-yields them), place them with `prefetch` and return host-side metrics.
+yields them), place them with `prefetch`, finish them there (the normalisation of the host
+stream's uint8 images) and return host-side metrics.
 """
 
 import collections
@@ -96,8 +97,13 @@ class JitMesh:
     """This process's rows -> global arrays split along 'data' (all processes' rows together)."""
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.data, x), batch)
 
-  def feed(self, batches: Iterable[dict], size: int) -> Iterator[dict]:
-    return prefetch(batches, size, self.put_batch)
+  def feed(self, batches: Iterable[dict], size: int,
+           on_device: Callable | None = None) -> Iterator[dict]:
+    """The batches placed (`prefetch` of `put_batch`), then `on_device(batch)` run there."""
+    if on_device is None:
+      return prefetch(batches, size, self.put_batch)
+    run = jax.jit(on_device, out_shardings=self.data)
+    return prefetch(batches, size, lambda batch: run(self.put_batch(batch)))
 
   @staticmethod
   def to_host(tree):
@@ -139,8 +145,13 @@ class Pmap:
     split = lambda x: jax.device_put(np.reshape(x, (n, -1, *np.shape(x)[1:])), self.per_device)
     return jax.tree.map(split, batch)
 
-  def feed(self, batches: Iterable[dict], size: int) -> Iterator[dict]:
-    return prefetch(batches, size, self.put_batch)
+  def feed(self, batches: Iterable[dict], size: int,
+           on_device: Callable | None = None) -> Iterator[dict]:
+    """The batches placed (`prefetch` of `put_batch`), then `on_device(batch)` run there."""
+    if on_device is None:
+      return prefetch(batches, size, self.put_batch)
+    run = jax.pmap(on_device)
+    return prefetch(batches, size, lambda batch: run(self.put_batch(batch)))
 
   @staticmethod
   def to_host(tree):
