@@ -94,7 +94,6 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # tfds narrates every split it builds at INFO
   cfg, args = FLAGS.config, FLAGS
   info = data.load_info(cfg.data)
-  mean, std = info.eval_transform["mean"], info.eval_transform["std"]  # the preset's
   if (cfg.model.family != "cifar" or cfg.optimizer.name != "sgd" or cfg.num_epochs is None
       or cfg.label_smoothing or cfg.ema_decay or info.image_shape[:2] != (32, 32)
       or info.preset != "cifar"):
@@ -129,7 +128,7 @@ def main(argv):
     t0, losses, hits, seen = time.perf_counter(), 0.0, 0, 0
     for i in range(min(steps_per_epoch, total - step)):
       idx = order[i * batch:(i + 1) * batch]
-      x = normalise(augment(train_x[idx], 4, gen), mean, std)
+      x = normalise(augment(train_x[idx], 4, gen), info.mean, info.std)
       y = train_y[idx]
       lr = float(lr_at(step))
       for group in opt.param_groups:
@@ -143,7 +142,7 @@ def main(argv):
       losses += loss.item() * len(y)
       hits += (logits.argmax(-1) == y).sum().item()
       seen += len(y)
-    val = accuracy(model, val_x, val_y, mean, std, cfg.eval_batch_size)
+    val = accuracy(model, val_x, val_y, info.mean, info.std, cfg.eval_batch_size)
     row = {"epoch": len(history) + 1, "step": step, "train_loss": round(losses / seen, 4),
            "train_accuracy": round(hits / seen, 4), "val_accuracy": val,
            "images_per_s": round(seen / (time.perf_counter() - t0), 1)}
