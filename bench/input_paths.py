@@ -19,7 +19,7 @@ from ml_collections import config_flags
 
 from bench import report
 from jresnet import data
-from jresnet.training import huge_pages, loop
+from jresnet.training import huge_pages, loop, recipe
 
 config_flags.DEFINE_config_file("config", None, "The training config.", lock_config=True)
 flags.DEFINE_integer("blocks", 6, "Timed blocks per path (alternating), after a warm-up block.")
@@ -28,7 +28,7 @@ flags.DEFINE_string("out", "bench/results.jsonl", "JSON lines appended here.")
 FLAGS = flags.FLAGS
 
 
-def streams(p: loop.Plan) -> dict:
+def streams(p: recipe.Recipe) -> dict:
   cfg = p.config
   on_device, _ = data.open_device_splits(_with(cfg.data, on_device="true"),
                                          p.runner.batch_sharding, (cfg.data.train_split,))

@@ -18,14 +18,13 @@ import json
 import math
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from bench import report, torch_reference
-from jresnet.data import presets, sources
+from jresnet import data
 from jresnet.training import huge_pages, optim
 
 config_flags.DEFINE_config_file("config", "configs/cifar10_resnet20_budget.py",
@@ -37,10 +36,10 @@ flags.DEFINE_string("out", "bench/results.jsonl", "JSON lines file the result is
 FLAGS = flags.FLAGS
 
 
-def split_tensors(source: sources.Source, split: str, max_cache_mb: int):
-  data = source.load(split, True, max_cache_mb)
-  images = torch.from_numpy(np.asarray(data.images)).permute(0, 3, 1, 2).contiguous()
-  return images, torch.from_numpy(np.asarray(data.labels)).long()
+def split_tensors(data_cfg, split: str):
+  images, labels = data.decoded_split(data_cfg, split)
+  images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+  return images, torch.from_numpy(labels).long()
 
 
 def normalise(images: torch.Tensor, mean, std) -> torch.Tensor:
@@ -79,7 +78,7 @@ def initialise(model: torch.nn.Module, zero_init_residual: bool) -> torch.nn.Mod
   return model
 
 
-def evaluate(model, images, labels, mean, std, batch: int) -> float:
+def accuracy(model, images, labels, mean, std, batch: int) -> float:
   model.eval()
   correct = 0
   with torch.no_grad():
@@ -94,19 +93,18 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # tfds narrates every split it builds at INFO
   cfg, args = FLAGS.config, FLAGS
-  source = sources.get(cfg.data)
-  preset = presets.resolve(cfg.data, source.metadata)
+  info = data.load_info(cfg.data)
   if (cfg.model.family != "cifar" or cfg.optimizer.name != "sgd" or cfg.num_epochs is None
-      or cfg.label_smoothing or cfg.ema_decay or preset.image_shape[:2] != (32, 32)
-      or preset.name != "cifar"):
+      or cfg.label_smoothing or cfg.ema_decay or info.image_shape[:2] != (32, 32)
+      or info.preset != "cifar"):
     raise app.UsageError("This reference implements the CIFAR ResNet on 32x32 images with the "
                          "'cifar' preset, trained for num_epochs with SGD, without label "
                          "smoothing or EMA.")
   torch.manual_seed(args.seed)
   torch.set_num_threads(args.threads)
   gen = torch.Generator().manual_seed(args.seed)
-  train_x, train_y = split_tensors(source, cfg.data.train_split, cfg.data.max_cache_mb)
-  val_x, val_y = split_tensors(source, cfg.data.eval_split, cfg.data.max_cache_mb)
+  train_x, train_y = split_tensors(cfg.data, cfg.data.train_split)
+  val_x, val_y = split_tensors(cfg.data, cfg.data.eval_split)
 
   model = torch_reference.CifarResNet(cfg.model.depth, cfg.data.num_classes)
   name = f"bench.torch_reference CifarResNet({cfg.model.depth})"
@@ -130,7 +128,7 @@ def main(argv):
     t0, losses, hits, seen = time.perf_counter(), 0.0, 0, 0
     for i in range(min(steps_per_epoch, total - step)):
       idx = order[i * batch:(i + 1) * batch]
-      x = normalise(augment(train_x[idx], 4, gen), preset.mean, preset.std)
+      x = normalise(augment(train_x[idx], 4, gen), info.mean, info.std)
       y = train_y[idx]
       lr = float(lr_at(step))
       for group in opt.param_groups:
@@ -144,7 +142,7 @@ def main(argv):
       losses += loss.item() * len(y)
       hits += (logits.argmax(-1) == y).sum().item()
       seen += len(y)
-    val = evaluate(model, val_x, val_y, preset.mean, preset.std, cfg.eval_batch_size)
+    val = accuracy(model, val_x, val_y, info.mean, info.std, cfg.eval_batch_size)
     row = {"epoch": len(history) + 1, "step": step, "train_loss": round(losses / seen, 4),
            "train_accuracy": round(hits / seen, 4), "val_accuracy": val,
            "images_per_s": round(seen / (time.perf_counter() - t0), 1)}

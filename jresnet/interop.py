@@ -5,7 +5,8 @@ torchvision names a ResNet's tensors `conv1.weight`, `bn1.running_mean`, `layer1
 conversion is a renaming plus a layout change: convolution kernels OIHW <-> HWIO, dense kernels
 (out, in) <-> (in, out). The ResNet-D and deep-stem names follow timm (`downsample.1`, `conv1.0`).
 
-Only `load_state_dict` needs torch (the `torch` extra); conversion works on numpy arrays.
+Conversion works on numpy arrays (torch only for `to_torch(as_tensors=True)`); reading a weights
+file is `jresnet.weights.read_state_dict`.
 """
 
 import re
@@ -135,21 +136,3 @@ def to_torch(variables: Mapping, model: ResNet, as_tensors: bool = False) -> dic
     import torch  # noqa: PLC0415 (optional dependency)
     state_dict = {k: torch.tensor(v) for k, v in state_dict.items()}
   return state_dict
-
-
-def load_state_dict(path: str) -> dict[str, Any]:
-  """Reads a `.pth` state dict (torch's pickle format). Needs the `torch` extra."""
-  try:
-    import torch  # noqa: PLC0415 (optional dependency)
-  except ImportError as e:
-    raise ImportError(f"reading {path} needs PyTorch: pip install 'jresnet[torch]'") from e
-  state_dict = torch.load(path, map_location="cpu", weights_only=True)
-  for wrapper in ("state_dict", "model"):  # training checkpoints often nest the weights
-    if isinstance(state_dict.get(wrapper), Mapping):
-      state_dict = state_dict[wrapper]
-  return {k.removeprefix("module."): v for k, v in state_dict.items()}  # DistributedDataParallel
-
-
-def load_torch_checkpoint(path: str, model: ResNet) -> dict:
-  """`.pth` file -> jresnet variables for `model`."""
-  return from_torch(load_state_dict(path), model)

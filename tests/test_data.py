@@ -136,6 +136,15 @@ def test_folder_slices_are_balanced_and_cached(uniform_folder, tmp_path):
   assert len(set(ids)) == 60
 
 
+def test_decoded_split_is_the_split_in_memory(uniform_folder):
+  cfg = _config(source="folder", path=str(uniform_folder), preprocess="none")
+  images, labels = jd.decoded_split(cfg, "train[:50%]")
+  split = sources.get(cfg).load("train[:50%]", True, cfg.max_cache_mb)
+  assert images.dtype == np.uint8 and labels.dtype == np.int32 and len(labels) == 30
+  np.testing.assert_array_equal(images, split.images)
+  np.testing.assert_array_equal(labels, split.labels)
+
+
 def test_folder_errors(tmp_path, mixed_folder):
   with pytest.raises(jd.DatasetNotFoundError, match="does not exist"):
     jd.load_info(_config(source="folder", path=str(tmp_path / "absent")))

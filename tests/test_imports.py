@@ -1,4 +1,5 @@
-"""The import boundaries: which parts of jresnet may load TensorFlow and ml_collections.
+"""The import boundaries: which parts of jresnet may load TensorFlow and ml_collections, and what
+the models, the weights and the input pipelines may import of jresnet.
 
 TensorFlow is a guest: only the tf.data modules of jresnet.data import it, so the models, the
 configs and the training step run where it is not installed (GPU hosts without it, research
@@ -15,8 +16,8 @@ from conftest import deadline
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # The modules that run tf.data / TFDS; everything else must not import TensorFlow.
 TENSORFLOW_MODULES = {
-    "jresnet/data/evaluation.py", "jresnet/data/seeds.py", "jresnet/data/tf_runtime.py",
-    "jresnet/data/train.py", "jresnet/data/transforms.py", "jresnet/data/undecodable.py",
+    "jresnet/data/eval_stream.py", "jresnet/data/seeds.py", "jresnet/data/tf_runtime.py",
+    "jresnet/data/train_stream.py", "jresnet/data/transforms.py", "jresnet/data/undecodable.py",
     "jresnet/data/resized_copy.py", "jresnet/data/sources/folder.py",
     "jresnet/data/sources/tfds_source.py",
 }
@@ -51,6 +52,41 @@ def test_ml_collections_only_in_configs_recipe_loop_and_train():
   assert importers == ML_COLLECTIONS_MODULES
 
 
+# What each model-side part of jresnet may import of jresnet: the models nothing above them; the
+# input pipelines and the weights neither each other nor the training side.
+LAYERS = {
+    "jresnet/models/": ("jresnet.models",),
+    "jresnet/interop.py": ("jresnet.models",),
+    "jresnet/summary.py": ("jresnet.models",),
+    "jresnet/weights/": ("jresnet.models", "jresnet.interop", "jresnet.weights",
+                         "jresnet.imagenet_statistics"),
+    "jresnet/data/": ("jresnet.data", "jresnet.imagenet_statistics"),
+    "jresnet/imagenet_statistics.py": (),
+}
+
+
+def _jresnet_imports(path: pathlib.Path) -> set[str]:
+  """The jresnet modules `path` imports, at any depth of its code ('from jresnet import data' is
+  jresnet.data)."""
+  names = set()
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.Import):
+      names |= {a.name for a in node.names if a.name.split(".")[0] == "jresnet"}
+    elif isinstance(node, ast.ImportFrom) and node.level == 0 and (
+        node.module.split(".")[0] == "jresnet"):
+      names |= {f"{node.module}.{a.name}" for a in node.names}
+  return names
+
+
+def test_models_weights_and_data_import_only_their_layers():
+  breaches = []
+  for prefix, allowed in LAYERS.items():
+    for path in sorted(REPO.glob(prefix + "**/*.py" if prefix.endswith("/") else prefix)):
+      breaches += [f"{path.relative_to(REPO)} imports {name}" for name in _jresnet_imports(path)
+                   if not any(name == a or name.startswith(a + ".") for a in allowed)]
+  assert not breaches
+
+
 def _run_blocked(blocked: tuple[str, ...], code: str) -> subprocess.CompletedProcess:
   """`code` in a fresh interpreter in which importing any of `blocked` fails."""
   block = f"import sys; sys.modules.update(dict.fromkeys({blocked!r})); "
@@ -81,5 +117,5 @@ def test_every_config_loads_without_tensorflow():
 
 def test_the_block_catches_a_tensorflow_import():
   """The control: under the same block, a module that does import TensorFlow fails."""
-  out = _run_blocked(TENSORFLOW, "import jresnet.data.train")
+  out = _run_blocked(TENSORFLOW, "import jresnet.data.train_stream")
   assert out.returncode != 0 and "import of tensorflow halted" in out.stderr

@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 import jresnet  # noqa: E402
 from bench import torch_reference as ref  # noqa: E402
-from jresnet import interop  # noqa: E402
+from jresnet import interop, weights  # noqa: E402
 
 
 def _import_or_skip(importer):
@@ -82,7 +82,7 @@ def test_round_trips_are_exact(name, tmp_path, request):
   jax.tree.map(np.testing.assert_array_equal, again, variables)
 
   torch.save(state_dict, tmp_path / "weights.pth")
-  from_file = interop.load_torch_checkpoint(str(tmp_path / "weights.pth"), model)
+  from_file = interop.from_torch(weights.read_state_dict(str(tmp_path / "weights.pth")), model)
   jax.tree.map(np.testing.assert_array_equal, from_file, variables)
 
 

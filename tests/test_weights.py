@@ -16,6 +16,7 @@ from conftest import deadline
 
 import jresnet
 from jresnet import interop, weights
+from jresnet.imagenet_statistics import IMAGENET_MEAN, IMAGENET_STD
 from jresnet.weights import registry
 
 TORCHVISION_PARAMS = {  # torchvision's meta["num_params"]
@@ -63,8 +64,8 @@ def test_eval_transform_resizes_crops_and_normalises():
   image = np.full((60, 80, 3), 255, np.uint8)
   out = np.asarray(transform(image))
   assert out.shape == (32, 32, 3)
-  np.testing.assert_allclose(out[5, 5], (1 - np.array(registry.IMAGENET_MEAN))
-                             / np.array(registry.IMAGENET_STD), rtol=1e-5)
+  np.testing.assert_allclose(out[5, 5], (1 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD),
+                             rtol=1e-5)
 
 
 # --- downloads -------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The device path: an in-memory split placed on the accelerators once, its batches gathered and
 augmented there by jitted JAX code, so that the host does no per-example work.
 
-The same contract as the host stream (train.py, evaluation.py): stream position g is example
+The same contract as the host stream (train_stream.py, eval_stream.py): stream position g is example
 g mod N of epoch g // N in that epoch's seeded permutation, global batch k holds positions
 [kB, (k+1)B) across epoch boundaries, and augmentation is seeded by (seed, epoch, example); so
 batch k is a pure function of (seed, k), whatever the number of processes, and a resumed run
@@ -24,7 +24,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jresnet.data import device_transforms, presets, sources
+from jresnet.data import device_transforms, presets, process_shard, sources
 
 _SHUFFLE, _AUGMENT = 0, 1  # stream tags, as in seeds.py: the shuffle and the augmentation differ
 
@@ -77,7 +77,7 @@ class DeviceSplit:
     make = jax.jit(functools.partial(_eval_batch, preset=self.preset, n=self.num_examples,
                                      batch_size=global_batch_size),
                    out_shardings=self.sharding)
-    for step in range(-(-self.num_examples // global_batch_size)):
+    for step in range(process_shard.eval_batch_count(self.num_examples, global_batch_size)):
       yield make(self.images, self.labels, np.int32(step))
 
 

@@ -18,9 +18,9 @@ import dataclasses
 import re
 
 from jresnet.data.sources.base import Metadata
+from jresnet.imagenet_statistics import IMAGENET_MEAN, IMAGENET_STD
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 DIGITS_MEAN, DIGITS_STD = (0.3053,), (0.3759,)  # of scikit-learn's digits, pixels 0..16 -> [0, 1]
 
@@ -36,7 +36,7 @@ CENTER = "center"                              # eval crop
 
 
 @dataclasses.dataclass(frozen=True)
-class _Recipe:
+class _PresetSpec:
   train_crop: str | None  # PAD: translate by up to size // 8; RANDOM_RESIZED: Inception crop
   flip: bool              # random horizontal flips in training
   eval_crop: str | None   # CENTER: shorter side to size / 0.875, central crop; None: resize
@@ -45,14 +45,14 @@ class _Recipe:
   std: tuple
 
 
-_RECIPES = {
-    "cifar": _Recipe(PAD, True, None, 32, CIFAR10_MEAN, CIFAR10_STD),
-    "imagenet": _Recipe(RANDOM_RESIZED, True, CENTER, 224, IMAGENET_MEAN, IMAGENET_STD),
-    "mnist": _Recipe(None, False, None, None, MNIST_MEAN, MNIST_STD),
-    "digits": _Recipe(PAD, False, None, 32, DIGITS_MEAN, DIGITS_STD),
-    "none": _Recipe(None, False, None, None, (0.0,), (1.0,)),
+_PRESET_SPECS = {
+    "cifar": _PresetSpec(PAD, True, None, 32, CIFAR10_MEAN, CIFAR10_STD),
+    "imagenet": _PresetSpec(RANDOM_RESIZED, True, CENTER, 224, IMAGENET_MEAN, IMAGENET_STD),
+    "mnist": _PresetSpec(None, False, None, None, MNIST_MEAN, MNIST_STD),
+    "digits": _PresetSpec(PAD, False, None, 32, DIGITS_MEAN, DIGITS_STD),
+    "none": _PresetSpec(None, False, None, None, (0.0,), (1.0,)),
 }
-NAMES = ("auto", *_RECIPES)
+NAMES = ("auto", *_PRESET_SPECS)
 
 
 def auto(meta: Metadata) -> str:
@@ -98,7 +98,7 @@ def resolve(cfg, meta: Metadata) -> Preset:
   if cfg.preprocess not in NAMES:
     raise ValueError(f"Unknown preprocess preset {cfg.preprocess!r}; choose one of {list(NAMES)}.")
   name = auto(meta) if cfg.preprocess == "auto" else cfg.preprocess
-  recipe = _RECIPES[name]
+  recipe = _PRESET_SPECS[name]
   h, w, c = meta.image_shape
   size = cfg.image_size or recipe.image_size
   if size:

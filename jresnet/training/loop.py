@@ -2,7 +2,7 @@
 
 Order of work: check everything that can be checked cheaply (config keys, dataset presence, model
 architecture, batch divisibility, a checkpoint that fits) before anything is compiled; then train,
-evaluating and checkpointing on schedule. Records are written by process 0 only.
+evaluating and checkpointing on schedule. Metrics are written by process 0 only.
 """
 
 import dataclasses
@@ -18,10 +18,9 @@ from ml_collections import ConfigDict
 from jresnet import export
 from jresnet.models import ResNet
 from jresnet.training import checkpoint as checkpoint_lib
-from jresnet.training import eval_schedule, guard, parallel, pretrained, run_config, workdir_lock
+from jresnet.training import eval_schedule, guard, pretrained, run_config, workdir_lock
 from jresnet.training import recipe as recipe_lib
-from jresnet.training import step as step_lib
-from jresnet.training.records import Records
+from jresnet.training.records import MetricWriter
 
 EXPORT_FILE = "model.msgpack"  # inference export written at the end of training
 ARRAYS_FILE = "arrays.npz"  # --mode=write_arrays
@@ -36,14 +35,8 @@ def model_meta(model: ResNet) -> dict:
   return json.loads(json.dumps(meta))
 
 
-@dataclasses.dataclass
-class Plan(recipe_lib.Recipe):
-  """The recipe and the dataset it was derived from."""
-
-  info: object
-
-
-def plan(config: ConfigDict) -> Plan:
+def plan(config: ConfigDict) -> recipe_lib.Recipe:
+  """The recipe for the configured dataset, with its DatasetInfo (`info`)."""
   from jresnet import data  # noqa: PLC0415 (TensorFlow only where data is read)
 
   info = data.load_info(config.data)  # a missing dataset fails here, in seconds
@@ -52,22 +45,22 @@ def plan(config: ConfigDict) -> Plan:
     config.data.eval_split = info.eval_split
   recipe = recipe_lib.build(config, info.num_classes, info.image_shape,
                             info.split_sizes[config.data.train_split])
-  return Plan(**vars(recipe), info=info)
+  return dataclasses.replace(recipe, info=info)
 
 
-def evaluate(p: Plan, variables, split: str, on_device=None) -> dict:
+def evaluate_split(p: recipe_lib.Recipe, variables, split: str, on_device=None) -> dict:
   """Loss, top-1 and top-5 accuracy over every example of `split`, each counted once; from the
   devices where `on_device` holds the split ({split: DeviceSplit}), else from the host."""
   from jresnet import data  # noqa: PLC0415
 
   batch_size = p.config.eval_batch_size or p.config.batch_size
   if on_device:
-    return p.evaluate(variables, on_device[split].eval_batches(global_batch_size=batch_size))
+    return p.metrics_over(variables, on_device[split].eval_batches(global_batch_size=batch_size))
   batches = data.eval_batches(p.config.data, split, global_batch_size=batch_size)
-  return p.evaluate(variables, feed_host_batches(p, batches))
+  return p.metrics_over(variables, feed_host_batches(p, batches))
 
 
-def feed_host_batches(p: Plan, batches):
+def feed_host_batches(p: recipe_lib.Recipe, batches):
   """The host stream's batches on the devices, normalised there (the host sends uint8)."""
   from jresnet.data import device_transforms  # noqa: PLC0415
 
@@ -76,7 +69,7 @@ def feed_host_batches(p: Plan, batches):
   return p.runner.feed(batches, p.config.data.prefetch, on_device=normalize)
 
 
-def open_input(p: Plan, splits: tuple[str, ...]) -> tuple[dict | None, str]:
+def open_input(p: recipe_lib.Recipe, splits: tuple[str, ...]) -> tuple[dict | None, str]:
   """The device path's splits where config.data.on_device chooses it (else None: the host
   path), and a line saying which and why."""
   from jresnet import data  # noqa: PLC0415
@@ -113,7 +106,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     return _train(p, workdir)
 
 
-def _train(p: Plan, workdir: str) -> dict:
+def _train(p: recipe_lib.Recipe, workdir: str) -> dict:
   from jresnet import data  # noqa: PLC0415
 
   cfg = p.config
@@ -144,16 +137,16 @@ def _train(p: Plan, workdir: str) -> dict:
   eval_every = _every(cfg.eval_every_steps, epoch_steps)
   save_every = _every(cfg.checkpoint_every_steps, eval_every)
 
-  records = Records(workdir, p.total_steps, start, cfg.batch_size)
-  records.write_config(run_config.resolved(cfg, p.info))
+  writer = MetricWriter(workdir, p.total_steps, start, cfg.batch_size)
+  writer.write_config(run_config.resolved(cfg, p.info))
   for note in p.info.notes + ((loaded_note,) if loaded_note else ()):
-    records.note(note)
+    writer.note(note)
   if start:
-    records.note(f"resumed from {workdir}/checkpoints/{start} at step {start} of {p.total_steps}")
-  records.note(f"{p.model.architecture}\n{p.info}\ntraining for {p.total_steps} steps "
-               f"({p.steps_per_epoch:.1f} per epoch) from step {start} on {jax.device_count()} "
-               f"device(s), {cfg.parallel}, {cfg.precision}; records in {workdir}")
-  records.note(input_line)
+    writer.note(f"resumed from {workdir}/checkpoints/{start} at step {start} of {p.total_steps}")
+  writer.note(f"{p.model.architecture}\n{p.info}\ntraining for {p.total_steps} steps "
+              f"({p.steps_per_epoch:.1f} per epoch) from step {start} on {jax.device_count()} "
+              f"device(s), {cfg.parallel}, {cfg.precision}; records in {workdir}")
+  writer.note(input_line)
   if on_device:
     batches = on_device[cfg.data.train_split].train_batches(
         global_batch_size=cfg.batch_size, seed=cfg.seed, start_step=start)
@@ -162,7 +155,7 @@ def _train(p: Plan, workdir: str) -> dict:
         cfg.data, global_batch_size=cfg.batch_size, seed=cfg.seed, start_step=start))
   preemption = _Preemption()
   if preemption.requested:
-    records.note("SIGTERM during start-up: stopped before training")
+    writer.note("SIGTERM during start-up: stopped before training")
   eval_metrics, step = None, start
   best_step = checkpoints.best_step()
   best_accuracy = checkpoints.meta(best_step)["metrics"]["accuracy"] if best_step else -1.0
@@ -170,8 +163,8 @@ def _train(p: Plan, workdir: str) -> dict:
     for step in range(start + 1, (start if preemption.requested else p.total_steps) + 1):
       state, metrics = p.runner.train_step(state, next(batches))
       if step == start + 1:
-        records.restart_clock(step)  # images/s: not the compilation
-      records.advance(1)
+        writer.restart_clock(step)  # images/s: not the compilation
+      writer.advance(1)
       last = step == p.total_steps
       stop = preemption.requested or (cfg.stop_after_steps and step - start >= cfg.stop_after_steps)
       evaluated = eval_schedule.is_eval_step(step, eval_every, p.total_steps)
@@ -179,24 +172,24 @@ def _train(p: Plan, workdir: str) -> dict:
       if step % log_every == 0 or save or evaluated:  # every state that may be saved
         host = p.runner.to_host(metrics)
         guard.check_update(step, host, checkpoints.latest_step(), workdir)
-        records.scalars(step, "train", host)
+        writer.scalars(step, "train", host)
       if evaluated:
-        eval_metrics = evaluate(p, state.eval_variables(p.use_ema), cfg.data.eval_split,
-                                on_device)
-        records.scalars(step, "eval", eval_metrics)
+        eval_metrics = evaluate_split(p, state.eval_variables(p.use_ema), cfg.data.eval_split,
+                                      on_device)
+        writer.scalars(step, "eval", eval_metrics)
         save = save or eval_metrics["accuracy"] > best_accuracy  # the best is always kept
         best_accuracy = max(best_accuracy, eval_metrics["accuracy"])
       if save:
         checkpoints.save(p.runner.get_state(state), meta, eval_metrics if evaluated else None)
       if evaluated or save:
-        records.restart_clock(step)  # images/s: training only
+        writer.restart_clock(step)  # images/s: training only
       if stop:
         break
   finally:
     preemption.restore()
     checkpoints.wait()
     checkpoints.close()
-    records.close()
+    writer.close()
   if step == p.total_steps and jax.process_index() == 0:
     export.save(os.path.join(workdir, EXPORT_FILE), p.model,
                 p.runner.to_host(state.eval_variables(p.use_ema)),
@@ -232,7 +225,7 @@ def _already_finished(checkpoints, step: int, workdir: str) -> dict:
   return metrics
 
 
-def _restore_for_eval(p: Plan, workdir: str) -> tuple[dict, str]:
+def _restore_for_eval(p: recipe_lib.Recipe, workdir: str) -> tuple[dict, str]:
   """Variables of checkpoint `eval_checkpoint` ('latest', 'best' or a step) of `workdir`."""
   cfg = p.config
   directory = os.path.join(workdir, "checkpoints")
@@ -278,17 +271,17 @@ def evaluate_checkpoint(config: ConfigDict, workdir: str) -> dict:
     if model.num_classes != p.info.num_classes:
       raise ValueError(f"{cfg.eval_checkpoint} has {model.num_classes} classes, the data "
                        f"{p.info.num_classes}")
-    runner = parallel.create(cfg.parallel, step_lib.StepConfig(
-        model=model, tx=p.tx, schedule=p.schedule, num_classes=p.info.num_classes))
-    p = dataclasses.replace(p, model=model, runner=runner)
-    variables, which = runner.put_state(variables), os.path.basename(cfg.eval_checkpoint)
+    recipe = recipe_lib.build(cfg, p.info.num_classes, p.image_shape,
+                              p.info.split_sizes[cfg.data.train_split], model=model)
+    p = dataclasses.replace(recipe, info=p.info)
+    variables, which = p.runner.put_state(variables), os.path.basename(cfg.eval_checkpoint)
   else:
     try:
       variables, which = _restore_for_eval(p, workdir)
     except checkpoint_lib.CheckpointMismatchError as e:
       raise checkpoint_lib.CheckpointMismatchError(_eval_advice(str(e), cfg, workdir)) from None
   on_device, _ = open_input(p, (cfg.data.eval_split,))
-  metrics = evaluate(p, variables, cfg.data.eval_split, on_device)
+  metrics = evaluate_split(p, variables, cfg.data.eval_split, on_device)
   metrics["checkpoint"] = which
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)

@@ -23,7 +23,8 @@ HEAD = "fc"
 WEIGHT_FILES = (".pth", ".pt", ".bin", ".safetensors")
 
 
-def _load_torch(path: str, model: ResNet) -> dict:
+def _load_weights(path: str, model: ResNet) -> dict:
+  """A weights file or registry entry as `model`'s variables, unrolled and without the head."""
   state_dict = (weights.read_registered(weights.REGISTRY[path]) if path in weights.REGISTRY
                 else weights.read_state_dict(path))
   headless = {k: v for k, v in state_dict.items() if not k.startswith(HEAD + ".")}
@@ -72,7 +73,7 @@ def initialise_from(path: str, model: ResNet, state: TrainState, tx) -> tuple[Tr
   """`state` with parameters and BatchNorm statistics from `path`, fresh optimiser state; and a
   line saying what was loaded and what is fresh."""
   from_weights = path in weights.REGISTRY or path.endswith(WEIGHT_FILES)
-  loaded = _load_torch(path, model) if from_weights else _load_checkpoint(path)
+  loaded = _load_weights(path, model) if from_weights else _load_checkpoint(path)
   fresh = to_unrolled({"params": state.params, "batch_stats": state.batch_stats})
   merged, kept_fresh = _merge(loaded, jax.device_get(fresh), path)
   if model.scan_blocks:

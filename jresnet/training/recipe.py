@@ -1,8 +1,8 @@
 """What a config describes, for a dataset of a given shape: the model at its precision, the
 learning-rate schedule, the optimiser and the compiled steps' runner.
 
-Imports neither the input pipeline nor the records (both load TensorFlow), so a benchmark on a
-machine without TensorFlow trains exactly what train.py trains; `loop.plan` adds the dataset.
+Imports no input pipeline (which loads TensorFlow), so a benchmark on a machine without
+TensorFlow trains exactly what train.py trains; `loop.plan` adds the dataset.
 """
 
 import dataclasses
@@ -47,7 +47,9 @@ class Recipe:
   """Everything derived from the config and the dataset's shape before compiling.
 
   `config` is a resolved copy: precision, num_train_steps, learning_rate_resolved and num_classes
-  filled in, as the workdir's config.json records them.
+  filled in, as the workdir's config.json records them. `info` is the dataset's
+  `jresnet.data.DatasetInfo` where the recipe was made from the dataset itself (`loop.plan`), None
+  where only its shape was given (benchmarks, tests).
   """
 
   config: ConfigDict
@@ -58,6 +60,7 @@ class Recipe:
   schedule: optax.Schedule
   tx: optax.GradientTransformation
   runner: parallel.JitMesh | parallel.Pmap
+  info: object | None = None
 
   @property
   def use_ema(self) -> bool:
@@ -68,7 +71,7 @@ class Recipe:
     return self.runner.create_state(lambda: create_train_state(
         self.model, self.tx, self.image_shape, self.config.seed, use_ema=self.use_ema))
 
-  def evaluate(self, variables, batches: Iterable[dict]) -> dict:
+  def metrics_over(self, variables, batches: Iterable[dict]) -> dict:
     """Loss, top-1 and top-5 accuracy summed over `batches` (in the runner's placement), then
     divided by the real (mask True) examples among them."""
     sums = None

@@ -17,7 +17,10 @@ METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
 
 
-class Records:
+class MetricWriter:
+  """A run's scalars (TensorBoard, metrics.jsonl, the progress bar), its config.json and its
+  notes; inactive on every process but 0."""
+
   def __init__(self, workdir: str, total_steps: int, start_step: int, batch_size: int):
     self.active = jax.process_index() == 0
     self.workdir = workdir

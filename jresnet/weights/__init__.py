@@ -10,6 +10,7 @@
 import dataclasses
 import logging
 import os
+from collections.abc import Mapping
 
 import jax
 import numpy as np
@@ -46,13 +47,22 @@ class Pretrained:
 
 def read_state_dict(path: str) -> dict:
   """A torchvision/timm-layout state dict from `.safetensors` (numpy only) or `.pth`/`.pt`/`.bin`
-  (needs torch)."""
+  (torch's pickle format, needs torch; the weights of a training checkpoint that nests them, with
+  DistributedDataParallel's `module.` prefix dropped)."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"no weights file at {path}")
   if path.endswith(".safetensors"):
     from safetensors.numpy import load_file  # noqa: PLC0415 (imported on use)
     return load_file(path)
-  return interop.load_state_dict(path)
+  try:
+    import torch  # noqa: PLC0415 (optional dependency)
+  except ImportError as e:
+    raise ImportError(f"reading {path} needs PyTorch: pip install 'jresnet[torch]'") from e
+  state_dict = torch.load(path, map_location="cpu", weights_only=True)
+  for wrapper in ("state_dict", "model"):  # training checkpoints often nest the weights
+    if isinstance(state_dict.get(wrapper), Mapping):
+      state_dict = state_dict[wrapper]
+  return {k.removeprefix("module."): v for k, v in state_dict.items()}  # DistributedDataParallel
 
 
 def read_registered(entry: Weights, cache: str | None = None, progress: bool = True) -> dict:

@@ -15,11 +15,9 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from jresnet.imagenet_statistics import IMAGENET_MEAN, IMAGENET_STD
 from jresnet.models import ResNet, zoo
 from jresnet.weights import download
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,6 +7,8 @@ none.
 
 import importlib
 
+import numpy as np
+
 from jresnet.data.sources.base import ArraySplit, Metadata, RecordSplit, Source
 
 # name: (module, class, whether it runs TensorFlow)
@@ -26,3 +28,11 @@ def get(cfg) -> Source:
     from jresnet.data import tf_runtime  # noqa: PLC0415 (TensorFlow only for these sources)
     tf_runtime.configure(cfg.threads)
   return getattr(importlib.import_module(f"jresnet.data.sources.{module}"), name)(cfg)
+
+
+def decoded_split(cfg, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """Every example of `split` of config.data's source, decoded into memory in the source's fixed
+  order and before any preset: uint8 images (N, H, W, C) and int32 labels (N,). For code that
+  batches and augments a split itself."""
+  data = get(cfg).load(split, True, cfg.max_cache_mb)
+  return np.asarray(data.images), np.asarray(data.labels)

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow as tf
 
-from jresnet.data import hosts, presets, sources, tf_runtime, undecodable
+from jresnet.data import presets, process_shard, sources, tf_runtime, undecodable
 from jresnet.data import transforms as T
 
 Batch = dict[str, np.ndarray]
@@ -20,7 +20,7 @@ Batch = dict[str, np.ndarray]
 def num_eval_batches(cfg, split: str | None = None, *, global_batch_size: int) -> int:
   """How many batches eval_batches yields on every process."""
   n = sources.get(cfg).num_examples(split or cfg.eval_split)
-  return -(-n // global_batch_size)
+  return process_shard.eval_batch_count(n, global_batch_size)
 
 
 def eval_batches(cfg, split: str | None = None, *, global_batch_size: int,
@@ -31,7 +31,7 @@ def eval_batches(cfg, split: str | None = None, *, global_batch_size: int,
   Yields {'image': uint8 (b, H, W, C), 'label': int32 (b,), 'mask': bool (b,)}: pixels before
   the preset's normalisation, as train_batches.
   """
-  shard = hosts.shard(global_batch_size, process_index, process_count)
+  shard = process_shard.shard(global_batch_size, process_index, process_count)
   threads = tf_runtime.configure(cfg.threads)
   source = sources.get(cfg)
   preset = presets.resolve(cfg, source.metadata)
@@ -53,7 +53,7 @@ def eval_batches(cfg, split: str | None = None, *, global_batch_size: int,
         num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(shard.batch_size).prefetch(tf.data.AUTOTUNE)
   ds = ds.with_options(tf_runtime.options(threads))
-  steps = -(-n // global_batch_size)
+  steps = process_shard.eval_batch_count(n, global_batch_size)
   batches = undecodable.naming_undecodable(ds.as_numpy_iterator(), data)
   return _padded(batches, steps, shard.batch_size, preset.image_shape)
 

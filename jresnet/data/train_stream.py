@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow as tf
 
-from jresnet.data import hosts, presets, seeds, sources, tf_runtime, undecodable
+from jresnet.data import presets, process_shard, seeds, sources, tf_runtime, undecodable
 from jresnet.data import transforms as T
 
 Batch = dict[str, np.ndarray]
@@ -34,7 +34,7 @@ def train_batches(cfg, *, global_batch_size: int, seed: int, start_step: int = 0
   b = global_batch_size // process_count (JAX's process index and count by default): the preset's
   pixels before its normalisation, which runs on the device (`device_transforms.normalize`).
   """
-  shard = hosts.shard(global_batch_size, process_index, process_count)
+  shard = process_shard.shard(global_batch_size, process_index, process_count)
   if start_step < 0:
     raise ValueError(f"start_step={start_step} must be >= 0.")
   threads = tf_runtime.configure(cfg.threads)

@@ -4,6 +4,7 @@ Process p of P owns rows [p*b, (p+1)*b) of each global batch of B = P*b examples
 are disjoint and, concatenated in process order, are exactly the batch one process would see.
 A process keeps a stream position `pos` (example `pos % B` of global batch `pos // B`) iff
 `(pos % B) // b == p`; positions are decided before decoding, so a process decodes only its rows.
+An evaluation runs the same number of global batches on every process, the last one padded.
 """
 
 import dataclasses
@@ -40,3 +41,8 @@ def shard(global_batch_size: int, process_index: int | None = None,
     raise ValueError(f"global_batch_size={global_batch_size} must be a positive multiple of "
                      f"process_count={count}.")
   return Shard(global_batch_size, index, count)
+
+
+def eval_batch_count(num_examples: int, global_batch_size: int) -> int:
+  """Global batches that hold each of `num_examples` once, the last one padded: ceil(N / B)."""
+  return -(-num_examples // global_batch_size)
