@@ -3,7 +3,7 @@ same files in one run: the raw decode, the previous preset (bench.previous_image
 jresnet's train and eval streams on the full-size files and on resized copies, a PyTorch
 DataLoader worker (bench.torchvision_worker), and where the train stream's time goes.
 
-    python -m bench.make_jpegs --out /tmp/imagenet_like --per-class 300
+    python -m bench.make_jpegs --out /tmp/imagenet_like --per-class 150
     python -m bench.jpeg_input --folder /tmp/imagenet_like [--sides 256,320] [--feed 5600]
 
 The streams are the product's (`jresnet.data.train_batches` / `eval_batches` with data.threads
@@ -14,8 +14,10 @@ tf.data settings (`tf_runtime.options`) over the same files. --feed: the images/
 
 import argparse
 import glob
+import json
 import os
-import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -48,7 +50,7 @@ def window_only(i, data):
 
 
 def window_and_resize(i, data):
-  return T.resize(window_only(i, data), (224, 224))
+  return T.resize_crop(window_only(i, data), (224, 224))
 
 
 def window_resize_antialiased(i, data):
@@ -58,7 +60,12 @@ def window_resize_antialiased(i, data):
 def window_fast_idct(i, data):
   box = T.inception_window(_seed(i))(tf.io.extract_jpeg_shape(data)[:2])
   crop = tf.io.decode_and_crop_jpeg(data, box, channels=3, dct_method="INTEGER_FAST")
-  return T.resize(crop, (224, 224))
+  return T.resize_crop(crop, (224, 224))
+
+
+def eval_without_antialiasing(i, data):
+  window = T.crop(_encoded(data), T.center_window((224, 224), presets.CENTER_CROP_FRACTION))
+  return T.to_uint8(tf.image.resize(window, (224, 224)))
 
 
 def train_normalised_on_host(i, data):
@@ -72,16 +79,18 @@ PER_EXAMPLE = {
     "previous train preset": lambda i, data: previous.train_image(data, _seed(i)),
     "train: window decode only": window_only,
     "train: window + bilinear resize": window_and_resize,
-    "train: jresnet transform (uint8 out)": lambda i, d: T.train_image(PRESET, _encoded(d), _seed(i)),
-    "alt: antialiased resize": window_resize_antialiased,
+    "train: jresnet transform (uint8 out)": lambda i, d: T.train_image(PRESET, _encoded(d),
+                                                                       _seed(i)),
+    "alt: train resize always antialiased": window_resize_antialiased,
     "alt: INTEGER_FAST IDCT": window_fast_idct,
     "alt: float32 normalised on host": train_normalised_on_host,
     "previous eval preset": lambda i, data: previous.eval_image(data),
     "eval: jresnet transform (uint8 out)": lambda i, d: T.eval_image(PRESET, _encoded(d)),
+    "alt: eval resize not antialiased": eval_without_antialiasing,
 }
 
 
-def _rate(batches, images: int, repeats: int = 3) -> float:
+def _rate(batches, images: int, repeats: int = 2) -> float:
   """Best images/s of `repeats` passes of `batches()` (an iterable of `images` images)."""
   best = 0.0
   for _ in range(repeats):
@@ -135,7 +144,7 @@ def stream_config(root: str, threads: int):
   return cfg
 
 
-def stream_rate(make_stream, images: int, repeats: int = 3) -> float:
+def stream_rate(make_stream, images: int, repeats: int = 2) -> float:
   """Best images/s of `repeats` fresh streams, each timed inside its first epoch after two
   batches (so neither the pipeline's start nor an epoch boundary is timed: on ImageNet they
   happen once in 10,000 batches)."""
@@ -164,15 +173,42 @@ def eval_stream_rate(root: str, threads: int, images: int) -> float:
   return stream_rate(lambda: iter(jd.eval_batches(cfg, global_batch_size=BATCH)), images)
 
 
-def torchvision_rate(files: list[str], threads: int) -> float:
-  import torch  # noqa: PLC0415 (only this row needs torch)
+def torchvision_rate(files: list[str], threads: int, uint8: bool) -> float:
+  import torch  # noqa: PLC0415 (only these rows need torch)
 
   from bench import torchvision_worker  # noqa: PLC0415
 
   torch.set_num_threads(1)
-  loader = torchvision_worker.loader(files, BATCH, 0 if threads == 1 else threads)
+  loader = torchvision_worker.loader(files, BATCH, 0 if threads == 1 else threads, uint8)
   next(iter(loader))
   return _rate(lambda: loader, len(files))
+
+
+def measure(root: str, files: list[str], copies: dict[int, str]) -> dict[str, float]:
+  """Every row, with as many threads (DataLoader workers) as this process has cores."""
+  threads = report.cores()
+  tf_runtime.configure(threads)
+  rows = {name: per_example_rate(files, fn, threads) for name, fn in PER_EXAMPLE.items()}
+  rows["jresnet train stream"] = train_stream_rate(root, threads, len(files))
+  for side, copy in copies.items():
+    rows[f"jresnet train stream, copy <= {side} px"] = train_stream_rate(copy, threads, len(files))
+  rows["jresnet eval stream"] = eval_stream_rate(root, threads, len(files))
+  rows["PIL + torchvision worker"] = torchvision_rate(files, threads, uint8=False)
+  rows["PIL + torchvision worker, uint8 out"] = torchvision_rate(files, threads, uint8=True)
+  if threads > 1:
+    rows.update(settings_rates(files, threads))
+  return rows
+
+
+def measure_on(cores: set[int], args, copies: dict[int, str], scratch: str) -> dict[str, float]:
+  """`measure` in a fresh process pinned to `cores` (every thread it starts inherits that), so
+  that one thread's rows are one core's."""
+  out = os.path.join(scratch, f"rows{len(cores)}.json")
+  command = [sys.executable, "-m", "bench.jpeg_input", "--folder", args.folder,
+             "--copies", json.dumps(copies), "--rows-out", out]
+  subprocess.run(command, check=True, preexec_fn=lambda: os.sched_setaffinity(0, cores))
+  with open(out) as f:
+    return json.load(f)
 
 
 def describe(files: list[str]) -> dict:
@@ -189,13 +225,20 @@ def main(argv=None):
   parser.add_argument("--sides", default="256,320", help="resized copies to measure")
   parser.add_argument("--feed", type=float, default=5600, help="images/s the consumer takes")
   parser.add_argument("--results", default="bench/results.jsonl")
+  parser.add_argument("--copies", help=argparse.SUPPRESS)  # a measuring subprocess's inputs
+  parser.add_argument("--rows-out", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   root = os.path.abspath(args.folder)
   files = sorted(glob.glob(os.path.join(root, "train", "*", "*.jp*g")))
   if not files:
     raise SystemExit(f"no JPEG files in {root}/train/<class>/: make them with bench.make_jpegs")
-  all_cores = report.cores()
-  tf_runtime.configure(all_cores)
+  if args.rows_out:
+    copies = {int(side): path for side, path in json.loads(args.copies).items()}
+    with open(args.rows_out, "w") as f:
+      json.dump(measure(root, files, copies), f)
+    return
+  cores = os.sched_getaffinity(0)
+  all_cores = len(cores)
   described = describe(files)
   print(f"{described['files']} JPEGs, mean {described['mean_kb']} KB, mean "
         f"{described['mean_width']}x{described['mean_height']}; batches of {BATCH}")
@@ -206,22 +249,12 @@ def main(argv=None):
       copies[side] = os.path.join(scratch, f"resized{side}")
       resized_copy.write(stream_config(root, all_cores), copies[side], side)
     rows = {}
-    for threads in sorted({1, all_cores}):
-      for name, fn in PER_EXAMPLE.items():
-        rows.setdefault(name, {})[threads] = per_example_rate(files, fn, threads)
-      rows.setdefault("jresnet train stream", {})[threads] = train_stream_rate(
-          root, threads, len(files))
-      for side, copy in copies.items():
-        rows.setdefault(f"jresnet train stream, copy <= {side} px", {})[threads] = (
-            train_stream_rate(copy, threads, len(files)))
-      rows.setdefault("jresnet eval stream", {})[threads] = eval_stream_rate(
-          root, threads, len(files))
-      rows.setdefault("PIL + torchvision worker", {})[threads] = torchvision_rate(files, threads)
-    for name, rate in settings_rates(files, all_cores).items():
-      rows[name] = {all_cores: rate}
+    for part in ({min(cores)}, cores) if all_cores > 1 else (cores,):
+      for name, rate in measure_on(part, args, copies, scratch).items():
+        rows.setdefault(name, {})[len(part)] = rate
 
   threads = sorted({1, all_cores})
-  print(f"\n{'images/s':56s}" + "".join(f"{f'{t} thread(s)':>14s}" for t in threads))
+  print(f"\n{'images/s':56s}" + "".join(f"{f'{t} core(s)':>14s}" for t in threads))
   for name, rates in rows.items():
     print(f"{name:56s}" + "".join(f"{rates[t]:14.1f}" if t in rates else f"{'':14s}"
                                    for t in threads))
@@ -230,6 +263,7 @@ def main(argv=None):
   ratios = {
       "train_stream_over_raw_decode": stream / decode,
       "train_stream_over_torchvision": stream / one["PIL + torchvision worker"],
+      "train_stream_over_torchvision_uint8": stream / one["PIL + torchvision worker, uint8 out"],
       "eval_stream_over_previous_eval": one["jresnet eval stream"] / one["previous eval preset"],
       **{f"copy{side}_over_full_size": one[f"jresnet train stream, copy <= {side} px"] / stream
          for side in copies},

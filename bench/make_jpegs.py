@@ -6,9 +6,9 @@ quality 95, in an image folder `<out>/train/<class>/<n>.jpg`.
     python -m bench.make_jpegs --out /tmp/imagenet_like --per-class 100
 
 ImageNet's training JPEGs average ~110 KB at about 400x350 to 500x375; these average about
-85 KB (30-125 KB). Entropy decoding, the bulk of a JPEG decode, scales with the file's bytes, so rates on
-smooth, upsampled small images (CIFAR-10 at 500x375 is ~20 KB a file) overstate what a real
-dataset decodes.
+85 KB (30-125 KB). Entropy decoding, the bulk of a JPEG decode, scales with the file's bytes,
+so rates on smooth, upsampled small images (CIFAR-10 at 500x375 is ~20 KB a file) overstate
+what a real dataset decodes.
 """
 
 import argparse

@@ -11,12 +11,15 @@ from jresnet.data import presets
 
 class JpegFiles(torch.utils.data.Dataset):
 
-  def __init__(self, files: list[str]):
+  def __init__(self, files: list[str], uint8: bool = False):
+    """uint8: PILToTensor instead of ToTensor + Normalize (left to the GPU, as jresnet does)."""
     transforms = torch_reference.import_torchvision().transforms
     self.files = files
+    to_tensor = ([transforms.PILToTensor()] if uint8 else
+                 [transforms.ToTensor(), transforms.Normalize(presets.IMAGENET_MEAN,
+                                                              presets.IMAGENET_STD)])
     self.transform = transforms.Compose([
-        transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(), transforms.Normalize(presets.IMAGENET_MEAN, presets.IMAGENET_STD)])
+        transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), *to_tensor])
 
   def __len__(self) -> int:
     return len(self.files)
@@ -26,7 +29,8 @@ class JpegFiles(torch.utils.data.Dataset):
       return self.transform(image.convert("RGB"))
 
 
-def loader(files: list[str], batch_size: int, workers: int) -> torch.utils.data.DataLoader:
+def loader(files: list[str], batch_size: int, workers: int,
+           uint8: bool = False) -> torch.utils.data.DataLoader:
   """workers=0: in this process, one thread (torch.set_num_threads(1) by the caller)."""
-  return torch.utils.data.DataLoader(JpegFiles(files), batch_size=batch_size, shuffle=True,
+  return torch.utils.data.DataLoader(JpegFiles(files, uint8), batch_size=batch_size, shuffle=True,
                                      num_workers=workers, persistent_workers=workers > 0)

@@ -110,7 +110,8 @@ def data_config() -> ConfigDict:
   c.max_cache_mb = 4096
   # Decoded image folders are saved here so the next run does not decode them again ('' = never).
   c.cache_dir = "~/.cache/jresnet"
-  # Threads for TensorFlow and tf.data; None = half the cores (the rest are left to XLA).
+  # Threads for TensorFlow and tf.data; None = half the cores on a CPU host (the rest are left to
+  # XLA), all but two on a GPU/TPU host.
   c.threads = config_dict.placeholder(int)
   # Batches kept in flight to the devices.
   c.prefetch = 2

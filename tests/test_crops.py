@@ -134,10 +134,10 @@ def test_resized_copy_of_a_folder_keeps_names_and_caps_the_shorter_side(photo_fo
       assert min(shape[:2]) == 24 and max(shape[:2]) == 32  # 64x48 -> 32x24, aspect kept
   copy = _imagenet_config(out)
   assert jd.load_info(copy).split_sizes == {"train": 12}
-  labels = lambda cfg: [int(l) for b in jd.eval_batches(cfg, global_batch_size=12)
-                        for l in b["label"][b["mask"]]]
+  labels = lambda cfg: [int(y) for b in jd.eval_batches(cfg, global_batch_size=12)
+                        for y in b["label"][b["mask"]]]
   assert labels(copy) == labels(_imagenet_config(photo_folder))  # the same order
-  with pytest.raises(FileExistsError, match="not empty"):
+  with pytest.raises(FileExistsError, match="exists"):
     resized_copy.write(_imagenet_config(photo_folder), str(out), max_side=24)
 
 
@@ -150,3 +150,14 @@ def test_resized_copy_of_a_tfds_dataset(mock_tfds, tmp_path):
                           image_size=None, cache=None)
   info = jd.load_info(copy)
   assert info.image_shape == (16, 16, 3) and info.split_sizes == {"train": 24, "test": 24}
+  named = [f"{i}_{name}" for i, name in enumerate(jd.load_info(cfg).class_names)]
+  assert set(info.class_names) <= set(named)  # the classes the mocked examples hold
+  assert list(info.class_names) == sorted(info.class_names, key=named.index)  # in label order
+
+
+def test_tf_data_threads_default_by_where_the_step_runs(monkeypatch):
+  from jresnet.data import host_threads  # noqa: PLC0415
+
+  monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+  assert host_threads.default(accelerator=False) == 8  # a CPU host: half for XLA
+  assert host_threads.default(accelerator=True) == 16 - host_threads.ACCELERATOR_HOST_RESERVE

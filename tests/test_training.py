@@ -1,6 +1,7 @@
 """The training system end to end: train.py's loop on mock TFDS and synthetic data, exact resume
 after SIGTERM and SIGKILL, jit/pmap/1-device agreement, NaN handling, and early errors."""
 
+import functools
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ from conftest import MOCK_N, deadline
 from tiny_config import tiny_config
 
 import jresnet
-from jresnet.data import DatasetNotFoundError
+from jresnet.data import DatasetNotFoundError, normalize_batch
 from jresnet.training import checkpoint as checkpoint_lib
 from jresnet.training import loop, optim, parallel, recipe
 from jresnet.training import step as step_lib
@@ -176,6 +177,17 @@ def test_feed_places_each_process_rows_as_the_runner_expects():
   for h, d in zip(host, pmap.feed(iter(host), 2), strict=True):
     assert d["image"].shape == (8, 2, 2, 2, 3)
     np.testing.assert_array_equal(np.asarray(d["label"]).reshape(-1), h["label"])
+
+  # The host stream's uint8 images, normalised on the devices by either runner.
+  pixels = [{**h, "image": rng.integers(0, 256, (16, 2, 2, 3)).astype(np.uint8)} for h in host]
+  mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+  normalize = functools.partial(normalize_batch, mean=mean, std=std)
+  for runner in (jit, pmap):
+    for h, d in zip(pixels, runner.feed(iter(pixels), 2, on_device=normalize), strict=True):
+      expected = (h["image"] / 255 - np.array(mean)) / np.array(std)
+      np.testing.assert_allclose(np.asarray(d["image"]).reshape(expected.shape), expected,
+                                 rtol=1e-5, atol=1e-5)
+      assert d["image"].dtype == np.float32
 
 
 def test_non_finite_update_stops_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -2,6 +2,11 @@
 
     info = load_info(config.data)
     train = train_batches(config.data, global_batch_size=B, seed=s, start_step=step)
+    batch = normalize_batch(jax.device_put(next(train)), info.mean, info.std)  # the model's input
+
+The host streams yield uint8 images, the preset's pixels before its normalisation, which runs on
+the devices (`normalize_batch`, jitted: the host does no float work per pixel and sends a
+quarter of the bytes).
 
 Multi-host: every process calls the same functions; process p of P gets rows [p*b, (p+1)*b),
 b = B // P, of every global batch (train and eval), so the shards are disjoint and together are
@@ -31,6 +36,7 @@ _EXPORTS = {
     "train_batches": "train_stream",
     "DeviceSplit": "device_stream", "open_device_splits": "device_stream",
     "decoded_split": "sources",
+    "normalize_batch": "device_transforms",
 }
 
 __all__ = sorted(_EXPORTS)

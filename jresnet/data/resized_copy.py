@@ -9,14 +9,20 @@ the copy as they read the original):
 
 - an image folder keeps its file names, so a slice of the copy holds the same images as the same
   slice of the original (PNG files become JPEG, `<name>.jpg`);
-- a TFDS dataset's images are numbered in its fixed order, `<class>/<index>.jpg`; the folder
-  source orders a split by a shuffle of its file names, so the copy's slices are other samples
-  than TFDS's slices of the same split.
+- a TFDS dataset's images are numbered in its fixed order, `<label>_<class name>/<index>.jpg`
+  (the label first, so that the folder source, which sorts class directories, keeps the label
+  numbers); the folder source orders a split by a shuffle of its file names, so the copy's slices
+  are other samples than TFDS's slices of the same split. Splits without labels are skipped.
+
+The folder source reads images as RGB, so a copy of a grayscale dataset reads back with 3
+channels.
 
     python train.py --mode=write_resized --resized_side=256 --config <config> --workdir <dir>
 """
 
 import os
+import re
+import shutil
 
 import tensorflow as tf
 
@@ -24,6 +30,7 @@ from jresnet.data import sources, tf_runtime
 from jresnet.data.sources import folder as folder_source
 
 QUALITY = 95
+_PATH_UNSAFE = re.compile(r"[^\w.-]")  # in a class name, e.g. sun397's '/a/abbey'
 
 
 def cap_shorter_side(image: tf.Tensor, max_side: int) -> tf.Tensor:
@@ -41,49 +48,68 @@ def cap_shorter_side(image: tf.Tensor, max_side: int) -> tf.Tensor:
 
 def write(cfg, out_dir: str, max_side: int, quality: int = QUALITY) -> dict[str, int]:
   """Copies every split of the source `cfg` (config.data) to `out_dir`; returns the images
-  written per split. Fails before writing anything if `out_dir` holds files."""
+  written per split. Fails before writing if `out_dir` exists; writes into `<out_dir>.partial`
+  and renames it when complete, so an interrupted copy never looks like a finished one."""
   if max_side < 1:
     raise ValueError(f"resized_side={max_side} must be a positive number of pixels.")
   if not 90 <= quality <= 100:
     raise ValueError(f"JPEG quality {quality} must be in [90, 100]: lower costs accuracy.")
-  if os.path.isdir(out_dir) and os.listdir(out_dir):
-    raise FileExistsError(f"{out_dir!r} is not empty: write the copy to a new directory (or "
-                          "delete that one).")
+  if os.path.exists(out_dir):
+    raise FileExistsError(f"{out_dir!r} exists: write the copy to a new directory (or delete "
+                          "that one).")
   threads = tf_runtime.configure(cfg.threads)
   source = sources.get(cfg)
+  partial = f"{out_dir}.partial"
+  shutil.rmtree(partial, ignore_errors=True)  # what an interrupted copy left
   counts = {}
   for split in source.split_names():
-    images, destinations = _images_and_destinations(source, cfg, split, out_dir)
+    examples = _examples(source, cfg, split, partial)
+    if examples is None:
+      print(f"split {split!r} skipped: its examples have no labels")
+      continue
+    decode, ds, destinations = examples
     for d in {os.path.dirname(p) for p in destinations}:
       os.makedirs(d, exist_ok=True)
 
-    def copy(image, destination):
-      capped = cap_shorter_side(image, max_side)
+    def copy(encoded, destination, decode=decode):
+      capped = cap_shorter_side(decode(encoded), max_side)
       tf.io.write_file(destination, tf.io.encode_jpeg(capped, quality=quality))
       return destination
 
-    ds = tf.data.Dataset.zip(images, tf.data.Dataset.from_tensor_slices(destinations))
     ds = ds.map(copy, num_parallel_calls=tf.data.AUTOTUNE)
     counts[split] = sum(1 for _ in ds.with_options(tf_runtime.options(threads)))
+  os.replace(partial, out_dir)
   return counts
 
 
-def _images_and_destinations(source, cfg, split: str, out_dir: str):
-  """The split's decoded uint8 images (a tf.data.Dataset) and where each goes."""
+def _examples(source, cfg, split: str, out_dir: str):
+  """(the decoder, a dataset of (encoded image, destination), the destinations), or None for a
+  split without labels (label -1, as imagenet2012's test split)."""
   channels = source.metadata.image_shape[2]
   if isinstance(source, folder_source.FolderSource):
     files = source.files(split)
     root = os.path.abspath(os.path.expanduser(cfg.path))
     destinations = [os.path.join(out_dir, os.path.splitext(os.path.relpath(f, root))[0] + ".jpg")
                     for f in files]
-    images = tf.data.Dataset.from_tensor_slices(files).map(
-        lambda f: tf.io.decode_image(tf.io.read_file(f), channels, expand_animations=False))
-    return images, destinations
-  records = source.load(split, cache=False, max_cache_mb=0)
-  names = source.metadata.class_names or tuple(map(str, range(source.metadata.num_classes)))
-  labels = [int(label) for label in records.read(None).map(lambda r: r["label"])
-            .as_numpy_iterator()]
-  destinations = [os.path.join(out_dir, split, names[label], f"{i:08d}.jpg")
-                  for i, label in enumerate(labels)]
-  images = records.read(None).map(lambda r: records.decode(r["image"]))
-  return images, destinations
+    if len(set(destinations)) < len(destinations):
+      raise ValueError(f"split {split!r} of {root!r} has files that differ only in their "
+                       "extension (x.png beside x.jpg): the copy would write one over the other.")
+    decode = lambda e: tf.io.decode_image(e, channels, expand_animations=False)
+    encoded = tf.data.Dataset.from_tensor_slices(files).map(tf.io.read_file)
+  else:
+    records = source.load(split, cache=False, max_cache_mb=0)
+    labels = [int(label) for label in
+              records.read(None).map(lambda r: r["label"]).as_numpy_iterator()]
+    if min(labels, default=0) < 0:
+      return None
+    digits = len(str(source.metadata.num_classes - 1))
+    names = source.metadata.class_names or ("",) * source.metadata.num_classes
+    # The label first, zero-padded: the folder source sorts class directories by name.
+    classes = [f"{i:0{digits}d}_{_PATH_UNSAFE.sub('_', n)}".rstrip("_")
+               for i, n in enumerate(names)]
+    destinations = [os.path.join(out_dir, split, classes[label], f"{i:08d}.jpg")
+                    for i, label in enumerate(labels)]
+    decode = records.decode
+    encoded = records.read(None).map(lambda r: r["image"])
+  return decode, tf.data.Dataset.zip(encoded, tf.data.Dataset.from_tensor_slices(destinations)), \
+      destinations

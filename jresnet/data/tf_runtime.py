@@ -5,22 +5,17 @@ core nor reserve GPU memory. TensorFlow fixes its thread pools and visible devic
 starts, so the first call wins; later calls with other values only bound tf.data (per pipeline).
 """
 
-import os
-
 import tensorflow as tf
 
+from jresnet.data import host_threads
+
 _configured = False
-
-
-def default_threads() -> int:
-  """Half the cores: the rest are left to XLA (on a CPU host) or to the host side of the step."""
-  return max(1, (os.cpu_count() or 2) // 2)
 
 
 def configure(threads: int | None) -> int:
   """Hides GPUs from TensorFlow and bounds its thread pools; returns the thread count to use."""
   global _configured
-  threads = threads or default_threads()
+  threads = threads or host_threads.default(accelerator=False)
   if not _configured:
     _configured = True
     # RuntimeError: TensorFlow's runtime was started by someone else; its settings stay.

@@ -7,8 +7,9 @@ An example arrives decoded (in-memory splits) or `Encoded` (streamed records). C
 JPEG decode only their window (`tf.io.decode_and_crop_jpeg`: the entropy decoding still reads the
 whole file, the rest of the work is the window's); other formats are decoded whole, then cropped.
 Both give the same window for the same seed, so an image's crop does not depend on its storage.
-Resizes are bilinear without antialiasing (the choice, measured against the alternatives:
-BENCHMARKS.md).
+Resizes are bilinear and antialiased, except the train crop's: antialiased only where the window
+is at least twice the output (photographs larger than ImageNet's), since at ImageNet's sizes it
+doubled the cost of a crop (BENCHMARKS.md, ImageNet-style input).
 """
 
 import dataclasses
@@ -73,10 +74,19 @@ def center_window(size: tuple[int, int], crop_fraction: float) -> Window:
 
 
 def resize(image: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
-  """To `size` (H, W), bilinear, float32 in [0, 255]; an image already that size is only cast."""
+  """To `size` (H, W), bilinear with antialiasing, float32 in [0, 255]; an image already that
+  size is only cast."""
   if image.shape[:2].as_list() == list(size):
     return tf.cast(image, tf.float32)
-  return tf.image.resize(image, size)
+  return tf.image.resize(image, size, antialias=True)
+
+
+def resize_crop(crop: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+  """A train crop to `size`, bilinear; antialiased only where it shrinks by 2x or more, where
+  plain bilinear would skip pixels."""
+  shrinks = tf.reduce_any(tf.shape(crop)[:2] >= 2 * tf.constant(size))
+  return tf.cond(shrinks, lambda: tf.image.resize(crop, size, antialias=True),
+                 lambda: tf.image.resize(crop, size))
 
 
 def to_uint8(image: tf.Tensor) -> tf.Tensor:
@@ -102,7 +112,7 @@ def train_image(preset: presets.Preset, image: Image, seed: tf.Tensor) -> tf.Ten
   crop_seed, flip_seed = (tf.unstack(tf.random.experimental.stateless_split(seed, 2))
                           if preset.flip else (seed, None))
   if preset.train_crop == presets.RANDOM_RESIZED:
-    out = to_uint8(resize(crop(image, inception_window(crop_seed)), size))
+    out = to_uint8(resize_crop(crop(image, inception_window(crop_seed)), size))
   else:
     out = to_uint8(resize(decoded(image), size))
     if preset.train_crop == presets.PAD:

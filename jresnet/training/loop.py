@@ -40,9 +40,13 @@ def plan(config: ConfigDict) -> recipe_lib.Recipe:
   from jresnet import data  # noqa: PLC0415 (TensorFlow only where data is read)
 
   info = data.load_info(config.data)  # a missing dataset fails here, in seconds
-  if info.eval_split != config.data.eval_split:  # the default 'test' absent: validation
+  if info.eval_split != config.data.eval_split or config.data.threads is None:
     config = ConfigDict(config.to_dict())
-    config.data.eval_split = info.eval_split
+    config.data.eval_split = info.eval_split  # the default 'test' absent: validation
+    if config.data.threads is None:  # more for tf.data where XLA does not compute on the host
+      from jresnet.data import host_threads  # noqa: PLC0415
+
+      config.data.threads = host_threads.default(accelerator=jax.default_backend() != "cpu")
   recipe = recipe_lib.build(config, info.num_classes, info.image_shape,
                             info.split_sizes[config.data.train_split])
   return dataclasses.replace(recipe, info=info)
@@ -62,11 +66,16 @@ def evaluate_split(p: recipe_lib.Recipe, variables, split: str, on_device=None) 
 
 def feed_host_batches(p: recipe_lib.Recipe, batches):
   """The host stream's batches on the devices, normalised there (the host sends uint8)."""
+  return p.runner.feed(batches, p.config.data.prefetch,
+                       on_device=_normalizer(tuple(p.info.mean), tuple(p.info.std)))
+
+
+@functools.cache
+def _normalizer(mean: tuple, std: tuple):
+  """One function per statistics, so the runner compiles it once for every evaluation."""
   from jresnet.data import device_transforms  # noqa: PLC0415
 
-  normalize = functools.partial(device_transforms.normalize_batch, mean=p.info.mean,
-                                std=p.info.std)
-  return p.runner.feed(batches, p.config.data.prefetch, on_device=normalize)
+  return functools.partial(device_transforms.normalize_batch, mean=mean, std=std)
 
 
 def open_input(p: recipe_lib.Recipe, splits: tuple[str, ...]) -> tuple[dict | None, str]:
@@ -312,10 +321,8 @@ def write_arrays(config: ConfigDict, workdir: str, encoding: str = "raw") -> dic
 def write_resized(config: ConfigDict, workdir: str, side: int) -> dict:
   """`--mode=write_resized`: every split of the config's dataset to <workdir>/resized<side>/, an
   image folder with the shorter sides capped at `side` pixels. Returns the images per split."""
-  from jresnet import data  # noqa: PLC0415
   from jresnet.data import resized_copy  # noqa: PLC0415
 
-  data.load_info(config.data)  # a missing dataset fails here, in seconds
   out = os.path.join(workdir, RESIZED_DIR.format(side=side))
   if jax.process_index() != 0:  # one copy per job
     return {}

@@ -59,6 +59,7 @@ class JitMesh:
 
   def __init__(self, step_cfg: step_lib.StepConfig, devices=None):
     self.mesh = Mesh(np.asarray(devices or jax.devices()), ("data",))
+    self._on_device = {}  # feed's functions, compiled once each
     self.replicated = NamedSharding(self.mesh, P())
     self.data = NamedSharding(self.mesh, P("data"))
     options = compiler.options(self.mesh.devices.flat[0].platform)
@@ -102,7 +103,9 @@ class JitMesh:
     """The batches placed (`prefetch` of `put_batch`), then `on_device(batch)` run there."""
     if on_device is None:
       return prefetch(batches, size, self.put_batch)
-    run = jax.jit(on_device, out_shardings=self.data)
+    if on_device not in self._on_device:
+      self._on_device[on_device] = jax.jit(on_device, out_shardings=self.data)
+    run = self._on_device[on_device]
     return prefetch(batches, size, lambda batch: run(self.put_batch(batch)))
 
   @staticmethod
@@ -118,6 +121,7 @@ class Pmap:
 
   def __init__(self, step_cfg: step_lib.StepConfig, bn_groups: list[list[int]] | None = None):
     self.local_mesh = Mesh(np.asarray(jax.local_devices()), (PMAP_AXIS,))  # pmap's order
+    self._on_device = {}  # feed's functions, compiled once each
     self.per_device = NamedSharding(self.local_mesh, P(PMAP_AXIS))
     model = step_cfg.model.clone(axis_name=PMAP_AXIS, axis_index_groups=bn_groups)
     cfg = dataclasses.replace(step_cfg, axis_name=PMAP_AXIS, model=model)
@@ -150,7 +154,9 @@ class Pmap:
     """The batches placed (`prefetch` of `put_batch`), then `on_device(batch)` run there."""
     if on_device is None:
       return prefetch(batches, size, self.put_batch)
-    run = jax.pmap(on_device)
+    if on_device not in self._on_device:
+      self._on_device[on_device] = jax.pmap(on_device)
+    run = self._on_device[on_device]
     return prefetch(batches, size, lambda batch: run(self.put_batch(batch)))
 
   @staticmethod
