@@ -90,7 +90,7 @@ PER_EXAMPLE = {
 }
 
 
-def _rate(batches, images: int, repeats: int = 2) -> float:
+def _rate(batches, images: int, repeats: int = 3) -> float:
   """Best images/s of `repeats` passes of `batches()` (an iterable of `images` images)."""
   best = 0.0
   for _ in range(repeats):
@@ -112,11 +112,14 @@ def _batchable(fn):
 def per_example_rate(files: list[str], fn, threads: int, options=None,
                      parallel_calls=tf.data.AUTOTUNE) -> float:
   """`fn` over the files, with jresnet's tf.data options for `threads` unless `options`."""
-  ds = tf.data.Dataset.from_tensor_slices(files).map(tf.io.read_file).enumerate()
+  ds = tf.data.Dataset.from_tensor_slices(files).repeat().map(tf.io.read_file).enumerate()
   ds = ds.map(_batchable(fn), num_parallel_calls=parallel_calls).batch(BATCH)
   ds = ds.prefetch(tf.data.AUTOTUNE).with_options(options or tf_runtime.options(threads))
-  next(iter(ds))  # graph building, first files
-  return _rate(lambda: ds, len(files))
+  batches = iter(ds)
+  for _ in range(3):  # graph building, first files, the autotuner's first settings
+    next(batches)
+  steps = len(files) // BATCH
+  return _rate(lambda: (next(batches) for _ in range(steps)), steps * BATCH)
 
 
 def settings_rates(files: list[str], threads: int) -> dict[str, float]:
@@ -144,7 +147,7 @@ def stream_config(root: str, threads: int):
   return cfg
 
 
-def stream_rate(make_stream, images: int, repeats: int = 2) -> float:
+def stream_rate(make_stream, images: int, repeats: int = 3) -> float:
   """Best images/s of `repeats` fresh streams, each timed inside its first epoch after two
   batches (so neither the pipeline's start nor an epoch boundary is timed: on ImageNet they
   happen once in 10,000 batches)."""

@@ -82,15 +82,18 @@ def resize(image: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
 
 
 def resize_crop(crop: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
-  """A train crop to `size`, bilinear; antialiased only where it shrinks by 2x or more, where
-  plain bilinear would skip pixels."""
+  """A uint8 train crop to `size`, bilinear; antialiased only where it shrinks by 2x or more,
+  where plain bilinear would skip pixels. (The bilinear kernel itself, on the uint8 pixels:
+  tf.image.resize would first cast the whole crop to float32.)"""
   shrinks = tf.reduce_any(tf.shape(crop)[:2] >= 2 * tf.constant(size))
-  return tf.cond(shrinks, lambda: tf.image.resize(crop, size, antialias=True),
-                 lambda: tf.image.resize(crop, size))
+  bilinear = lambda: tf.raw_ops.ResizeBilinear(images=crop[None], size=size,
+                                               half_pixel_centers=True)[0]
+  return tf.cond(shrinks, lambda: tf.image.resize(crop, size, antialias=True), bilinear)
 
 
 def to_uint8(image: tf.Tensor) -> tf.Tensor:
-  return tf.saturate_cast(tf.round(image), tf.uint8)
+  """Rounded; bilinear resizes (antialiased or not) stay within [0, 255], so no clipping."""
+  return tf.cast(image + 0.5, tf.uint8)
 
 
 def pad_and_crop(image: tf.Tensor, pad: int, seed: tf.Tensor) -> tf.Tensor:
