@@ -32,7 +32,7 @@ def train_batches(cfg, *, global_batch_size: int, seed: int, start_step: int = 0
 
   Yields {'image': uint8 (b, H, W, C), 'label': int32 (b,), 'mask': bool (b,) all True} with
   b = global_batch_size // process_count (JAX's process index and count by default): the preset's
-  pixels before its normalisation, which runs on the device (`device_transforms.normalize`).
+  pixels before its normalisation, which runs on the device (`normalize_batch`).
   """
   shard = process_shard.shard(global_batch_size, process_index, process_count)
   if start_step < 0:

@@ -8,8 +8,8 @@ JPEG decode only their window (`tf.io.decode_and_crop_jpeg`: the entropy decodin
 whole file, the rest of the work is the window's); other formats are decoded whole, then cropped.
 Both give the same window for the same seed, so an image's crop does not depend on its storage.
 Resizes are bilinear and antialiased, except the train crop's: antialiased only where the window
-is at least twice the output (photographs larger than ImageNet's), since at ImageNet's sizes it
-doubled the cost of a crop (BENCHMARKS.md, ImageNet-style input).
+is at least twice the output (photographs larger than ImageNet's), for what antialiasing costs
+(BENCHMARKS.md, ImageNet-style input).
 """
 
 import dataclasses
