@@ -82,13 +82,11 @@ def resize(image: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
 
 
 def resize_crop(crop: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
-  """A uint8 train crop to `size`, bilinear; antialiased only where it shrinks by 2x or more,
-  where plain bilinear would skip pixels. (The bilinear kernel itself, on the uint8 pixels:
-  tf.image.resize would first cast the whole crop to float32.)"""
+  """A train crop to `size`, bilinear; antialiased only where it shrinks by 2x or more, where
+  plain bilinear would skip pixels."""
   shrinks = tf.reduce_any(tf.shape(crop)[:2] >= 2 * tf.constant(size))
-  bilinear = lambda: tf.raw_ops.ResizeBilinear(images=crop[None], size=size,
-                                               half_pixel_centers=True)[0]
-  return tf.cond(shrinks, lambda: tf.image.resize(crop, size, antialias=True), bilinear)
+  return tf.cond(shrinks, lambda: tf.image.resize(crop, size, antialias=True),
+                 lambda: tf.image.resize(crop, size))
 
 
 def to_uint8(image: tf.Tensor) -> tf.Tensor:
