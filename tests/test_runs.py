@@ -65,6 +65,9 @@ def test_each_event_is_one_line_and_config_json_is_what_the_run_used(tmp_path, c
   # Eval mode starts from config.json: a model override differing from it is named.
   base = tiny_config(**{"model.stage_sizes": (1, 2)})
   assert run_config.for_eval(base, workdir, {})["model"]["stage_sizes"] == (1, 1)
+  base.data.threads = None  # the evaluating machine's own default, not the training machine's
+  assert used["data"]["threads"] == 1
+  assert run_config.for_eval(base, workdir, {}).data.threads is None
   overridden = run_config.for_eval(base, workdir, {"model.stage_sizes": (1, 2)})
   with pytest.raises(checkpoint_lib.CheckpointMismatchError,
                      match=r"trained with --config\.model\.stage_sizes=\[1, 1\] \(this command: "

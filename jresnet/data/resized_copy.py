@@ -4,8 +4,8 @@ in an image folder `<out>/<split>/<class>/<image>.jpg` that the folder source re
 Decoding costs about in proportion to the pixels, so training from a copy capped a little above
 the crop's resolution (FFCV caps ImageNet at 500 px for the same reason) decodes faster than
 from full-size photographs (BENCHMARKS.md, ImageNet-style input). Images already within the cap
-are re-encoded at their size. Every named split of the source is copied whole (slices such as 'train[:90%]' then read
-the copy as they read the original):
+are re-encoded at their size. Every named split of the source is copied whole (slices such as
+'train[:90%]' then read the copy as they read the original):
 
 - an image folder keeps its file names, so a slice of the copy holds the same images as the same
   slice of the original (PNG files become JPEG, `<name>.jpg`);

@@ -4,7 +4,7 @@
 rate, classes), the data preset as applied (image size, mean, std, preset, eval split), and of the
 data fields that only one source reads, only those of the run's source. `for_eval` starts
 `--mode=eval` from that file, so that the training run's overrides need not be given again; the
-fields given on the command line still win.
+fields given on the command line still win, and the machine's own (MACHINE_FIELDS) are not taken.
 """
 
 import json
@@ -18,6 +18,9 @@ CONFIG_FILE = "config.json"
 SOURCE_FIELDS = {"tfds": ("name", "data_dir", "manual_dir", "download"), "folder": ("path",),
                  "arrays": ("path",),
                  "synthetic": ("num_classes", "image_shape", "num_examples", "synthetic_seed")}
+# Fields chosen for the machine that trained (tf.data threads: by its cores and accelerator),
+# which an evaluation on another machine should choose for itself.
+MACHINE_FIELDS = ("data.threads",)
 
 
 def resolved(config: ConfigDict, info) -> ConfigDict:
@@ -63,7 +66,7 @@ def for_eval(config: ConfigDict, workdir: str, overrides: dict) -> ConfigDict:
   config = ConfigDict(config.to_dict())
   known = _flat(config.to_dict())
   for key, value in _flat(values).items():
-    if key in known and key not in overrides:
+    if key in known and key not in overrides and key not in MACHINE_FIELDS:
       *parents, leaf = key.split(".")
       target = config
       for parent in parents:
