@@ -55,10 +55,6 @@ def normalize_batch(batch: dict, mean, std) -> dict:
   return {**batch, "image": normalize(batch["image"], mean, std)}
 
 
-def _normalize(images: jax.Array, preset: presets.Preset) -> jax.Array:
-  return normalize(images, preset.mean, preset.std)
-
-
 def train_batch(preset: presets.Preset, images: jax.Array, keys: jax.Array) -> jax.Array:
   """uint8 (B, h, w, C) and one key per example -> float32 (B, *preset.image_shape)."""
   check(preset)
@@ -69,10 +65,10 @@ def train_batch(preset: presets.Preset, images: jax.Array, keys: jax.Array) -> j
     out = jax.vmap(_translate, in_axes=(0, None, 0))(out, preset.pad, keys)
   if preset.flip:
     out = jax.vmap(_maybe_flip)(out, flip_keys)
-  return _normalize(out, preset)
+  return normalize(out, preset.mean, preset.std)
 
 
 def eval_batch(preset: presets.Preset, images: jax.Array) -> jax.Array:
   """uint8 (B, h, w, C) -> float32 (B, *preset.image_shape), deterministically."""
   check(preset)
-  return _normalize(_resize(images, preset.image_shape[:2]), preset)
+  return normalize(_resize(images, preset.image_shape[:2]), preset.mean, preset.std)
