@@ -4,12 +4,15 @@ jresnet's train and eval streams on the full-size files and on resized copies, a
 DataLoader worker (bench.torchvision_worker), and where the train stream's time goes.
 
     python -m bench.make_jpegs --out /tmp/imagenet_like --per-class 150
-    python -m bench.jpeg_input --folder /tmp/imagenet_like [--sides 256,320] [--feed 5600]
+    python -m bench.jpeg_input --folder /tmp/imagenet_like [--sides 256,320] [--alt-quality 95]
+                               [--feed 5600]
 
 The streams are the product's (`jresnet.data.train_batches` / `eval_batches` with data.threads
 = the thread count, folder source, imagenet preset, streamed); the other rows run the same
-tf.data settings (`tf_runtime.options`) over the same files. --feed: the images/s a consumer takes
-(an H100's ResNet-50 bf16 step, BENCHMARKS.md), to say how many cores feed it.
+tf.data settings (`tf_runtime.options`) over the same files. The copies are written at the
+copy's default JPEG quality (resized_copy.QUALITY), the first side also at --alt-quality.
+--feed: the images/s a consumer takes (an H100's ResNet-50 bf16 step, BENCHMARKS.md), to say
+how many cores feed it.
 """
 
 import argparse
@@ -63,9 +66,9 @@ def window_fast_idct(i, data):
   return T.resize_crop(crop, (224, 224))
 
 
-def eval_without_antialiasing(i, data):
+def eval_antialiased(i, data):
   window = T.crop(_encoded(data), T.center_window((224, 224), presets.CENTER_CROP_FRACTION))
-  return T.to_uint8(tf.image.resize(window, (224, 224)))
+  return T.to_uint8(tf.image.resize(window, (224, 224), antialias=True))
 
 
 def train_normalised_on_host(i, data):
@@ -86,7 +89,7 @@ PER_EXAMPLE = {
     "alt: float32 normalised on host": train_normalised_on_host,
     "previous eval preset": lambda i, data: previous.eval_image(data),
     "eval: jresnet transform (uint8 out)": lambda i, d: T.eval_image(PRESET, _encoded(d)),
-    "alt: eval resize not antialiased": eval_without_antialiasing,
+    "alt: eval resize always antialiased": eval_antialiased,
 }
 
 
@@ -187,14 +190,18 @@ def torchvision_rate(files: list[str], threads: int, uint8: bool) -> float:
   return _rate(lambda: loader, len(files))
 
 
-def measure(root: str, files: list[str], copies: dict[int, str]) -> dict[str, float]:
+def copy_name(side: int, quality: int = resized_copy.QUALITY) -> str:
+  return f"copy <= {side} px" + ("" if quality == resized_copy.QUALITY else f", quality {quality}")
+
+
+def measure(root: str, files: list[str], copies: dict[str, str]) -> dict[str, float]:
   """Every row, with as many threads (DataLoader workers) as this process has cores."""
   threads = report.cores()
   tf_runtime.configure(threads)
   rows = {name: per_example_rate(files, fn, threads) for name, fn in PER_EXAMPLE.items()}
   rows["jresnet train stream"] = train_stream_rate(root, threads, len(files))
-  for side, copy in copies.items():
-    rows[f"jresnet train stream, copy <= {side} px"] = train_stream_rate(copy, threads, len(files))
+  for name, copy in copies.items():
+    rows[f"jresnet train stream, {name}"] = train_stream_rate(copy, threads, len(files))
   rows["jresnet eval stream"] = eval_stream_rate(root, threads, len(files))
   rows["PIL + torchvision worker"] = torchvision_rate(files, threads, uint8=False)
   rows["PIL + torchvision worker, uint8 out"] = torchvision_rate(files, threads, uint8=True)
@@ -203,7 +210,7 @@ def measure(root: str, files: list[str], copies: dict[int, str]) -> dict[str, fl
   return rows
 
 
-def measure_on(cores: set[int], args, copies: dict[int, str], scratch: str) -> dict[str, float]:
+def measure_on(cores: set[int], args, copies: dict[str, str], scratch: str) -> dict[str, float]:
   """`measure` in a fresh process pinned to `cores` (every thread it starts inherits that), so
   that one thread's rows are one core's."""
   out = os.path.join(scratch, f"rows{len(cores)}.json")
@@ -226,6 +233,8 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--folder", required=True, help="an image folder with a 'train' split")
   parser.add_argument("--sides", default="256,320", help="resized copies to measure")
+  parser.add_argument("--alt-quality", type=int, default=95,
+                      help="the first side's copy also at this JPEG quality (0: not)")
   parser.add_argument("--feed", type=float, default=5600, help="images/s the consumer takes")
   parser.add_argument("--results", default="bench/results.jsonl")
   parser.add_argument("--copies", help=argparse.SUPPRESS)  # a measuring subprocess's inputs
@@ -236,7 +245,7 @@ def main(argv=None):
   if not files:
     raise SystemExit(f"no JPEG files in {root}/train/<class>/: make them with bench.make_jpegs")
   if args.rows_out:
-    copies = {int(side): path for side, path in json.loads(args.copies).items()}
+    copies = json.loads(args.copies)
     with open(args.rows_out, "w") as f:
       json.dump(measure(root, files, copies), f)
     return
@@ -247,10 +256,17 @@ def main(argv=None):
         f"{described['mean_width']}x{described['mean_height']}; batches of {BATCH}")
 
   with tempfile.TemporaryDirectory() as scratch:
+    sides = [int(side) for side in args.sides.split(",")]
+    written = [(side, resized_copy.QUALITY) for side in sides]
+    written += [(sides[0], args.alt_quality)] if args.alt_quality else []
     copies = {}
-    for side in map(int, args.sides.split(",")):
-      copies[side] = os.path.join(scratch, f"resized{side}")
-      resized_copy.write(stream_config(root, all_cores), copies[side], side)
+    for side, quality in written:
+      copies[copy_name(side, quality)] = os.path.join(scratch, f"resized{side}q{quality}")
+      resized_copy.write(stream_config(root, all_cores), copies[copy_name(side, quality)], side,
+                         quality)
+      copied = describe(glob.glob(os.path.join(copies[copy_name(side, quality)], "*", "*", "*")))
+      print(f"{copy_name(side, quality)}: mean {copied['mean_kb']} KB, mean "
+            f"{copied['mean_width']}x{copied['mean_height']}")
     rows = {}
     for part in ({min(cores)}, cores) if all_cores > 1 else (cores,):
       for name, rate in measure_on(part, args, copies, scratch).items():
@@ -268,11 +284,11 @@ def main(argv=None):
       "train_stream_over_torchvision": stream / one["PIL + torchvision worker"],
       "train_stream_over_torchvision_uint8": stream / one["PIL + torchvision worker, uint8 out"],
       "eval_stream_over_previous_eval": one["jresnet eval stream"] / one["previous eval preset"],
-      **{f"copy{side}_over_full_size": one[f"jresnet train stream, copy <= {side} px"] / stream
-         for side in copies},
+      **{f"copy{side}_over_full_size": one[f"jresnet train stream, {copy_name(side)}"] / stream
+         for side in sides},
       "cores_to_feed": args.feed / stream,
-      **{f"cores_to_feed_copy{side}": args.feed / one[f"jresnet train stream, copy <= {side} px"]
-         for side in copies},
+      **{f"cores_to_feed_copy{side}": args.feed / one[f"jresnet train stream, {copy_name(side)}"]
+         for side in sides},
   }
   print("\none thread: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
   report.append_jsonl(args.results, [{

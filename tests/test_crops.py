@@ -141,6 +141,30 @@ def test_resized_copy_of_a_folder_keeps_names_and_caps_the_shorter_side(photo_fo
     resized_copy.write(_imagenet_config(photo_folder), str(out), max_side=24)
 
 
+def test_resized_copy_writes_its_jpeg_quality_and_refuses_one_under_90(photo_folder, tmp_path):
+  from jresnet.training import loop  # noqa: PLC0415 (what --mode=write_resized runs)
+
+  config = default.get_config()
+  config.data = _imagenet_config(photo_folder)
+  loop.write_resized(config, str(tmp_path / "q90"), 24)  # the default quality
+  loop.write_resized(config, str(tmp_path / "q100"), 24, quality=100)
+  sizes = {q: [os.path.getsize(f) for f in sorted(tmp_path.glob(f"q{q}/resized24/*/*/*.jpg"))]
+           for q in (90, 100)}
+  assert resized_copy.QUALITY == 90 and len(sizes[90]) == len(sizes[100]) == 12
+  assert all(a < b for a, b in zip(sizes[90], sizes[100]))
+  with pytest.raises(ValueError, match="JPEG quality 85"):
+    loop.write_resized(config, str(tmp_path / "q85"), 24, quality=85)
+  assert not any(tmp_path.glob("q85*"))  # refused before anything was written
+
+
+def test_resized_copy_of_an_array_source_is_refused_before_writing(tmp_path):
+  cfg = default.data_config()
+  cfg.update(source="digits")
+  with pytest.raises(ValueError, match="source='digits' holds its images as arrays"):
+    resized_copy.write(cfg, str(tmp_path / "copy"), max_side=16)
+  assert not os.listdir(tmp_path)
+
+
 def test_resized_copy_of_a_tfds_dataset(mock_tfds, tmp_path):
   cfg = default.data_config()
   cfg.update(source="tfds", name="cifar10", data_dir=mock_tfds, threads=2)

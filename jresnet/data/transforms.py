@@ -7,9 +7,11 @@ An example arrives decoded (in-memory splits) or `Encoded` (streamed records). C
 JPEG decode only their window (`tf.io.decode_and_crop_jpeg`: the entropy decoding still reads the
 whole file, the rest of the work is the window's); other formats are decoded whole, then cropped.
 Both give the same window for the same seed, so an image's crop does not depend on its storage.
-Resizes are bilinear and antialiased, except the train crop's: antialiased only where the window
-is at least twice the output (photographs larger than ImageNet's), for what antialiasing costs
-(BENCHMARKS.md, ImageNet-style input).
+Crops (train's random box, eval's central one) are resized bilinearly, antialiased only where the
+window is at least twice the output (photographs larger than ImageNet's): the same rule for both,
+so the model is evaluated on pixels resampled as it was trained on, and what antialiasing costs
+(BENCHMARKS.md, ImageNet-style input) is paid only where plain bilinear would skip pixels. Whole
+images resized to a preset's shape are antialiased, as the device path resizes them.
 """
 
 import dataclasses
@@ -82,8 +84,8 @@ def resize(image: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
 
 
 def resize_crop(crop: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
-  """A train crop to `size`, bilinear; antialiased only where it shrinks by 2x or more, where
-  plain bilinear would skip pixels."""
+  """A crop to `size`, bilinear, float32 in [0, 255]; antialiased only where it shrinks by 2x or
+  more, where plain bilinear would skip pixels."""
   shrinks = tf.reduce_any(tf.shape(crop)[:2] >= 2 * tf.constant(size))
   return tf.cond(shrinks, lambda: tf.image.resize(crop, size, antialias=True),
                  lambda: tf.image.resize(crop, size))
@@ -127,5 +129,7 @@ def eval_image(preset: presets.Preset, image: Image) -> tf.Tensor:
   """An image -> uint8 preset.image_shape, deterministically."""
   size = preset.image_shape[:2]
   if preset.eval_crop == presets.CENTER:
-    image = crop(image, center_window(size, presets.CENTER_CROP_FRACTION))
-  return tf.ensure_shape(to_uint8(resize(decoded(image), size)), preset.image_shape)
+    out = resize_crop(crop(image, center_window(size, presets.CENTER_CROP_FRACTION)), size)
+  else:
+    out = resize(decoded(image), size)
+  return tf.ensure_shape(to_uint8(out), preset.image_shape)

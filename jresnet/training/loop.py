@@ -318,15 +318,19 @@ def write_arrays(config: ConfigDict, workdir: str, encoding: str = "raw") -> dic
   return counts
 
 
-def write_resized(config: ConfigDict, workdir: str, side: int) -> dict:
+def write_resized(config: ConfigDict, workdir: str, side: int,
+                  quality: int | None = None) -> dict:
   """`--mode=write_resized`: every split of the config's dataset to <workdir>/resized<side>/, an
-  image folder with the shorter sides capped at `side` pixels. Returns the images per split."""
+  image folder with the shorter sides capped at `side` pixels, JPEG at `quality` (None: the
+  copy's default). Returns the images per split."""
   from jresnet.data import resized_copy  # noqa: PLC0415
 
   out = os.path.join(workdir, RESIZED_DIR.format(side=side))
   if jax.process_index() != 0:  # one copy per job
     return {}
-  counts = resized_copy.write(config.data, out, side)
-  print(f"wrote {sum(counts.values())} images to {out} (shorter side <= {side}); train from it "
+  quality = resized_copy.QUALITY if quality is None else quality
+  counts = resized_copy.write(config.data, out, side, quality)
+  print(f"wrote {sum(counts.values())} images to {out} (shorter side <= {side}, JPEG quality "
+        f"{quality}); train from it "
         f"with --config.data.source=folder --config.data.path={out}")
   return counts
