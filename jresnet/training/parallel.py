@@ -52,14 +52,31 @@ def check_batch_size(global_batch_size: int) -> None:
                      f"({processes} process(es)); use a multiple of {devices}")
 
 
-class JitMesh:
+class _Feeder:
+  """What both runners share: batches placed on the devices, and finished there."""
+
+  def __init__(self):
+    self._on_device = {}  # feed's functions, compiled once each
+
+  def feed(self, batches: Iterable[dict], size: int,
+           on_device: Callable | None = None) -> Iterator[dict]:
+    """The batches placed (`prefetch` of `put_batch`), then `on_device(batch)` run there."""
+    if on_device is None:
+      return prefetch(batches, size, self.put_batch)
+    if on_device not in self._on_device:
+      self._on_device[on_device] = self.compile_on_device(on_device)
+    run = self._on_device[on_device]
+    return prefetch(batches, size, lambda batch: run(self.put_batch(batch)))
+
+
+class JitMesh(_Feeder):
   """`jax.jit` with NamedShardings over a 1-D mesh of every device in the job."""
 
   name = "jit"
 
   def __init__(self, step_cfg: step_lib.StepConfig, devices=None):
+    super().__init__()
     self.mesh = Mesh(np.asarray(devices or jax.devices()), ("data",))
-    self._on_device = {}  # feed's functions, compiled once each
     self.replicated = NamedSharding(self.mesh, P())
     self.data = NamedSharding(self.mesh, P("data"))
     options = compiler.options(self.mesh.devices.flat[0].platform)
@@ -98,30 +115,24 @@ class JitMesh:
     """This process's rows -> global arrays split along 'data' (all processes' rows together)."""
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.data, x), batch)
 
-  def feed(self, batches: Iterable[dict], size: int,
-           on_device: Callable | None = None) -> Iterator[dict]:
-    """The batches placed (`prefetch` of `put_batch`), then `on_device(batch)` run there."""
-    if on_device is None:
-      return prefetch(batches, size, self.put_batch)
-    if on_device not in self._on_device:
-      self._on_device[on_device] = jax.jit(on_device, out_shardings=self.data)
-    run = self._on_device[on_device]
-    return prefetch(batches, size, lambda batch: run(self.put_batch(batch)))
+  def compile_on_device(self, fn: Callable) -> Callable:
+    """`fn` over a placed batch, its output sharded as the batch."""
+    return jax.jit(fn, out_shardings=self.data)
 
   @staticmethod
   def to_host(tree):
     return jax.device_get(tree)
 
 
-class Pmap:
+class Pmap(_Feeder):
   """`jax.pmap` over the local devices; collectives span all processes' devices. (pmap takes no
   compiler options: XLA's defaults.)"""
 
   name = "pmap"
 
   def __init__(self, step_cfg: step_lib.StepConfig, bn_groups: list[list[int]] | None = None):
+    super().__init__()
     self.local_mesh = Mesh(np.asarray(jax.local_devices()), (PMAP_AXIS,))  # pmap's order
-    self._on_device = {}  # feed's functions, compiled once each
     self.per_device = NamedSharding(self.local_mesh, P(PMAP_AXIS))
     model = step_cfg.model.clone(axis_name=PMAP_AXIS, axis_index_groups=bn_groups)
     cfg = dataclasses.replace(step_cfg, axis_name=PMAP_AXIS, model=model)
@@ -149,15 +160,9 @@ class Pmap:
     split = lambda x: jax.device_put(np.reshape(x, (n, -1, *np.shape(x)[1:])), self.per_device)
     return jax.tree.map(split, batch)
 
-  def feed(self, batches: Iterable[dict], size: int,
-           on_device: Callable | None = None) -> Iterator[dict]:
-    """The batches placed (`prefetch` of `put_batch`), then `on_device(batch)` run there."""
-    if on_device is None:
-      return prefetch(batches, size, self.put_batch)
-    if on_device not in self._on_device:
-      self._on_device[on_device] = jax.pmap(on_device)
-    run = self._on_device[on_device]
-    return prefetch(batches, size, lambda batch: run(self.put_batch(batch)))
+  def compile_on_device(self, fn: Callable) -> Callable:
+    """`fn` over a placed batch, per device."""
+    return jax.pmap(fn)
 
   @staticmethod
   def to_host(tree):
