@@ -36,6 +36,7 @@ from jresnet.data import presets, resized_copy, tf_runtime
 from jresnet.data import transforms as T
 
 BATCH = 128
+MIN_BATCHES = 8  # per epoch: a stream is timed over at least 5 batches after 2, inside one epoch
 PRESET = presets.Preset("imagenet", (224, 224, 3), presets.IMAGENET_MEAN, presets.IMAGENET_STD,
                         presets.RANDOM_RESIZED, True, presets.CENTER)
 
@@ -155,9 +156,6 @@ def stream_rate(make_stream, images: int, repeats: int = 3) -> float:
   batches (so neither the pipeline's start nor an epoch boundary is timed: on ImageNet they
   happen once in 10,000 batches)."""
   steps = images // BATCH - 3
-  if steps < 5:
-    raise SystemExit(f"{images} files make too few batches of {BATCH} to time a stream: "
-                     "write more with bench.make_jpegs --per-class")
   best = 0.0
   for _ in range(repeats):
     stream = make_stream()
@@ -244,6 +242,10 @@ def main(argv=None):
   files = sorted(glob.glob(os.path.join(root, "train", "*", "*.jp*g")))
   if not files:
     raise SystemExit(f"no JPEG files in {root}/train/<class>/: make them with bench.make_jpegs")
+  if len(files) < MIN_BATCHES * BATCH:
+    raise SystemExit(f"{len(files)} files make too few batches of {BATCH} to time a stream "
+                     f"(it needs {MIN_BATCHES * BATCH}): write more with bench.make_jpegs "
+                     "--per-class")
   if args.rows_out:
     copies = json.loads(args.copies)
     with open(args.rows_out, "w") as f:
@@ -261,12 +263,12 @@ def main(argv=None):
     written += [(sides[0], args.alt_quality)] if args.alt_quality else []
     copies = {}
     for side, quality in written:
-      copies[copy_name(side, quality)] = os.path.join(scratch, f"resized{side}q{quality}")
-      resized_copy.write(stream_config(root, all_cores), copies[copy_name(side, quality)], side,
-                         quality)
-      copied = describe(glob.glob(os.path.join(copies[copy_name(side, quality)], "*", "*", "*")))
-      print(f"{copy_name(side, quality)}: mean {copied['mean_kb']} KB, mean "
+      name, out = copy_name(side, quality), os.path.join(scratch, f"resized{side}q{quality}")
+      resized_copy.write(stream_config(root, all_cores), out, side, quality)
+      copied = describe(glob.glob(os.path.join(out, "*", "*", "*")))
+      print(f"{name}: mean {copied['mean_kb']} KB, mean "
             f"{copied['mean_width']}x{copied['mean_height']}")
+      copies[name] = out
     rows = {}
     for part in ({min(cores)}, cores) if all_cores > 1 else (cores,):
       for name, rate in measure_on(part, args, copies, scratch).items():

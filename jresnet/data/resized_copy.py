@@ -92,8 +92,7 @@ def write(cfg, out_dir: str, max_side: int, quality: int = QUALITY) -> dict[str,
 def _examples(source, cfg, split: str, out_dir: str):
   """(the decoder, a dataset of (encoded image, destination file), the destinations'
   directories), or None for a split without labelled examples (label -1, as imagenet2012's
-  test split).
-  A TFDS split is read once: each destination is named in the pipeline from the record's label."""
+  test split). A TFDS split is read once: the pipeline names each destination by its label."""
   if isinstance(source, folder_source.FolderSource):
     files = source.files(split)
     root = os.path.abspath(os.path.expanduser(cfg.path))
