@@ -11,11 +11,14 @@ The streams are the product's (`jresnet.data.train_batches` / `eval_batches` wit
 = the thread count, folder source, imagenet preset, streamed); the other rows run the same
 tf.data settings (`tf_runtime.options`) over the same files. The copies are written at the
 copy's default JPEG quality (resized_copy.QUALITY), the first side also at --alt-quality.
---feed: the images/s a consumer takes (an H100's ResNet-50 bf16 step, BENCHMARKS.md), to say
-how many cores feed it.
+Every row is timed once in each of ROUNDS rounds over all the rows, so that a slow spell of the
+machine does not hit every measurement of one row; a row's figure is its best round, printed
+beside its worst round over its best. --feed: the images/s a consumer takes (an H100's
+ResNet-50 bf16 step, BENCHMARKS.md), to say how many cores feed it.
 """
 
 import argparse
+import functools
 import glob
 import json
 import os
@@ -23,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -36,6 +40,7 @@ from jresnet.data import presets, resized_copy, tf_runtime
 from jresnet.data import transforms as T
 
 BATCH = 128
+ROUNDS = 3  # each row's figure is its best round
 MIN_BATCHES = 8  # per epoch: a stream is timed over at least 5 batches after 2, inside one epoch
 PRESET = presets.Preset("imagenet", (224, 224, 3), presets.IMAGENET_MEAN, presets.IMAGENET_STD,
                         presets.RANDOM_RESIZED, True, presets.CENTER)
@@ -94,15 +99,12 @@ PER_EXAMPLE = {
 }
 
 
-def _rate(batches, images: int, repeats: int = 3) -> float:
-  """Best images/s of `repeats` passes of `batches()` (an iterable of `images` images)."""
-  best = 0.0
-  for _ in range(repeats):
-    start = time.perf_counter()
-    for _ in batches():
-      pass
-    best = max(best, images / (time.perf_counter() - start))
-  return best
+def _rate(batches, images: int) -> float:
+  """Images/s of one pass over `batches` (an iterable of `images` images)."""
+  start = time.perf_counter()
+  for _ in batches:
+    pass
+  return images / (time.perf_counter() - start)
 
 
 def _batchable(fn):
@@ -115,7 +117,8 @@ def _batchable(fn):
 
 def per_example_rate(files: list[str], fn, threads: int, options=None,
                      parallel_calls=tf.data.AUTOTUNE) -> float:
-  """`fn` over the files, with jresnet's tf.data options for `threads` unless `options`."""
+  """`fn` over the files, with jresnet's tf.data options for `threads` unless `options`: one
+  pass over them, timed after three batches."""
   ds = tf.data.Dataset.from_tensor_slices(files).repeat().map(tf.io.read_file).enumerate()
   ds = ds.map(_batchable(fn), num_parallel_calls=parallel_calls).batch(BATCH)
   ds = ds.prefetch(tf.data.AUTOTUNE).with_options(options or tf_runtime.options(threads))
@@ -123,24 +126,22 @@ def per_example_rate(files: list[str], fn, threads: int, options=None,
   for _ in range(3):  # graph building, first files, the autotuner's first settings
     next(batches)
   steps = len(files) // BATCH
-  return _rate(lambda: (next(batches) for _ in range(steps)), steps * BATCH)
+  return _rate((next(batches) for _ in range(steps)), steps * BATCH)
 
 
-def settings_rates(files: list[str], threads: int) -> dict[str, float]:
+def settings_timers(files: list[str], threads: int) -> dict[str, Callable[[], float]]:
   """The train transform under other tf.data settings than jresnet's (tf_runtime.options)."""
   fn = PER_EXAMPLE["train: jresnet transform (uint8 out)"]
   shared_intra_op = tf_runtime.options(threads)
   shared_intra_op.threading.max_intra_op_parallelism = 0  # tf.data's default
   global_pool = tf.data.Options()
   global_pool.deterministic = True
+  rate = functools.partial(per_example_rate, files, fn, threads)
   return {
-      "settings: jresnet's (private pool, intra-op 1, AUTOTUNE)": per_example_rate(
-          files, fn, threads),
-      "settings: intra-op parallelism unbounded": per_example_rate(
-          files, fn, threads, shared_intra_op),
-      "settings: TensorFlow's global pool": per_example_rate(files, fn, threads, global_pool),
-      "settings: parallel calls = threads": per_example_rate(
-          files, fn, threads, parallel_calls=threads),
+      "settings: jresnet's (private pool, intra-op 1, AUTOTUNE)": rate,
+      "settings: intra-op parallelism unbounded": functools.partial(rate, shared_intra_op),
+      "settings: TensorFlow's global pool": functools.partial(rate, global_pool),
+      "settings: parallel calls = threads": functools.partial(rate, parallel_calls=threads),
   }
 
 
@@ -151,30 +152,23 @@ def stream_config(root: str, threads: int):
   return cfg
 
 
-def stream_rate(make_stream, images: int, repeats: int = 3) -> float:
-  """Best images/s of `repeats` fresh streams, each timed inside its first epoch after two
-  batches (so neither the pipeline's start nor an epoch boundary is timed: on ImageNet they
-  happen once in 10,000 batches)."""
+def stream_rate(stream, images: int) -> float:
+  """Images/s of a fresh stream, timed inside its first epoch after two batches (so neither
+  the pipeline's start nor an epoch boundary is timed: on ImageNet they happen once in 10,000
+  batches)."""
   steps = images // BATCH - 3
-  best = 0.0
-  for _ in range(repeats):
-    stream = make_stream()
-    next(stream), next(stream)
-    start = time.perf_counter()
-    for _ in range(steps):
-      next(stream)
-    best = max(best, steps * BATCH / (time.perf_counter() - start))
-  return best
+  next(stream), next(stream)
+  return _rate((next(stream) for _ in range(steps)), steps * BATCH)
 
 
 def train_stream_rate(root: str, threads: int, images: int) -> float:
   cfg = stream_config(root, threads)
-  return stream_rate(lambda: jd.train_batches(cfg, global_batch_size=BATCH, seed=0), images)
+  return stream_rate(jd.train_batches(cfg, global_batch_size=BATCH, seed=0), images)
 
 
 def eval_stream_rate(root: str, threads: int, images: int) -> float:
   cfg = stream_config(root, threads)
-  return stream_rate(lambda: iter(jd.eval_batches(cfg, global_batch_size=BATCH)), images)
+  return stream_rate(iter(jd.eval_batches(cfg, global_batch_size=BATCH)), images)
 
 
 def torchvision_rate(files: list[str], threads: int, uint8: bool) -> float:
@@ -185,30 +179,40 @@ def torchvision_rate(files: list[str], threads: int, uint8: bool) -> float:
   torch.set_num_threads(1)
   loader = torchvision_worker.loader(files, BATCH, 0 if threads == 1 else threads, uint8)
   next(iter(loader))
-  return _rate(lambda: loader, len(files))
+  return _rate(loader, len(files))
 
 
 def copy_name(side: int, quality: int = resized_copy.QUALITY) -> str:
   return f"copy <= {side} px" + ("" if quality == resized_copy.QUALITY else f", quality {quality}")
 
 
-def measure(root: str, files: list[str], copies: dict[str, str]) -> dict[str, float]:
-  """Every row, with as many threads (DataLoader workers) as this process has cores."""
+def measure(root: str, files: list[str], copies: dict[str, str]) -> dict[str, list[float]]:
+  """Every row's images/s in each of ROUNDS rounds over all rows (so that a slow spell of the
+  machine does not take every measurement of one row), with as many threads (DataLoader
+  workers) as this process has cores."""
   threads = report.cores()
   tf_runtime.configure(threads)
-  rows = {name: per_example_rate(files, fn, threads) for name, fn in PER_EXAMPLE.items()}
-  rows["jresnet train stream"] = train_stream_rate(root, threads, len(files))
+  n = len(files)
+  timers = {name: functools.partial(per_example_rate, files, fn, threads)
+            for name, fn in PER_EXAMPLE.items()}
+  timers["jresnet train stream"] = functools.partial(train_stream_rate, root, threads, n)
   for name, copy in copies.items():
-    rows[f"jresnet train stream, {name}"] = train_stream_rate(copy, threads, len(files))
-  rows["jresnet eval stream"] = eval_stream_rate(root, threads, len(files))
-  rows["PIL + torchvision worker"] = torchvision_rate(files, threads, uint8=False)
-  rows["PIL + torchvision worker, uint8 out"] = torchvision_rate(files, threads, uint8=True)
+    timers[f"jresnet train stream, {name}"] = functools.partial(train_stream_rate, copy, threads, n)
+  timers["jresnet eval stream"] = functools.partial(eval_stream_rate, root, threads, n)
+  timers["PIL + torchvision worker"] = functools.partial(torchvision_rate, files, threads, False)
+  timers["PIL + torchvision worker, uint8 out"] = functools.partial(torchvision_rate, files,
+                                                                    threads, True)
   if threads > 1:
-    rows.update(settings_rates(files, threads))
-  return rows
+    timers.update(settings_timers(files, threads))
+  rounds = {name: [] for name in timers}
+  for _ in range(ROUNDS):
+    for name, timer in timers.items():
+      rounds[name].append(timer())
+  return rounds
 
 
-def measure_on(cores: set[int], args, copies: dict[str, str], scratch: str) -> dict[str, float]:
+def measure_on(cores: set[int], args, copies: dict[str, str],
+               scratch: str) -> dict[str, list[float]]:
   """`measure` in a fresh process pinned to `cores` (every thread it starts inherits that), so
   that one thread's rows are one core's."""
   out = os.path.join(scratch, f"rows{len(cores)}.json")
@@ -269,16 +273,20 @@ def main(argv=None):
       print(f"{name}: mean {copied['mean_kb']} KB, mean "
             f"{copied['mean_width']}x{copied['mean_height']}")
       copies[name] = out
-    rows = {}
+    rounds = {}  # name -> cores -> images/s of each round
     for part in ({min(cores)}, cores) if all_cores > 1 else (cores,):
-      for name, rate in measure_on(part, args, copies, scratch).items():
-        rows.setdefault(name, {})[len(part)] = rate
+      for name, rates in measure_on(part, args, copies, scratch).items():
+        rounds.setdefault(name, {})[len(part)] = rates
+  rows = {name: {t: max(rates) for t, rates in by_cores.items()}
+          for name, by_cores in rounds.items()}
 
   threads = sorted({1, all_cores})
-  print(f"\n{'images/s':56s}" + "".join(f"{f'{t} core(s)':>14s}" for t in threads))
-  for name, rates in rows.items():
-    print(f"{name:56s}" + "".join(f"{rates[t]:14.1f}" if t in rates else f"{'':14s}"
-                                   for t in threads))
+  print(f"\nimages/s, the best of {ROUNDS} rounds (the worst round over the best)")
+  print(f"{'':56s}" + "".join(f"{f'{t} core(s)':>22s}" for t in threads))
+  for name, by_cores in rounds.items():
+    cells = [f"{max(by_cores[t]):14.1f} ({min(by_cores[t]) / max(by_cores[t]):.2f})"
+             if t in by_cores else "" for t in threads]
+    print(f"{name:56s}" + "".join(f"{c:>22s}" for c in cells))
   one = {name: rates[1] for name, rates in rows.items() if 1 in rates}
   stream, decode = one["jresnet train stream"], one["raw decode (tf.io.decode_jpeg)"]
   ratios = {
@@ -295,8 +303,11 @@ def main(argv=None):
   print("\none thread: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
   report.append_jsonl(args.results, [{
       "bench": "jpeg_input", "machine": report.machine(), **report.conditions(), **described,
-      "feed": args.feed, "rates": {name: {str(t): round(r, 1) for t, r in rates.items()}
-                                   for name, rates in rows.items()},
+      "feed": args.feed, "rounds": {name: {str(t): [round(r, 1) for r in rates]
+                                           for t, rates in by_cores.items()}
+                                    for name, by_cores in rounds.items()},
+      "rates": {name: {str(t): round(r, 1) for t, r in rates.items()}
+                for name, rates in rows.items()},
       **{k: round(v, 3) for k, v in ratios.items()}}])
 
 
