@@ -13,25 +13,31 @@ WORKDIR ?= runs/digits
 
 .PHONY: train test lint demo clean
 
-$(VENV)/.installed: pyproject.toml
+# Two stamps: training needs only the `train` extra (no torch); the tests add torch, the
+# references and the dev tools on top.
+$(VENV)/.installed-train: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[train]"
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed-train
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,torch]"
 	$(PY) -m pip install -q --no-deps $(REFERENCE)
+	$(PY) -m pip install -q -e ".[dev,torch]"
 	touch $@
 
 # The main job: ResNet-20 on the embedded digits dataset, offline, a few minutes on 2 CPU cores.
-train: $(VENV)/.installed
+train: $(VENV)/.installed-train
 	$(PY) train.py --config configs/digits.py --workdir $(WORKDIR)
 
-demo: $(VENV)/.installed
+demo: $(VENV)/.installed-train
 	$(PY) -c "import jresnet; print(jresnet.summary(jresnet.ResNet50(num_classes=10), (1, 224, 224, 3)))"
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed-test
 	$(PY) -m pytest -q -n 2 tests
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.installed-test
 	$(PY) -m ruff check jresnet tests configs bench train.py
 
 clean:
