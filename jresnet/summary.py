@@ -11,7 +11,7 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax import traverse_util
+from flax import nnx, traverse_util
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,9 +59,18 @@ def _macs(module: nn.Module, x, y) -> int:
   return 0
 
 
-def summary(model: nn.Module, input_shape, *, depth: int = 2, dtype=jnp.float32,
+def summary(model: nn.Module | nnx.Module, input_shape, *, depth: int = 2, dtype=jnp.float32,
             **call_kwargs) -> Summary:
-  """Summarises `model` on inputs of `input_shape`, listing modules down to `depth` levels."""
+  """Summarises `model` on inputs of `input_shape`, listing modules down to `depth` levels.
+
+  `model` is a linen module, or a `jresnet.nnx` model, summarised through the linen module it
+  mirrors (`model.spec`: the same layers and variable paths).
+  """
+  if isinstance(model, nnx.Module):
+    if not isinstance(getattr(model, "spec", None), nn.Module):
+      raise TypeError(f"summary() takes linen modules and jresnet.nnx models, not "
+                      f"{type(model).__name__} (an NNX module without a linen `spec`)")
+    model = model.spec
   if getattr(model, "scan_blocks", False):
     model = model.clone(scan_blocks=False)  # count every block, not one scanned body
   calls = []  # (path, kind, output shape, macs) in call order

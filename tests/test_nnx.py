@@ -81,9 +81,8 @@ def test_eval_outputs_equal_linen_and_round_trip_is_exact(name):
                       compiler_options=REFERENCE_COMPILER_OPTIONS)
   logits, features = run_linen(variables, x)
 
-  net = jresnet.nnx.from_linen(variables, model)
+  net = jresnet.nnx.from_linen(variables, model)  # loaded weights come in eval mode
   assert isinstance(net, jresnet.nnx.ResNet) and net.spec == model
-  net.eval()
   got_logits, got_features = nnx.jit(lambda m, x: (m(x), m(x, return_features=True)))(net, x)
   assert got_logits.dtype == jnp.float32
   assert np.abs(logits).max() > 0.1  # not a comparison of near-zero numbers
@@ -261,3 +260,15 @@ def test_import_jresnet_nnx_imports_no_tensorflow():
   run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        timeout=deadline(20))
   assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_summary_of_an_nnx_model_counts_its_own_parameters():
+  """`jresnet.summary` takes an NNX model (through its linen spec): the table is the linen one,
+  and its parameter count is the NNX model's own count of `nnx.Param` elements."""
+  model, shape = CASES["cifar-v2-basic-B-width_multiplier"]
+  net = jresnet.nnx.abstract_model(model)
+  table = jresnet.summary(net, shape)
+  assert str(table) == str(jresnet.summary(model, shape))
+  assert table.total_params == sum(x.size for x in jax.tree.leaves(nnx.state(net, nnx.Param)))
+  with pytest.raises(TypeError, match="Linear"):
+    jresnet.summary(nnx.Linear(2, 3, rngs=nnx.Rngs(0)), (1, 2))

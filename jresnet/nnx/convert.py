@@ -30,7 +30,8 @@ def from_linen(variables: Mapping, model: ResNet | linen_resnet.ResNet) -> ResNe
 
   `model` is an NNX `ResNet`, updated in place, or a linen `jresnet.ResNet`, whose NNX twin is
   built without initialising anything. Every variable of the model must be given with its shape
-  and none other; otherwise a ValueError names them. Returns the NNX model.
+  and none other; otherwise a ValueError names them. Returns the NNX model in eval mode (BatchNorm
+  on the loaded running statistics, as linen's `apply(variables, x)`); `model.train()` to train.
   """
   if isinstance(model, linen_resnet.ResNet):
     model = abstract_model(model)
@@ -58,6 +59,7 @@ def from_linen(variables: Mapping, model: ResNet | linen_resnet.ResNet) -> ResNe
   pure = {path: jnp.asarray(value, dtype) for path, (value, dtype) in pure.items()}
   nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(pure))
   nnx.update(model, state)
+  model.eval()
   return model
 
 
