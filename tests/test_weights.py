@@ -68,6 +68,23 @@ def test_eval_transform_resizes_crops_and_normalises():
                              rtol=1e-5)
 
 
+def test_eval_transform_takes_a_batch_and_grayscale_images():
+  """A batch gives each image's own transform; a grayscale image, 2-D or with one channel, gives
+  what its RGB copy gives; another channel count is refused by shape."""
+  transform = registry.EvalTransform(resize=40, crop=32)
+  rng = np.random.default_rng(0)
+  batch = rng.integers(0, 256, (2, 60, 80, 3), dtype=np.uint8)
+  np.testing.assert_allclose(np.asarray(transform(batch)),
+                             np.stack([np.asarray(transform(image)) for image in batch]),
+                             rtol=1e-6, atol=1e-6)
+  gray = rng.integers(0, 256, (50, 45), dtype=np.uint8)
+  rgb = np.asarray(transform(np.repeat(gray[..., None], 3, axis=-1)))
+  np.testing.assert_array_equal(np.asarray(transform(gray)), rgb)
+  np.testing.assert_array_equal(np.asarray(transform(gray[..., None])), rgb)
+  with pytest.raises(ValueError, match=r"not shape \(50, 45, 2\)"):
+    transform(np.zeros((50, 45, 2), np.uint8))
+
+
 # --- downloads -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -33,8 +33,19 @@ class EvalTransform:
   keep_aspect: bool = True
 
   def __call__(self, image) -> jax.Array:
-    """(H, W, C) uint8 image -> (crop, crop, C) float32 model input (antialiased resize)."""
-    image = jnp.asarray(image, jnp.float32) / 255.0
+    """uint8 pixels -> float32 model input (antialiased resize): an (H, W, C) image gives
+    (crop, crop, channels), a batch (N, H, W, C) of equal-sized images gives (N, crop, crop,
+    channels). A grayscale image, (H, W) or (H, W, 1), is repeated to the channels of `mean`."""
+    image = jnp.asarray(image)
+    if image.ndim == 4:
+      return jax.vmap(self)(image)
+    if image.ndim == 2:
+      image = image[..., None]
+    channels = len(self.mean)
+    if image.ndim != 3 or image.shape[-1] not in {1, channels}:
+      raise ValueError(f"the eval transform takes (H, W), (H, W, {channels}) or (N, H, W, "
+                       f"{channels}) images (or 1 channel), not shape {image.shape}")
+    image = jnp.broadcast_to(image, (*image.shape[:2], channels)).astype(jnp.float32) / 255.0
     h, w = image.shape[:2]
     scale = self.resize / min(h, w)
     size = (max(self.resize, round(h * scale)), max(self.resize, round(w * scale)))
@@ -42,7 +53,7 @@ class EvalTransform:
       size = (self.crop, self.crop)
     method = {"bilinear": "linear", "bicubic": "cubic"}[self.interpolation]
     if size != (h, w):
-      image = jax.image.resize(image, (*size, image.shape[2]), method, antialias=True)
+      image = jax.image.resize(image, (*size, channels), method, antialias=True)
     top, left = (size[0] - self.crop) // 2, (size[1] - self.crop) // 2
     image = image[top:top + self.crop, left:left + self.crop]
     return (image - jnp.asarray(self.mean)) / jnp.asarray(self.std)
