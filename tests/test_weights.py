@@ -85,6 +85,25 @@ def test_eval_transform_takes_a_batch_and_grayscale_images():
     transform(np.zeros((50, 45, 2), np.uint8))
 
 
+def test_imagenet_class_names_ship_in_the_classifiers_label_order():
+  names = weights.IMAGENET_CLASSES
+  assert len(set(names)) == len(names) == 1000
+  assert (names[0], names[1], names[207], names[655], names[999]) == (
+      "tench", "goldfish", "golden retriever", "miniskirt", "toilet tissue")
+
+
+def test_pretrained_names_the_classes_of_a_registry_entrys_own_head():
+  entry = weights.REGISTRY["resnet18.tv_in1k"]
+  model = entry.model()
+  assert weights.Pretrained(model, {}, entry.transform, entry).class_names == \
+      weights.IMAGENET_CLASSES
+  assert weights.Pretrained(model, {}, entry.transform, entry, fresh=("params/fc/kernel",)) \
+      .class_names is None  # a new head of the same size
+  assert weights.Pretrained(model.clone(num_classes=10), {}, entry.transform, entry) \
+      .class_names is None
+  assert weights.Pretrained(model, {}, entry.transform, None).class_names is None  # a local file
+
+
 # --- downloads -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

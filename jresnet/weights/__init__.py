@@ -26,9 +26,10 @@ from jresnet.weights.download import (
                                       fetch,
                                       sha256_of,
 )
-from jresnet.weights.registry import REGISTRY, EvalTransform, Weights, get
+from jresnet.weights.registry import IMAGENET_CLASSES, REGISTRY, EvalTransform, Weights, get
 
-__all__ = ["REGISTRY", "ChecksumError", "CorruptWeightsError", "EvalTransform", "Pretrained",
+__all__ = ["IMAGENET_CLASSES", "REGISTRY", "ChecksumError", "CorruptWeightsError", "EvalTransform",
+           "Pretrained",
            "Weights", "WeightsUnavailableError", "cache_dir", "fetch", "get", "pretrained",
            "read_registered", "read_state_dict", "save_safetensors", "sha256_of"]
 
@@ -43,6 +44,14 @@ class Pretrained:
   transform: EvalTransform
   weights: Weights | None   # the registry entry, None for a local file
   fresh: tuple[str, ...] = ()  # variables initialised here, not loaded (a new head)
+
+  @property
+  def class_names(self) -> tuple[str, ...] | None:
+    """The ImageNet-1k class names of a registry entry's own classifier; None for a new head,
+    no head, or a local file (whose classes jresnet cannot know)."""
+    if self.weights is None or self.fresh or self.model.num_classes != len(IMAGENET_CLASSES):
+      return None
+    return IMAGENET_CLASSES
 
 
 def read_state_dict(path: str) -> dict:

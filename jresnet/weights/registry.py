@@ -10,6 +10,7 @@ completeness only and its digest is logged, so that a user can pin it.
 """
 
 import dataclasses
+import importlib.resources
 from collections.abc import Callable
 
 import jax
@@ -18,6 +19,11 @@ import jax.numpy as jnp
 from jresnet.imagenet_statistics import IMAGENET_MEAN, IMAGENET_STD
 from jresnet.models import ResNet, zoo
 from jresnet.weights import download
+
+# The 1,000 ImageNet-1k classes in the label order of torchvision's and timm's classifiers.
+IMAGENET_CLASSES: tuple[str, ...] = tuple(
+    importlib.resources.files(__package__).joinpath("imagenet_classes.txt").read_text()
+    .splitlines())
 
 
 @dataclasses.dataclass(frozen=True)
