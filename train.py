@@ -63,11 +63,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
 
+@distributed.exits_when_a_process_is_lost  # a job that lost a process: one line, exit 1
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # orbax and tfds narrate every file at INFO
-  distributed.initialize()
+  distributed.initialize(FLAGS.config.distributed.initialization_timeout_s,
+                         FLAGS.config.distributed.heartbeat_timeout_s)
   if FLAGS.config.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir",
                       os.path.expanduser(FLAGS.config.compilation_cache_dir))

@@ -59,6 +59,11 @@ def get_config() -> ConfigDict:
   c.bn_span = config_dict.placeholder(int)           # BatchNorm statistics over groups of this
                                                      # many devices (pmap); None: global batch
 
+  # Jobs of several processes (multi-host): how long a process waits for the whole job to join,
+  # and after how long without heartbeats a process counts as lost (the others then stop within
+  # about that time, and the whole job is restarted).
+  c.distributed = ConfigDict(dict(initialization_timeout_s=300, heartbeat_timeout_s=10))
+
   c.log_every_steps = 50
   c.eval_every_steps = config_dict.placeholder(int)  # None: once an epoch
   c.checkpoint_every_steps = config_dict.placeholder(int)  # None: at every evaluation

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -103,3 +104,57 @@ def test_bn_span_requires_pmap_and_a_divisor_of_the_devices():
     parallel.create("jit", None, bn_span=2)
   with pytest.raises(ValueError, match="must divide the 8 devices"):
     parallel.bn_groups(3)
+
+
+# --- faults surface in seconds, in words ------------------------------------------------------
+
+def _spawn(workdir, process_id: int, port: int, *flags) -> subprocess.Popen:
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+         "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
+         "JAX_PROCESS_ID": str(process_id)}
+  return subprocess.Popen(
+      [sys.executable, "train.py", "--config", "tests/tiny_config.py", "--workdir", str(workdir),
+       *flags], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_a_process_whose_job_never_completes_says_whom_it_waits_for_and_gives_up_in_one_line(
+    tmp_path):
+  """Process 1 of 2, with no process 0: one line before it waits, one line when it gives up,
+  exit 1, and no C++ abort (JAX's own deadline comes later)."""
+  proc = _spawn(tmp_path / "run", 1, _free_port(),
+                "--config.distributed.initialization_timeout_s=2")
+  out, _ = proc.communicate(timeout=deadline(30))
+  assert proc.returncode == 1, out
+  assert "process 1 of 2: waiting up to 2 s for the coordinator at 127.0.0.1:" in out
+  last = out.strip().splitlines()[-1]
+  assert last.startswith("error: process 1 of 2: ") and "did not all join within 2 s" in last
+  assert "Traceback" not in out and "Check failure" not in out
+  assert not (tmp_path / "run").exists()  # nothing was written
+
+
+def test_when_a_process_is_killed_the_other_names_it_and_exits_within_the_heartbeat_timeout(
+    tmp_path):
+  """SIGKILL of process 1 mid-run: process 0 exits with one line naming process 1, within about
+  the heartbeat timeout (here 3 s), instead of hanging or aborting minutes later. (JAX's own error
+  poller may still log the lost heartbeats and end the process first, after that line.)"""
+  workdir = tmp_path / "run"
+  port = _free_port()
+  flags = ("--config.num_train_steps=100000", "--config.log_every_steps=1",
+           "--config.checkpoint_every_steps=100000", "--config.distributed.heartbeat_timeout_s=3")
+  procs = [_spawn(workdir, i, port, *flags) for i in range(2)]
+  metrics = workdir / "metrics.jsonl"
+  give_up = time.monotonic() + deadline(60)
+  while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+    assert time.monotonic() < give_up and all(p.poll() is None for p in procs), "no training"
+    time.sleep(0.2)
+  procs[1].kill()
+  killed = time.monotonic()
+  out, _ = procs[0].communicate(timeout=deadline(20))
+  took = time.monotonic() - killed
+  procs[1].communicate()
+  assert procs[0].returncode != 0, out
+  assert "\nerror: process 0 of 2: lost process 1 of this job (JaxRuntimeError); restart the " \
+      "whole job, every process" in out, out[-3000:]
+  assert "Traceback" not in out
+  print(f"process 0 exited {took:.1f} s after process 1 was killed (heartbeat timeout 3 s)")
+  assert took < deadline(3)

@@ -1,35 +1,110 @@
 """Multi-process start-up: `jax.distributed.initialize` when, and only when, the job has several
-processes.
+processes, and faults that surface in seconds with words.
 
 Explicit settings win: the environment variables JAX_COORDINATOR_ADDRESS (host:port of process
 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID. Otherwise JAX's own cluster detection is used where a
 cluster is evident: a TPU pod slice (several TPU workers) or a SLURM job of several tasks.
 A single process needs nothing.
+
+A job is one unit: when a process is lost, the others stop (`exits_when_a_process_is_lost`) and the
+whole job is restarted, every process, never one alone (a restarted process is a stranger to the
+survivors' coordination service).
 """
 
+import functools
 import os
+import sys
+import threading
 
 import jax
 from absl import logging
 
-
-def _cluster_detected() -> bool:
-  slurm_tasks = int(os.environ.get("SLURM_NTASKS", "1"))
-  tpu_workers = os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") + 1
-  return slurm_tasks > 1 or tpu_workers > 1
+# JAX's own give-up, a process abort with a C++ stack trace, comes this long after ours.
+_JAX_GRACE_S = 30
 
 
-def initialize() -> None:
-  """Connects this process to the others of its job (before any other JAX call)."""
+def _cluster() -> str | None:
+  """The kind of cluster JAX can detect by itself, if this process is part of one."""
+  if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+    return "SLURM job"
+  if os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
+    return "TPU pod slice"
+  return None
+
+
+def _fail(message: str) -> None:
+  """One line on stderr, then exit 1 at once: skips JAX's shutdown barrier, which would wait for
+  the lost processes and then abort with a stack trace."""
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  os._exit(1)
+
+
+def initialize(initialization_timeout_s: int = 300, heartbeat_timeout_s: int = 10) -> None:
+  """Connects this process to the others of its job (before any other JAX call).
+
+  Says in one line whom it waits for and for how long; if the job is not complete after
+  `initialization_timeout_s`, exits 1 with one line. A process that stops sending heartbeats for
+  `heartbeat_timeout_s` counts as lost.
+  """
   address = os.environ.get("JAX_COORDINATOR_ADDRESS")
   if address:
     num_processes = int(os.environ["JAX_NUM_PROCESSES"])
     process_id = int(os.environ["JAX_PROCESS_ID"])
+    who = f"process {process_id} of {num_processes}"
+    where = f"the coordinator at {address} (process 0) and all {num_processes} processes"
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes talk over TCP
-    jax.distributed.initialize(address, num_processes, process_id)
-  elif _cluster_detected():
-    jax.distributed.initialize()
+    arguments = dict(coordinator_address=address, num_processes=num_processes,
+                     process_id=process_id)
+  elif cluster := _cluster():
+    who, where, arguments = f"this {cluster} process", f"every process of the {cluster}", {}
   else:
     return
+  print(f"{who}: waiting up to {initialization_timeout_s} s for {where} "
+        "(config.distributed.initialization_timeout_s)", flush=True)
+  watchdog = threading.Timer(initialization_timeout_s, _fail, [
+      f"{who}: {where} did not all join within {initialization_timeout_s} s; start every "
+      "process of the job (the same command, each with its own process id), or raise "
+      "config.distributed.initialization_timeout_s"])
+  watchdog.daemon = True
+  watchdog.start()
+  jax.distributed.initialize(**arguments,
+                             initialization_timeout=initialization_timeout_s + _JAX_GRACE_S,
+                             heartbeat_timeout_seconds=heartbeat_timeout_s)
+  watchdog.cancel()
   logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def lost_processes() -> list[int] | None:
+  """The ids of the job's processes that stopped sending heartbeats ([] when none did), or None
+  when the coordinator itself (process 0) cannot be reached. Blocks up to about the heartbeat
+  timeout while a lost process is still being detected."""
+  from jax._src import distributed as jax_distributed  # noqa: PLC0415 (the client has no public handle)
+
+  ids = list(range(jax.process_count()))
+  try:
+    live = jax_distributed.global_state.client.get_live_nodes(ids)
+  except Exception:  # noqa: BLE001 (any failure to ask means the coordinator is gone)
+    return None
+  return [i for i in ids if i not in live]
+
+
+def exits_when_a_process_is_lost(function):
+  """Wraps `function` (a job's main): in a job of several processes, when it raises and processes
+  of the job were lost, one line saying which, then exit 1, since the whole job must be
+  restarted; any other error is raised as it is."""
+
+  @functools.wraps(function)
+  def wrapper(*args, **kwargs):
+    try:
+      return function(*args, **kwargs)
+    except Exception as error:
+      if jax.process_count() > 1 and (lost := lost_processes()) != []:
+        who = ("the coordinator (process 0)" if lost is None
+               else "process " + ", ".join(map(str, lost)))
+        _fail(f"process {jax.process_index()} of {jax.process_count()}: lost {who} of this job "
+              f"({type(error).__name__}); restart the whole job, every process, to resume from "
+              "the last checkpoint")
+      raise
+
+  return wrapper
