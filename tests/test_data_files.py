@@ -168,10 +168,10 @@ def _crc_bad(data: bytes) -> bytes:
   return bytes(damaged)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "crc"])
+@pytest.mark.parametrize("damage", ["truncated", "empty", "crc"])
 def test_a_damaged_array_file_is_named_and_left_as_it_is(tmp_path, good_array_file, damage):
-  damaged = (good_array_file[:len(good_array_file) // 2] if damage == "truncated"
-             else _crc_bad(good_array_file))
+  damaged = {"truncated": good_array_file[:len(good_array_file) // 2], "empty": b"",
+             "crc": _crc_bad(good_array_file)}[damage]
   path = tmp_path / "arrays.npz"
   path.write_bytes(damaged)
   with pytest.raises(jd.ArrayFileError, match=rf"^{path} is damaged \(.*\); it is left as it is: "
@@ -231,6 +231,11 @@ def test_write_arrays_jpeg_decodes_every_image_and_names_a_broken_one(tmp_path):
   broken.write_bytes(_jpeg(0, shape=(8, 8)))  # decodes, but to one channel
   with pytest.raises(jd.ArrayFileError, match=rf"^{broken} is \(8, 8, 1\) but .* is \(8, 8, 3\)"):
     loop.write_arrays(config, str(tmp_path / "run"), "jpeg")
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(broken, format="PNG")  # named '.jpg'
+  with pytest.raises(ValueError, match=rf"needs JPEG files; {broken} in split 'train' of folder "
+                                       "is not one: use encoding 'raw'"):
+    loop.write_arrays(config, str(tmp_path / "run"), "jpeg")
+  assert not (tmp_path / "run").exists()
 
 
 def test_reading_a_jpeg_array_file_names_the_file_split_and_index_of_a_broken_image(tmp_path):

@@ -127,7 +127,7 @@ class ArrayFile:
       self.class_names = tuple(json.loads(str(self._read("class_names")))) or None
       self.num_classes = int(self._read("num_classes"))
       self.split_names = json.loads(str(self._read("splits")))
-    except zipfile.BadZipFile as e:  # a zip's start without its directory: truncated
+    except (zipfile.BadZipFile, EOFError) as e:  # truncated: no zip directory, or no bytes at all
       raise self._damaged("the zip directory", e) from e
     except ArrayFileError:
       raise
@@ -146,8 +146,6 @@ class ArrayFile:
     """The array stored under `key`; ArrayFileError naming the file if it does not read."""
     try:
       return self._npz[key]
-    except KeyError:
-      raise
     except DAMAGED_NPZ_ERRORS as e:
       raise self._damaged(key, e) from e
 
