@@ -12,6 +12,10 @@ they were written from (e.g. 'train[:45000]'), so a config reads them with the s
 'raw' stores the decoded pixels; 'jpeg' stores an image folder's JPEG files as they are (about 20x
 smaller for CIFAR-sized images) and decodes them with Pillow when read, whose pixels differ from
 TensorFlow's decoder by a few levels.
+
+Writing and reading check every split the same way (`check_split`, `check_agreement`), so a file
+that is written reads back, and one made by other means (or damaged) fails when it is opened, with
+the file, the split and the first offending example named; a reader never modifies the file.
 """
 
 import concurrent.futures
