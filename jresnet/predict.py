@@ -4,7 +4,8 @@
     python -m jresnet.predict runs/pets/model.msgpack ~/photos/      # every image below it
 
 Images are decoded with Pillow (`pip install 'jresnet[predict]'`) and prepared with the eval
-transform the export records; no TensorFlow.
+transform the export records; no TensorFlow. A file that does not decode is reported on stderr and
+skipped; the others are classified, and the command then exits 1, listing the skipped files.
 """
 
 import argparse
@@ -14,6 +15,7 @@ import sys
 import numpy as np
 
 from jresnet import export
+from jresnet.data.errors import PILLOW_ERRORS, UndecodableImageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 BATCH = 32
@@ -37,13 +39,17 @@ def image_files(paths: list[str]) -> list[str]:
 
 
 def read_image(path: str, channels: int) -> np.ndarray:
-  """uint8 (H, W, channels) pixels of an image file."""
+  """uint8 (H, W, channels) pixels of an image file; ValueError naming a file that does not
+  decode (not an image, truncated, garbled)."""
   try:
     from PIL import Image  # noqa: PLC0415 (only the command needs it)
   except ImportError as e:
     raise ImportError("decoding images needs Pillow: pip install 'jresnet[predict]'") from e
-  with Image.open(path) as image:
-    array = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+  try:
+    with Image.open(path) as image:
+      array = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+  except PILLOW_ERRORS as e:
+    raise ValueError(f"{path} does not decode as an image ({type(e).__name__}: {e})") from e
   return array[..., None] if channels == 1 else array
 
 
@@ -56,15 +62,25 @@ def main(argv: list[str] | None = None) -> None:
   args = parser.parse_args(argv)
   exported = export.load(args.export)
   files = image_files(args.images)
+  undecodable = []
   for start in range(0, len(files), BATCH):
-    batch = files[start:start + BATCH]
-    images = [read_image(f, exported.model.input_channels) for f in batch]
-    for path, best in zip(batch, exported.top_k(images, args.top)):
-      print(f"{path}: " + ", ".join(f"{name} {p:.4f}" for name, p in best))
+    batch, images = [], []
+    for path in files[start:start + BATCH]:
+      try:
+        images.append(read_image(path, exported.model.input_channels))
+        batch.append(path)
+      except ValueError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        undecodable.append(path)
+    if images:
+      for path, best in zip(batch, exported.top_k(images, args.top)):
+        print(f"{path}: " + ", ".join(f"{name} {p:.4f}" for name, p in best))
+  if undecodable:
+    raise UndecodableImageError(undecodable)
 
 
 if __name__ == "__main__":
   try:
     main()
-  except (FileNotFoundError, export.ExportError, ImportError) as e:
+  except (FileNotFoundError, export.ExportError, ImportError, UndecodableImageError) as e:
     sys.exit(f"error: {e}")

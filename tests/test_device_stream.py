@@ -153,7 +153,7 @@ def test_array_file_round_trip_raw_and_jpeg(tmp_path):
   folder = sources.get(_data_config(source="folder", path=str(root)))
   arrays.write(str(tmp_path / "jpeg.npz"), folder, ["train"], encoding="jpeg")
   read = sources.get(_data_config(source="arrays", path=str(tmp_path / "jpeg.npz")))
-  files, labels = folder.encoded("train")
+  files, labels, _ = folder.encoded("train")
   got = read.load("train", True, 1)
   np.testing.assert_array_equal(got.labels, labels)
   for data, image in zip(files, got.images):  # Pillow's decoding of the very same files

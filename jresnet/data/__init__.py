@@ -31,7 +31,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 _EXPORTS = {
     "DatasetInfo": "info", "load_info": "info",
-    "DatasetNotFoundError": "errors", "UndecodableImageError": "errors",
+    "ArrayFileError": "errors", "DatasetNotFoundError": "errors", "UndecodableImageError": "errors",
     "check_split": "eval_stream", "eval_batches": "eval_stream", "num_eval_batches": "eval_stream",
     "train_batches": "train_stream",
     "DeviceSplit": "device_stream", "open_device_splits": "device_stream",

@@ -26,7 +26,7 @@ import shutil
 
 import tensorflow as tf
 
-from jresnet.data import sources, tf_runtime
+from jresnet.data import sources, tf_runtime, undecodable
 from jresnet.data.sources import folder as folder_source
 from jresnet.data.sources import tfds_source
 
@@ -50,7 +50,9 @@ def cap_shorter_side(image: tf.Tensor, max_side: int) -> tf.Tensor:
 def write(cfg, out_dir: str, max_side: int, quality: int = QUALITY) -> dict[str, int]:
   """Copies every split of the source `cfg` (config.data) to `out_dir`; returns the images
   written per split. Fails before writing if `out_dir` exists; writes into `<out_dir>.partial`
-  and renames it when complete, so an interrupted copy never looks like a finished one."""
+  and renames it when complete, so an interrupted copy never looks like a finished one. An image
+  that does not decode stops the copy with UndecodableImageError, which lists the split's
+  undecodable files where the source knows them (an image folder)."""
   if max_side < 1:
     raise ValueError(f"resized_side={max_side} must be a positive number of pixels.")
   if not 90 <= quality <= 100:
@@ -71,7 +73,7 @@ def write(cfg, out_dir: str, max_side: int, quality: int = QUALITY) -> dict[str,
     if examples is None:
       print(f"split {split!r} skipped: it has no labelled examples")
       continue
-    decode, ds, directories = examples
+    decode, ds, directories, records = examples
     for d in directories:
       os.makedirs(d, exist_ok=True)
 
@@ -81,7 +83,8 @@ def write(cfg, out_dir: str, max_side: int, quality: int = QUALITY) -> dict[str,
       return destination
 
     ds = ds.map(copy, num_parallel_calls=tf.data.AUTOTUNE)
-    counts[split] = sum(1 for _ in ds.with_options(tf_runtime.options(threads)))
+    written = undecodable.naming_undecodable(ds.with_options(tf_runtime.options(threads)), records)
+    counts[split] = sum(1 for _ in written)
     for d in directories:  # a class without images in this split: no empty class directory
       if not os.listdir(d):
         os.rmdir(d)
@@ -91,8 +94,9 @@ def write(cfg, out_dir: str, max_side: int, quality: int = QUALITY) -> dict[str,
 
 def _examples(source, cfg, split: str, out_dir: str):
   """(the decoder, a dataset of (encoded image, destination file), the destinations'
-  directories), or None for a split without labelled examples (label -1, as imagenet2012's
-  test split). A TFDS split is read once: the pipeline names each destination by its label."""
+  directories, the split as a RecordSplit, which can name its undecodable files), or None for a
+  split without labelled examples (label -1, as imagenet2012's test split). A TFDS split is read
+  once: the pipeline names each destination by its label."""
   if isinstance(source, folder_source.FolderSource):
     files = source.files(split)
     root = os.path.abspath(os.path.expanduser(cfg.path))
@@ -105,7 +109,8 @@ def _examples(source, cfg, split: str, out_dir: str):
     decode = lambda e: tf.io.decode_image(e, channels, expand_animations=False)
     encoded = tf.data.Dataset.from_tensor_slices(files).map(tf.io.read_file)
     return (decode, tf.data.Dataset.zip(encoded, tf.data.Dataset.from_tensor_slices(destinations)),
-            sorted({os.path.dirname(d) for d in destinations}))
+            sorted({os.path.dirname(d) for d in destinations}),
+            source.load(split, cache=False, max_cache_mb=0))
   records = source.load(split, cache=False, max_cache_mb=0)
   first = next(records.read(None).take(1).as_numpy_iterator(), None)
   if first is None or first["label"] < 0:
@@ -121,4 +126,4 @@ def _examples(source, cfg, split: str, out_dir: str):
     name = tf.strings.as_string(index, width=8, fill="0") + ".jpg"
     return record["image"], tf.strings.join([tf.gather(directories, record["label"]), name], "/")
 
-  return records.decode, records.read(None).enumerate().map(destination), directories
+  return records.decode, records.read(None).enumerate().map(destination), directories, records

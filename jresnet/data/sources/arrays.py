@@ -1,7 +1,9 @@
 """An array file (jresnet/data/arrays.py) at config.data.path: in memory, no TensorFlow.
 
 A split string names a stored split exactly ('train[:45000]'), or slices the stored splits
-('train[:90%]' of a file that holds 'train').
+('train[:90%]' of a file that holds 'train'). Every stored split is read and checked when the
+source is made (arrays.check_split, arrays.check_agreement), so a bad file fails before anything
+is compiled, naming the file, the split and the first offending example.
 """
 
 import os
@@ -22,30 +24,28 @@ class ArraysSource(base.Source):
       raise DatasetNotFoundError(f"No array file at {path!r}; write one with `python train.py "
                                  "--mode=write_arrays --config <config> --workdir <dir>`.")
     self._file = arrays.ArrayFile(path)
-    self._loaded = {}
-    first = self._arrays(self._file.split_names[0])[0]
+    # Every stored split, read and checked now: a bad file fails here, before anything compiles.
+    self._loaded = {name: self._file.split(name) for name in self._file.split_names}
+    arrays.check_agreement(path, {name: (images.shape[1:], images.dtype)
+                                  for name, (images, _) in self._loaded.items()})
+    first = self._loaded[self._file.split_names[0]][0]
     self.metadata = base.Metadata(self._file.name, self._file.num_classes,
                                   self._file.class_names, tuple(first.shape[1:]))
-
-  def _arrays(self, name: str):
-    if name not in self._loaded:
-      self._loaded[name] = self._file.split(name)
-    return self._loaded[name]
 
   def split_names(self) -> tuple[str, ...]:
     return tuple(self._file.split_names)
 
   def _sizes(self) -> dict[str, int]:
-    return {name: self._file.size(name) for name in self._file.split_names}
+    return {name: len(labels) for name, (_, labels) in self._loaded.items()}
 
   def num_examples(self, split: str) -> int:
-    if split in self._file.split_names:
-      return self._file.size(split)
+    if split in self._loaded:
+      return len(self._loaded[split][1])
     return splits.num_examples(split, self._sizes())
 
   def load(self, split, cache, max_cache_mb) -> base.ArraySplit:
     del cache, max_cache_mb  # Always in memory.
     if split in self._file.split_names:
-      return base.ArraySplit(*self._arrays(split))
+      return base.ArraySplit(*self._loaded[split])
     parts = splits.resolve(split, self._sizes())
-    return base.slice_arrays(split, {name: self._arrays(name) for name, _, _ in parts})
+    return base.slice_arrays(split, {name: self._loaded[name] for name, _, _ in parts})

@@ -8,8 +8,8 @@ to sampling noise; ImageFolder rejects such sub-splits itself, so they are cut h
 Folders whose images all have one size and fit in `max_cache_mb` are decoded into memory once (in
 parallel) and saved under `cache_dir`, so the next run loads an array instead of decoding again;
 the cache key covers the folder's path, file counts and directory mtimes (editing an image in place
-is not noticed). Other folders are streamed; slicing a streamed split reads, but does not decode,
-the images before the slice.
+is not noticed); a damaged cache file is moved aside and rebuilt, with a warning. Other folders
+are streamed; slicing a streamed split reads, but does not decode, the images before the slice.
 
 Bad folders fail with the path at fault: an empty class directory, a single class, an image that
 does not decode (in-memory splits when they are decoded, before training; streamed splits at the
@@ -27,7 +27,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from jresnet.data import splits, tf_runtime, undecodable
-from jresnet.data.errors import DatasetNotFoundError, UndecodableImageError
+from jresnet.data.errors import DAMAGED_NPZ_ERRORS, DatasetNotFoundError, UndecodableImageError
 from jresnet.data.sources import base
 
 _LAYOUT = "<path>/<split>/<class>/<image>.jpg (or .jpeg, .png)"
@@ -129,19 +129,20 @@ class FolderSource(base.Source):
       ds = ds.shuffle(self._cfg.shuffle_buffer, seed=seed)
     return ds
 
-  def encoded(self, split: str) -> tuple[list[bytes], list[int]]:
-    """The image files of `split` as they are on disk, and their labels, in the source's order."""
-    ds = self._records(splits.resolve(split, self._sizes), None)
-    records = list(ds.as_numpy_iterator())
-    return [r["image"] for r in records], [int(r["label"]) for r in records]
+  def encoded(self, split: str) -> tuple[list[bytes], list[int], list[str]]:
+    """The image files of `split` as they are on disk, their labels and their paths, in the
+    source's order."""
+    parts = splits.resolve(split, self._sizes)
+    records = list(self._records(parts, None).as_numpy_iterator())
+    files = [f for name, start, stop in parts for f in self.files(name)[start:stop]]
+    return [r["image"] for r in records], [int(r["label"]) for r in records], files
 
   def _decoded(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
     """All images of split `name` as one uint8 array (from the disk cache if there), or None
     if they differ in size."""
     path = self._cache_path(name)
-    if path and os.path.exists(path):
-      with np.load(path) as f:
-        return f["images"], f["labels"]
+    if path and os.path.exists(path) and (cached := self._cached(path, name)):
+      return cached
     shape = self.metadata.image_shape
 
     def same_size(ex):
@@ -167,6 +168,26 @@ class FolderSource(base.Source):
       np.savez(tmp, images=images, labels=labels)
       os.replace(tmp, path)
     return images, labels
+
+  def _cached(self, path: str, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The decode cache of split `name` at `path`; None if it is damaged (truncated, garbled,
+    or another count of images), after moving it aside to `<path>.corrupt` (one such copy per
+    cache file: a later one replaces it) so that the split is decoded and cached again."""
+    try:
+      with np.load(path) as f:
+        images, labels = f["images"], f["labels"]
+      if len(images) == len(labels) == self._sizes[name]:
+        return images, labels
+      why = f"{len(images)} images and {len(labels)} labels for {self._sizes[name]} files"
+    except (KeyError, *DAMAGED_NPZ_ERRORS) as e:
+      why = f"{type(e).__name__}: {e}"
+    try:
+      os.replace(path, f"{path}.corrupt")
+    except FileNotFoundError:
+      pass  # another process moved it aside first
+    logging.warning("The decode cache %s is damaged (%s): moved it to %s.corrupt; decoding "
+                    "%s again.", path, why, path, os.path.join(self._root, name))
+    return None
 
   def _cache_path(self, name: str) -> str | None:
     if not self._cfg.cache_dir:
