@@ -4,6 +4,7 @@ between the two, and BatchNorm statistics over groups of devices (BN span)."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -158,3 +159,58 @@ def test_when_a_process_is_killed_the_other_names_it_and_exits_within_the_heartb
   assert "Traceback" not in out
   print(f"process 0 exited {took:.1f} s after process 1 was killed (heartbeat timeout 3 s)")
   assert took < deadline(3)
+
+
+# --- one SIGTERM stops every process at the same step ---------------------------------------
+
+AGREED = ("--config.num_train_steps=40", "--config.eval_every_steps=1000",
+          "--config.checkpoint_every_steps=1000")
+
+
+def _job(workdir, port: int) -> list[subprocess.Popen]:
+  return [_spawn(workdir, i, port, *AGREED) for i in range(2)]
+
+
+def _finish(procs) -> list[str]:
+  outputs = []
+  for proc in procs:
+    out, _ = proc.communicate(timeout=deadline(100))
+    assert proc.returncode == 0, out
+    outputs.append(out)
+  return outputs
+
+
+def _logged_steps(workdir) -> int:
+  path = workdir / "metrics.jsonl"
+  return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_losses(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  _finish(_job(workdir, _free_port()))
+  return _losses(workdir)
+
+
+@pytest.mark.parametrize("signalled", [(1,), (0, 1)], ids=["one-process", "both-skewed"])
+def test_sigterm_on_any_process_stops_the_job_at_one_step_and_resumes_exactly(
+    tmp_path, signalled, uninterrupted_losses):
+  """SIGTERM to process 1 alone, or to both 0.3 s apart: both processes stop at the same step,
+  save one checkpoint together and exit 0; the restarted job's per-step losses equal an
+  uninterrupted job's, bit for bit."""
+  workdir = tmp_path / "stopped"
+  procs = _job(workdir, _free_port())
+  give_up = time.monotonic() + deadline(60)
+  while _logged_steps(workdir) < 3:
+    assert time.monotonic() < give_up and all(p.poll() is None for p in procs), "no training"
+    time.sleep(0.05)
+  for i, process_id in enumerate(signalled):
+    if i:
+      time.sleep(0.3)
+    procs[process_id].send_signal(signal.SIGTERM)
+  out = _finish(procs)[0]
+  saved = [int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit()]
+  assert len(saved) == 1 and saved[0] < 40, out
+  assert f"stopped after {saved[0]} steps, at step {saved[0]} of 40 (SIGTERM)" in out
+  _finish(_job(workdir, _free_port()))
+  assert _losses(workdir) == uninterrupted_losses  # every step, bitwise (JSON keeps float64)

@@ -11,13 +11,17 @@ whole job is restarted, every process, never one alone (a restarted process is a
 survivors' coordination service).
 """
 
+import collections
 import functools
 import os
 import sys
 import threading
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 # JAX's own give-up, a process abort with a C++ stack trace, comes this long after ours.
 _JAX_GRACE_S = 30
@@ -67,6 +71,8 @@ def initialize(initialization_timeout_s: int = 300, heartbeat_timeout_s: int = 1
       "config.distributed.initialization_timeout_s"])
   watchdog.daemon = True
   watchdog.start()
+  # Stops are agreed by AgreedStop; JAX's preemption service would take SIGTERM from the loop.
+  jax.config.update("jax_enable_preemption_service", False)
   jax.distributed.initialize(**arguments,
                              initialization_timeout=initialization_timeout_s + _JAX_GRACE_S,
                              heartbeat_timeout_seconds=heartbeat_timeout_s)
@@ -108,3 +114,41 @@ def exits_when_a_process_is_lost(function):
       raise
 
   return wrapper
+
+
+class AgreedStop:
+  """A request to stop (SIGTERM) that reaches one process of a job stops every process at the
+  same step, whatever the skew between the processes' notices.
+
+  Called once per step with this process's own request, it answers whether the job stops now.
+  With several processes, each step's requests are combined by a max over every device of the
+  job, a tiny program dispatched beside the step, and the answer read `lag` steps later: all
+  processes read the same value at the same step, and the host stays `lag` steps ahead of the
+  devices. A single process needs no agreement: its own request is the answer.
+  """
+
+  def __init__(self, lag: int = 2):
+    self.lag = lag
+    self.pending = collections.deque()
+    if jax.process_count() > 1:
+      mesh = Mesh(np.asarray(jax.devices()), ("devices",))
+      self.sharding = NamedSharding(mesh, PartitionSpec("devices"))
+      self.any_requested = jax.jit(jnp.max, out_shardings=NamedSharding(mesh, PartitionSpec()))
+
+  def _dispatch(self, requested: bool) -> jax.Array:
+    flags = np.full(jax.local_device_count(), requested, np.int32)
+    return self.any_requested(jax.make_array_from_process_local_data(self.sharding, flags))
+
+  def now(self, requested: bool) -> bool:
+    """Whether any process has asked to stop, agreed at once (blocks until every process asks:
+    for the start of a run)."""
+    if jax.process_count() == 1:
+      return requested
+    return bool(self._dispatch(requested))
+
+  def __call__(self, requested: bool) -> bool:
+    """Whether the job stops at this step (this process's own request as input)."""
+    if jax.process_count() == 1:
+      return requested
+    self.pending.append(self._dispatch(requested))
+    return len(self.pending) > self.lag and bool(self.pending.popleft())

@@ -18,7 +18,7 @@ from ml_collections import ConfigDict
 from jresnet import export
 from jresnet.models import ResNet
 from jresnet.training import checkpoint as checkpoint_lib
-from jresnet.training import eval_schedule, guard, pretrained, run_config, workdir_lock
+from jresnet.training import distributed, eval_schedule, guard, pretrained, run_config, workdir_lock
 from jresnet.training import recipe as recipe_lib
 from jresnet.training.records import MetricWriter
 
@@ -162,20 +162,22 @@ def _train(p: recipe_lib.Recipe, workdir: str) -> dict:
   else:
     batches = feed_host_batches(p, data.train_batches(
         cfg.data, global_batch_size=cfg.batch_size, seed=cfg.seed, start_step=start))
-  preemption = _Preemption()
-  if preemption.requested:
+  preemption, agreed_stop = _Preemption(), distributed.AgreedStop()
+  sigterm = agreed_stop.now(preemption.requested)  # on any process: every process stops
+  if sigterm:
     writer.note("SIGTERM during start-up: stopped before training")
   eval_metrics, step = None, start
   best_step = checkpoints.best_step()
   best_accuracy = checkpoints.meta(best_step)["metrics"]["accuracy"] if best_step else -1.0
   try:
-    for step in range(start + 1, (start if preemption.requested else p.total_steps) + 1):
+    for step in range(start + 1, (start if sigterm else p.total_steps) + 1):
       state, metrics = p.runner.train_step(state, next(batches))
       if step == start + 1:
         writer.restart_clock(step)  # images/s: not the compilation
       writer.advance(1)
       last = step == p.total_steps
-      stop = preemption.requested or (cfg.stop_after_steps and step - start >= cfg.stop_after_steps)
+      sigterm = agreed_stop(preemption.requested)
+      stop = sigterm or (cfg.stop_after_steps and step - start >= cfg.stop_after_steps)
       evaluated = eval_schedule.is_eval_step(step, eval_every, p.total_steps)
       save = last or step % save_every == 0 or stop
       if step % log_every == 0 or save or evaluated:  # every state that may be saved
@@ -207,7 +209,7 @@ def _train(p: recipe_lib.Recipe, workdir: str) -> dict:
          f"to {os.path.join(workdir, EXPORT_FILE)}")
   elif step < p.total_steps:
     _say(f"stopped after {step - start} steps, at step {step} of {p.total_steps} "
-         f"({'SIGTERM' if preemption.requested else 'stop_after_steps'}); checkpoint saved in "
+         f"({'SIGTERM' if sigterm else 'stop_after_steps'}); checkpoint saved in "
          f"{workdir}: run the same command to resume")
   return eval_metrics or {}
 
