@@ -70,6 +70,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax and tfds narrate every file at INFO
   distributed.initialize(FLAGS.config.distributed.initialization_timeout_s,
                          FLAGS.config.distributed.heartbeat_timeout_s)
+  distributed.check_one_job({"mode": FLAGS.mode, **FLAGS.config.to_dict()})
   if FLAGS.config.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir",
                       os.path.expanduser(FLAGS.config.compilation_cache_dir))

@@ -214,3 +214,18 @@ def test_sigterm_on_any_process_stops_the_job_at_one_step_and_resumes_exactly(
   assert f"stopped after {saved[0]} steps, at step {saved[0]} of 40 (SIGTERM)" in out
   _finish(_job(workdir, _free_port()))
   assert _losses(workdir) == uninterrupted_losses  # every step, bitwise (JSON keeps float64)
+
+
+@pytest.mark.parametrize("flag,field", [
+    ("--config.seed=1", "seed=1 (process 0: 0)"),
+    ("--config.batch_size=32", "batch_size=32 (process 0: 16)")])
+def test_processes_started_with_different_configs_are_refused_before_anything_is_written(
+    tmp_path, flag, field):
+  port = _free_port()
+  procs = [_spawn(tmp_path / "run", 0, port), _spawn(tmp_path / "run", 1, port, flag)]
+  for proc in procs:
+    out, _ = proc.communicate(timeout=deadline(60))
+    assert proc.returncode == 1, out
+    assert f"the processes of this job were started differently: process 1 has {field}" in out
+    assert "Traceback" not in out
+  assert not (tmp_path / "run").exists()

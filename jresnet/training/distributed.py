@@ -13,7 +13,10 @@ survivors' coordination service).
 
 import collections
 import functools
+import hashlib
+import json
 import os
+import pathlib
 import sys
 import threading
 
@@ -21,10 +24,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 # JAX's own give-up, a process abort with a C++ stack trace, comes this long after ours.
 _JAX_GRACE_S = 30
+# Config fields that each process may choose for its own machine: paths and thread counts.
+PER_PROCESS_FIELDS = ("compilation_cache_dir", "data.cache_dir", "data.data_dir",
+                      "data.manual_dir", "data.threads")
 
 
 def _cluster() -> str | None:
@@ -79,6 +86,46 @@ def initialize(initialization_timeout_s: int = 300, heartbeat_timeout_s: int = 1
   watchdog.cancel()
   logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def code_version() -> str:
+  """A digest of jresnet's source files and the JAX and Flax versions: what a job's processes must
+  share to compute the same steps."""
+  import flax  # noqa: PLC0415
+
+  digest = hashlib.sha256(f"jax {jax.__version__}, flax {flax.__version__}".encode())
+  package = pathlib.Path(__file__).resolve().parents[1]
+  for path in sorted(package.rglob("*.py")):
+    digest.update(str(path.relative_to(package)).encode() + path.read_bytes())
+  return digest.hexdigest()[:16]
+
+
+def check_one_job(settings: dict, timeout_s: int = 60) -> None:
+  """Before anything is compiled or written: every process of the job must run with the same
+  `settings` (the resolved config as a dict, the mode, ...; PER_PROCESS_FIELDS excepted) and the
+  same code (`code_version`). Otherwise every process exits 1 with one line naming the fields
+  that differ and the processes that differ from process 0."""
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed as jax_distributed  # noqa: PLC0415 (its key-value store)
+
+  client = jax_distributed.global_state.client
+  ours = {k: v for k, v in traverse_util.flatten_dict(settings, sep=".").items()
+          if k not in PER_PROCESS_FIELDS}
+  ours["code version"] = code_version()
+  client.key_value_set(f"jresnet/job/{jax.process_index()}", json.dumps(ours, default=repr))
+  every = [json.loads(client.blocking_key_value_get(f"jresnet/job/{i}", timeout_s * 1000))
+           for i in range(jax.process_count())]
+  differences = []
+  for i, theirs in enumerate(every[1:], 1):
+    fields = sorted(k for k in every[0].keys() | theirs.keys() if every[0].get(k) != theirs.get(k))
+    differences += [f"process {i} has {k}={theirs.get(k)!r} (process 0: {every[0].get(k)!r})"
+                    for k in fields]
+  if differences:  # every process finds them: all exit, through JAX's shutdown barrier
+    raise SystemExit(f"error: process {jax.process_index()} of {jax.process_count()}: the "
+                     f"processes of this job were started differently: {'; '.join(differences)}. "
+                     "Start every process with the same command and the same code (only the "
+                     "process id differs)")
 
 
 def lost_processes() -> list[int] | None:
