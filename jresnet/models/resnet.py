@@ -64,9 +64,13 @@ class ResNet(nn.Module):
   ResNet-1001. See `jresnet.models.architecture` for the depth rules and defaults.
 
   Call with NHWC images (or NCHW with `data_format="NCHW"`, transposed once at the entry):
-  `model.apply(variables, x, train=False)` returns float32 logits, or with
-  `return_features=True` a dict of NHWC feature maps: for the strided stems the stride-2 map
-  after the stem's activation (`act1`, before the max-pool), the stem's output, and each stage's.
+  `model.apply(variables, x)` returns float32 logits, or with `return_features=True` a dict of
+  NHWC feature maps: for the strided stems the stride-2 map after the stem's activation (`act1`,
+  before the max-pool), the stem's output, and each stage's.
+
+  BatchNorm trains (normalises with the batch's statistics and updates the running ones) when
+  the call can update them: `apply(variables, x, mutable=["batch_stats"])` trains,
+  `apply(variables, x)` evaluates. An explicit `train=True` or `train=False` overrides that.
   """
 
   depth: int | None = None
@@ -160,8 +164,10 @@ class ResNet(nn.Module):
              "reduction": stride, "module": module} for name, module, channels, stride in maps]
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
+  def __call__(self, x: jax.Array, train: bool | None = None, return_features: bool = False):
     arch = self.architecture
+    if train is None:
+      train = self.is_mutable_collection("batch_stats")
     chex.assert_rank(x, 4)
     if self.data_format == "NCHW":
       x = jnp.transpose(x, (0, 2, 3, 1))
