@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from jresnet.models import architecture, convolution
 from jresnet.models.blocks import BLOCKS
 from jresnet.models.layers import (
+  PADDINGS,
   ModuleDef,
   conv_kernel_init,
   dense_kernel_init,
@@ -101,6 +102,9 @@ class ResNet(nn.Module):
   output_stride: int = 32              # 16 or 8: dilate the last stages instead of striding
   frozen_bn: bool = False              # BatchNorm always uses (and never updates) running stats
   data_format: str = "NHWC"            # of the input; 'NCHW' (PyTorch loaders) is transposed once
+  # 'torch': symmetric, as torchvision; 'same': XLA's 'SAME' on the 3x3 convolutions and the
+  # max-pool (the extra row and column after, on even sizes), as flax's examples/imagenet.
+  padding: str = "torch"
 
   def __post_init__(self):
     self.architecture  # noqa: B018 (a bad depth fails here, at construction, not at trace time)
@@ -108,6 +112,9 @@ class ResNet(nn.Module):
       raise ValueError(f"output_stride must be 8, 16 or 32; got {self.output_stride}")
     if self.data_format not in ("NHWC", "NCHW"):
       raise ValueError(f"data_format must be 'NHWC' or 'NCHW'; got {self.data_format!r}")
+    if self.padding not in PADDINGS:
+      raise ValueError(f"padding must be 'torch' (torchvision's) or 'same' (XLA's, flax's "
+                       f"examples/imagenet's); got {self.padding!r}")
     super().__post_init__()
 
   @property
@@ -184,16 +191,17 @@ class ResNet(nn.Module):
 
     stem_kwargs = {"width": self.stem_width} if arch.stem == "deep" else {}
     x = STEMS[arch.stem](arch.stem_features, conv, norm, preact=arch.preact, pool=False,
-                         name="stem", **stem_kwargs)(x.astype(self.dtype))
+                         padding=self.padding, name="stem", **stem_kwargs)(x.astype(self.dtype))
     features = {}
     if self.stem_stride > 1:  # the stride-2 map, then the max-pool the stem leaves to us
       features["act1"] = x
-      x = max_pool_3x3_s2(x)
+      x = max_pool_3x3_s2(x, self.padding)
     features["stem"] = x
     block = functools.partial(
         BLOCKS[arch.block, arch.preact], conv=conv, norm=norm, groups=self.groups,
         width_per_group=self.width_per_group, shortcut=arch.shortcut,
-        zero_init_residual=self.zero_init_residual, stride_in_1x1=arch.stride_in_1x1)
+        zero_init_residual=self.zero_init_residual, stride_in_1x1=arch.stride_in_1x1,
+        padding=self.padding)
     for i, ((strides, dilation, first_dilation), num_blocks, width) in enumerate(
         zip(self.stage_strides(), arch.stage_sizes, arch.widths)):
       x = Stage(functools.partial(block, features=width), num_blocks, strides=strides,
