@@ -1,12 +1,18 @@
 """jresnet as a drop-in for flax's examples/imagenet: BatchNorm's mode follows the mutability of
 `batch_stats`, the example's padding, names and parameter layout, and its way of calling models."""
 
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import jresnet
+from jresnet.compat import flax_imagenet
 
 # --- BatchNorm trains exactly when its statistics are mutable ----------------------------------
 
@@ -51,3 +57,137 @@ def test_init_is_unchanged_by_the_mutability_default(small_variables):
   variables, images = small_variables
   _assert_trees_equal(variables, SMALL.init(jax.random.key(0), images, train=False))
   _assert_trees_equal(variables, jresnet.init_variables(SMALL, jax.random.key(0), (1, 32, 32, 3)))
+
+
+# --- the example's architecture, names and layout ----------------------------------------------
+
+
+class ExampleBlock(nn.Module):
+  """The example's ResNetBlock / BottleneckResNetBlock, restated as the reference: its XLA 'SAME'
+  padding, its auto-names (Conv_i, BatchNorm_i) and its projection (conv_proj, norm_proj)."""
+
+  filters: int
+  strides: int
+  bottleneck: bool
+  norm: Any
+
+  @nn.compact
+  def __call__(self, x):
+    conv = functools.partial(nn.Conv, use_bias=False)
+    strides = (self.strides, self.strides)
+    if self.bottleneck:
+      y = nn.relu(self.norm()(conv(self.filters, (1, 1))(x)))
+      y = nn.relu(self.norm()(conv(self.filters, (3, 3), strides)(y)))
+      y = self.norm(scale_init=nn.initializers.zeros)(conv(4 * self.filters, (1, 1))(y))
+    else:
+      y = nn.relu(self.norm()(conv(self.filters, (3, 3), strides)(x)))
+      y = self.norm(scale_init=nn.initializers.zeros)(conv(self.filters, (3, 3))(y))
+    if x.shape != y.shape:
+      x = self.norm(name="norm_proj")(conv(y.shape[-1], (1, 1), strides, name="conv_proj")(x))
+    return nn.relu(x + y)
+
+
+class ExampleResNet(nn.Module):
+  """The example's ResNet (v1.5): 7x7 stem padded (3, 3), 'SAME' max-pool, flat block names."""
+
+  stage_sizes: Sequence[int]
+  bottleneck: bool
+  num_classes: int
+  num_filters: int = 64
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                             epsilon=1e-5)
+    x = nn.Conv(self.num_filters, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], use_bias=False,
+                name="conv_init")(x)
+    x = nn.max_pool(nn.relu(norm(name="bn_init")(x)), (3, 3), strides=(2, 2), padding="SAME")
+    block_name = "BottleneckResNetBlock" if self.bottleneck else "ResNetBlock"
+    index = 0
+    for i, num_blocks in enumerate(self.stage_sizes):
+      for j in range(num_blocks):
+        x = ExampleBlock(self.num_filters * 2**i, 2 if i > 0 and j == 0 else 1, self.bottleneck,
+                         norm, name=f"{block_name}_{index}")(x)
+        index += 1
+    return nn.Dense(self.num_classes)(jnp.mean(x, axis=(1, 2)))
+
+
+EXAMPLES = {  # constructor name and arguments -> the reference's
+    "ResNet18": ({}, {"stage_sizes": (2, 2, 2, 2), "bottleneck": False}),
+    "ResNet50": ({}, {"stage_sizes": (3, 4, 6, 3), "bottleneck": True}),
+    "_ResNet1": ({"num_filters": 32}, {"stage_sizes": (1,), "bottleneck": False,
+                                       "num_filters": 32}),
+}
+
+
+def _randomised(shapes, seed):
+  """Variables of these shapes drawn at random (variances positive), so that no zero gamma hides
+  a branch."""
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda x: jnp.asarray(
+      rng.uniform(0.5, 1.5, x.shape) if x.ndim == 1 else rng.normal(0, 0.2, x.shape), x.dtype),
+      shapes)
+
+
+@pytest.fixture(scope="module", params=EXAMPLES)
+def example(request):
+  """(name, the reference model, its randomised variables, images of 64 px)."""
+  options, reference_options = EXAMPLES[request.param]
+  reference = ExampleResNet(num_classes=10, **reference_options)
+  images = jax.random.normal(jax.random.key(2), (2, 64, 64, 3))
+  variables = _randomised(jax.eval_shape(reference.init, jax.random.key(0), images), 3)
+  model = getattr(flax_imagenet, request.param)(num_classes=10, axis_name=None, **options)
+  return model, reference, variables, images
+
+
+def test_example_checkpoint_gives_the_example_logits(example):
+  model, reference, variables, images = example
+  converted = flax_imagenet.from_example(variables, model)
+  evaluate = jax.jit(lambda m, v: m.apply(v, images, train=False), static_argnums=0)
+  np.testing.assert_array_equal(evaluate(model, converted), evaluate(reference, variables))
+  train = jax.jit(lambda m, v: m.apply(v, images, mutable=["batch_stats"]), static_argnums=0)
+  logits, updates = train(model, converted)
+  want_logits, want_updates = train(reference, variables)
+  np.testing.assert_array_equal(logits, want_logits)
+  _assert_trees_equal(flax_imagenet.to_example(updates, model), want_updates)
+  torch_padded = evaluate(model.clone(padding="torch"), converted)
+  assert not np.allclose(torch_padded, evaluate(reference, variables), atol=1e-3)
+
+
+def test_conversion_round_trips_exactly_both_ways(example):
+  model, _, variables, _ = example
+  _assert_trees_equal(flax_imagenet.to_example(flax_imagenet.from_example(variables, model),
+                                               model), variables)
+  ours = _randomised(jresnet.interop.variable_shapes(model), 4)
+  _assert_trees_equal(flax_imagenet.from_example(flax_imagenet.to_example(ours, model), model),
+                      ours)
+  scanned = model.clone(scan_blocks=True)
+  _assert_trees_equal(flax_imagenet.from_example(variables, scanned),
+                      jresnet.to_scanned(flax_imagenet.from_example(variables, model)))
+
+
+def test_what_jresnet_does_not_offer_fails_in_one_line():
+  for local in (flax_imagenet.ResNet18Local, flax_imagenet._ResNet1Local):
+    with pytest.raises(NotImplementedError, match="nn.ConvLocal"):
+      local(num_classes=10)
+  with pytest.raises(NotImplementedError, match="act="):
+    flax_imagenet.ResNet18(num_classes=10, act=nn.swish)
+  with pytest.raises(ValueError, match="block_cls must be"):
+    flax_imagenet.ResNet(stage_sizes=[1], block_cls=nn.Dense, num_classes=10)
+  with pytest.raises(ValueError, match="padding must be"):
+    jresnet.ResNet(depth=18, padding="SAME")
+  with pytest.raises(ValueError, match="linen model only"):
+    jresnet.nnx.ResNet(18, padding="same", rngs=None)
+
+
+def test_variables_that_do_not_fit_are_named():
+  model = flax_imagenet._ResNet1(num_classes=10)
+  params = flax_imagenet.to_example(
+      _randomised(jresnet.interop.variable_shapes(model), 5), model)["params"]
+  broken = {**params, "Dense_1": params["Dense_0"]}
+  del broken["bn_init"]
+  with pytest.raises(ValueError, match=r"missing params/bn_init/bias(.|\n)*unexpected "
+                                       r"params/Dense_1/bias"):
+    flax_imagenet.from_example({"params": broken}, model)
+  with pytest.raises(ValueError, match="7x7 stem, projection shortcuts"):
+    flax_imagenet.from_example({"params": params}, jresnet.ResNet50D())

@@ -82,6 +82,7 @@ class ResNet(nn.Module):
   version: str = "v1.5"                # 'v1' (stride on 1x1), 'v1.5' (on 3x3), 'v2' (pre-act)
   stem: str | None = None              # 'imagenet' | 'cifar' | 'deep'; default from family
   stem_width: int = 32                 # inner width of the deep stem
+  stem_features: int | None = None     # the stem's output channels; default 64, CIFAR 16
   shortcut: str | None = None          # 'A' | 'B' | 'D'; default A for CIFAR v1, else B
   widths: Sequence[int] | None = None  # base width per stage; default from family
   width_multiplier: float = 1.0        # Wide ResNet (Zagoruyko & Komodakis): all stage widths
@@ -123,7 +124,7 @@ class ResNet(nn.Module):
         depth=self.depth, family=self.family, stage_sizes=self.stage_sizes, block=self.block,
         version=self.version, stem=self.stem, shortcut=self.shortcut, widths=self.widths,
         width_multiplier=self.width_multiplier, groups=self.groups,
-        width_per_group=self.width_per_group)
+        width_per_group=self.width_per_group, stem_features=self.stem_features)
 
   def input_shape(self, image_size: int, batch: int = 1) -> tuple[int, int, int, int]:
     """The shape of `batch` square images in the model's `data_format`."""
