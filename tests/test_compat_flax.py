@@ -9,7 +9,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from flax.training import train_state
 
 import jresnet
 from jresnet.compat import flax_imagenet
@@ -191,3 +193,93 @@ def test_variables_that_do_not_fit_are_named():
     flax_imagenet.from_example({"params": broken}, model)
   with pytest.raises(ValueError, match="7x7 stem, projection shortcuts"):
     flax_imagenet.from_example({"params": params}, jresnet.ResNet50D())
+
+
+def test_padding_passes_through_the_zoo_and_create_model():
+  assert jresnet.ResNet50(padding="same").padding == "same"
+  assert jresnet.create_model("resnet18", padding="same").padding == "same"
+
+
+# --- called as the example's train.py calls its models -----------------------------------------
+
+NUM_DEVICES = 2
+PER_DEVICE = 4
+
+
+def _create_model(*, model_cls, half_precision, **kwargs):
+  """The example's model factory: half precision is float16 off TPUs."""
+  dtype = jnp.float16 if half_precision else jnp.float32
+  return model_cls(num_classes=10, dtype=dtype, **kwargs)
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any
+
+
+def _cross_entropy(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def _train_step(state, batch):
+  """One SGD step, BatchNorm trained by making `batch_stats` mutable (no `train=`)."""
+  def loss_fn(params):
+    logits, model_state = state.apply_fn({"params": params, "batch_stats": state.batch_stats},
+                                         batch["image"], mutable=["batch_stats"])
+    return _cross_entropy(logits, batch["label"]), model_state
+
+  (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  state = state.apply_gradients(grads=jax.lax.pmean(grads, "batch"),
+                                batch_stats=jax.lax.pmean(model_state["batch_stats"], "batch"))
+  return state, jax.lax.pmean(loss, "batch"), model_state["batch_stats"]
+
+
+def _eval_step(state, batch):
+  logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+                          batch["image"], train=False, mutable=False)
+  return logits, jax.lax.pmean(_cross_entropy(logits, batch["label"]), "batch")
+
+
+@pytest.mark.parametrize("half_precision", [False, True])
+def test_the_example_training_calls_train_batchnorm_across_devices(half_precision):
+  model = _create_model(model_cls=flax_imagenet._ResNet1, half_precision=half_precision)
+  tolerance = 1e-2 if half_precision else 1e-5
+  init = jax.jit(model.init)
+  variables = init({"params": jax.random.key(0)}, jnp.ones((1, 32, 32, 3), model.dtype))
+  state = TrainState.create(apply_fn=model.apply, params=variables["params"],
+                            batch_stats=variables["batch_stats"],
+                            tx=optax.sgd(0.05, momentum=0.9, nesterov=True))
+  rng = np.random.default_rng(0)
+  scales = np.linspace(0.5, 2, NUM_DEVICES * PER_DEVICE)[:, None, None, None]  # devices differ
+  images = rng.normal(size=(NUM_DEVICES * PER_DEVICE, 32, 32, 3)) * scales
+  batch = {"image": jnp.asarray(images, model.dtype),
+           "label": jnp.asarray(rng.integers(0, 10, NUM_DEVICES * PER_DEVICE))}
+  sharded = jax.tree.map(lambda x: x.reshape(NUM_DEVICES, PER_DEVICE, *x.shape[1:]), batch)
+  devices = jax.local_devices()[:NUM_DEVICES]
+  train_step = jax.pmap(_train_step, "batch", in_axes=(None, 0), out_axes=(None, None, 0),
+                        devices=devices)
+  eval_step = jax.pmap(_eval_step, "batch", in_axes=(None, 0), out_axes=(0, None),
+                       devices=devices)
+
+  before = state.batch_stats
+  losses = []
+  for _ in range(6):
+    state, loss, per_device_stats = train_step(state, sharded)
+    losses.append(float(loss))
+    for stats in jax.tree.leaves(per_device_stats):  # BatchNorm itself averaged over devices
+      np.testing.assert_array_equal(stats[0], stats[1])
+  moved = jax.tree.map(lambda new, old: bool(jnp.any(new != old)), state.batch_stats, before)
+  assert all(jax.tree.leaves(moved))
+  assert losses[-1] < 0.7 * losses[0], losses
+
+  # After one step from `before`, the statistics are those of the whole batch on one device.
+  first, _, _ = train_step(state.replace(batch_stats=before), sharded)
+  _, whole = model.clone(axis_name=None).apply(
+      {"params": state.params, "batch_stats": before}, batch["image"], mutable=["batch_stats"])
+  for got, want in zip(jax.tree.leaves(first.batch_stats), jax.tree.leaves(whole)):
+    np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance)
+
+  logits, eval_loss = eval_step(state, sharded)
+  assert logits.dtype == jnp.float32 and np.isfinite(eval_loss)
+  np.testing.assert_allclose(logits.reshape(-1, 10), model.apply(
+      {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False),
+      rtol=tolerance, atol=tolerance)
