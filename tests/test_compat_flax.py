@@ -2,6 +2,10 @@
 `batch_stats`, the example's padding, names and parameter layout, and its way of calling models."""
 
 import functools
+import importlib.util
+import os
+import subprocess
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,10 +15,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import deadline
 from flax.training import train_state
 
 import jresnet
 from jresnet.compat import flax_imagenet
+from jresnet.training import recipe
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # --- BatchNorm trains exactly when its statistics are mutable ----------------------------------
 
@@ -283,3 +291,135 @@ def test_the_example_training_calls_train_batchnorm_across_devices(half_precisio
   np.testing.assert_allclose(logits.reshape(-1, 10), model.apply(
       {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False),
       rtol=tolerance, atol=tolerance)
+
+
+# --- the example's config on train.py ----------------------------------------------------------
+
+EXAMPLE_DEFAULT_CONFIG = '''
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.model = "ResNet50"
+  config.dataset = "imagenet2012:5.*.*"
+  config.learning_rate = 0.1
+  config.warmup_epochs = 5.0
+  config.momentum = 0.9
+  config.batch_size = 128
+  config.shuffle_buffer_size = 16 * 128
+  config.prefetch = 10
+  config.num_epochs = 100.0
+  config.log_every_steps = 100
+  config.cache = False
+  config.half_precision = False
+  config.num_train_steps = -1
+  config.steps_per_eval = -1
+  config.profile = True
+  return config
+'''
+EXAMPLE_HALF_CONFIG = '''
+from configs import default as default_lib
+
+
+def get_config():
+  config = default_lib.get_config()
+  config.batch_size = 1024
+  config.half_precision = True
+  config.num_train_steps = 5000
+  return config
+'''
+IMAGENET_TRAIN_EXAMPLES = 1_281_167
+
+
+@pytest.fixture(scope="module")
+def example_configs(tmp_path_factory):
+  directory = tmp_path_factory.mktemp("example") / "configs"
+  directory.mkdir()
+  (directory / "default.py").write_text(EXAMPLE_DEFAULT_CONFIG)
+  (directory / "half.py").write_text(EXAMPLE_HALF_CONFIG)
+  return directory
+
+
+def _example_schedule(example, steps_per_epoch):
+  """The example's learning rate: linear warm-up from 0, then cosine decay to 0, in whole steps
+  per epoch, the base rate scaled by batch / 256."""
+  base = example.learning_rate * example.batch_size / 256
+  warmup_steps = example.warmup_epochs * steps_per_epoch
+  decay_steps = max(example.num_epochs - example.warmup_epochs, 1) * steps_per_epoch
+  return optax.join_schedules([optax.linear_schedule(0.0, base, warmup_steps),
+                               optax.cosine_decay_schedule(base, decay_steps)], [warmup_steps])
+
+
+def _load_translated(text, path):
+  path.write_text(text)
+  spec = importlib.util.spec_from_file_location("translated_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+@pytest.mark.parametrize("name", ["default", "half"])
+def test_translated_config_follows_the_example_schedule_step_for_step(example_configs, name,
+                                                                      tmp_path):
+  example = flax_imagenet.load_example_config(str(example_configs / f"{name}.py"))
+  text, not_mapped = flax_imagenet.translate_config(example, IMAGENET_TRAIN_EXAMPLES)
+  config = _load_translated(text, tmp_path / "translated.py")
+  built = recipe.build(config, 1000, (224, 224, 3), IMAGENET_TRAIN_EXAMPLES)
+  steps_per_epoch = IMAGENET_TRAIN_EXAMPLES // example.batch_size
+  assert built.total_steps == int(steps_per_epoch * example.num_epochs)
+  steps = jnp.arange(built.total_steps + 1)
+  ours = jax.jit(jax.vmap(built.schedule))(steps)
+  theirs = jax.jit(jax.vmap(_example_schedule(example, steps_per_epoch)))(steps)
+  assert float(jnp.max(jnp.abs(ours - theirs))) <= 1e-6
+  assert built.model.padding == "same" and built.model.depth == 50
+  assert config.precision == ("bfloat16" if example.half_precision else "float32")
+  assert config.stop_after_steps == (5000 if name == "half" else None)
+  assert ("fp16 loss scaling is not offered" in text) == example.half_precision
+  assert any(item.startswith("profile=True") for item in not_mapped)
+
+
+def test_translated_optimiser_takes_the_example_steps(example_configs, tmp_path):
+  """SGD with Nesterov momentum on the gradient plus the example's L2 term on kernels."""
+  example = flax_imagenet.load_example_config(str(example_configs / "default.py"))
+  example.warmup_epochs = 0.0  # full steps from the first, so that the L2 term counts
+  config = _load_translated(flax_imagenet.translate_config(example, 256 * 1000)[0],
+                            tmp_path / "translated.py")
+  built = recipe.build(config, 10, (32, 32, 3), 256 * 1000)
+  theirs_tx = optax.sgd(_example_schedule(example, 2000), momentum=0.9, nesterov=True)
+  params = _randomised(jresnet.interop.variable_shapes(SMALL)["params"], 6)
+  ours, theirs = built.tx.init(params), theirs_tx.init(params)
+
+  @jax.jit
+  def both_updates(grads, ours, theirs):
+    l2 = jax.tree.map(lambda g, p: g + 1e-4 * p if p.ndim > 1 else g, grads, params)
+    return built.tx.update(grads, ours, params), theirs_tx.update(l2, theirs, params)
+
+  for step in range(3):
+    (update, ours), (want, theirs) = both_updates(_randomised(params, 7 + step), ours, theirs)
+    for a, b in zip(jax.tree.leaves(update), jax.tree.leaves(want)):
+      np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+
+
+def test_train_py_names_the_translation_for_an_example_config(example_configs, tmp_path):
+  out = subprocess.run(
+      [sys.executable, os.path.join(REPO, "train.py"), "--config",
+       str(example_configs / "default.py"), "--workdir", str(tmp_path / "run")],
+      cwd=str(tmp_path), capture_output=True, text=True, timeout=deadline(20),
+      env={**os.environ, "JRESNET_HUGE_PAGES": "0",
+           "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")})
+  assert out.returncode == 1
+  assert out.stderr.strip().splitlines()[-1] == flax_imagenet.translation_hint(
+      str(example_configs / "default.py"))
+  assert not (tmp_path / "run").exists()
+
+
+def test_translate_config_command(example_configs):
+  out = subprocess.run(
+      [sys.executable, "-m", "jresnet.compat.flax_imagenet", "translate-config",
+       str(example_configs / "half.py"), "--train-examples", str(IMAGENET_TRAIN_EXAMPLES)],
+      capture_output=True, text=True, timeout=deadline(20),
+      env={**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")})
+  assert out.returncode == 0, out.stderr
+  assert "c.stop_after_steps = 5000" in out.stdout
+  assert "not carried over: profile=True" in out.stderr

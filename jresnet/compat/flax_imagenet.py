@@ -15,8 +15,14 @@ and jresnet's nested one (`stem/conv1`, `layer2/block1/conv2`, `.../downsample/b
 checkpoint trained with the example gives the example's logits in jresnet.
 """
 
+import argparse
 import functools
+import importlib.util
+import pathlib
 import re
+import sys
+import textwrap
+import types
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -171,3 +177,163 @@ def to_example(variables: Mapping, model: JResNet) -> dict:
                     for collection, tree in shapes.items()}
   return _convert(to_unrolled(variables), example_shapes,
                   functools.partial(_rename, from_names), "jresnet")
+
+
+# --- the example's config -> a jresnet train.py config ------------------------------------------
+
+TRANSLATE_COMMAND = "python -m jresnet.compat.flax_imagenet translate-config"
+_MODEL_CONFIGS = {
+    **{f"ResNet{depth}": {"depth": depth} for depth in (18, 34, 50, 101, 152, 200)},
+    "_ResNet1": {"depth": None, "stage_sizes": (1,), "block": "basic"},
+}
+_EXAMPLE_FIELDS = ("model", "dataset", "learning_rate", "warmup_epochs", "momentum", "batch_size",
+                   "shuffle_buffer_size", "prefetch", "num_epochs", "log_every_steps", "cache",
+                   "half_precision", "num_train_steps", "steps_per_eval", "profile")
+
+
+def is_example_config(config) -> bool:
+  """True for a config of the example's train.py (a model name and `half_precision`)."""
+  return isinstance(config.get("model"), str) and "half_precision" in config
+
+
+def translation_hint(path: str) -> str:
+  """One line for a run started with the example's config file `path`."""
+  return (f"{path} is a config of flax's examples/imagenet: write jresnet's equivalent with "
+          f"`{TRANSLATE_COMMAND} {path} --train-examples <train split size> > configs/<name>.py`")
+
+
+def load_example_config(path: str):
+  """`get_config()` of one of the example's config files. Their `from configs import default`
+  finds the example's own `configs` directory, the file's, not jresnet's."""
+  path = pathlib.Path(path).resolve()
+  ours = {name: sys.modules.pop(name) for name in list(sys.modules)
+          if name == "configs" or name.startswith("configs.")}
+  package = types.ModuleType("configs")
+  package.__path__ = [str(path.parent)]
+  sys.modules["configs"] = package
+  try:
+    spec = importlib.util.spec_from_file_location(f"configs.{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+  finally:
+    for name in [n for n in sys.modules if n == "configs" or n.startswith("configs.")]:
+      del sys.modules[name]
+    sys.modules.update(ours)
+
+
+def translate_config(example, train_examples: int, source: str = "") -> tuple[str, list[str]]:
+  """The text of a jresnet config file equivalent to the example's `example` config, and what
+  does not carry over.
+
+  The learning rate, its warm-up and cosine decay, the step count and the checkpoint interval
+  follow the example's whole steps per epoch (`train_examples // batch_size`), so the schedule is
+  the example's step for step; `train_examples` is the size of the train split.
+  """
+  if example.model not in _MODEL_CONFIGS:
+    local = "; nn.ConvLocal is not offered" if example.model.endswith("Local") else ""
+    raise ValueError(f"model={example.model!r}: jresnet translates "
+                     f"{', '.join(_MODEL_CONFIGS)}{local}")
+  batch, epochs, warmup = example.batch_size, example.num_epochs, example.warmup_epochs
+  steps_per_epoch = train_examples // batch
+  not_mapped = [f"{key}={example[key]!r}: not an option of the example's train.py"
+                for key in example if key not in _EXAMPLE_FIELDS]
+  if float(warmup * steps_per_epoch) != round(warmup * steps_per_epoch):
+    not_mapped.append(f"warmup_epochs={warmup}: {warmup * steps_per_epoch} warm-up steps; "
+                      "jresnet warms up for a whole number of steps")
+  if epochs - warmup < 1:
+    not_mapped.append("num_epochs - warmup_epochs < 1: the example decays over one epoch, "
+                      "jresnet over the steps after the warm-up")
+  if example.steps_per_eval > 0:
+    not_mapped.append(f"steps_per_eval={example.steps_per_eval}: jresnet evaluates the whole "
+                      "validation split")
+  if example.profile:
+    not_mapped.append("profile=True: jresnet does not profile its steps")
+  not_mapped.append("the input pipeline: the same recipe (Inception crop and flip at 224; "
+                    "centre crop 0.875) by jresnet.data, not the same pixels")
+  not_mapped.append("initialisation: jresnet draws kernels as torchvision does (fan-out He "
+                    "normal), the example with LeCun normal")
+  lines = [
+      f'"""flax\'s examples/imagenet config {source or "(given)"}, translated by',
+      f"`{TRANSLATE_COMMAND}`.",
+      "",
+      "Not carried over:",
+      *(line for item in not_mapped
+        for line in textwrap.wrap(item, 100, initial_indent="  - ", subsequent_indent="    ")),
+      '"""',
+      "",
+      "from configs import default",
+      "",
+      "# The example counts whole steps per epoch: train examples // batch size.",
+      f"TRAIN_EXAMPLES = {train_examples}",
+      f"STEPS_PER_EPOCH = TRAIN_EXAMPLES // {batch}",
+      "",
+      "",
+      "def get_config():",
+      "  c = default.get_config()",
+      '  c.data.source = "tfds"',
+      f'  c.data.name = "{example.dataset}"',
+      '  c.data.train_split = "train"',
+      '  c.data.eval_split = "validation"',
+      '  c.data.preprocess = "imagenet"',
+      "  c.data.image_size = 224",
+      f"  c.data.shuffle_buffer = {example.shuffle_buffer_size}",
+      f"  c.data.prefetch = {example.prefetch}",
+      f"  c.data.cache = {bool(example.cache)}",
+      f"  # {example.model}, padded as the example pads: its checkpoints convert exactly",
+      '  c.model.family = "imagenet"',
+      *(f"  c.model.{key} = {value!r}" for key, value in _MODEL_CONFIGS[example.model].items()),
+      '  c.model.padding = "same"',
+      f"  c.batch_size = {batch}",
+      f"  c.num_epochs = {epochs!r}",
+      f"  c.num_train_steps = int(STEPS_PER_EPOCH * {epochs!r})",
+  ]
+  if example.num_train_steps > 0:
+    lines += ["  # the example's num_train_steps: it stops early, on the schedule of num_epochs",
+              f"  c.stop_after_steps = {example.num_train_steps}"]
+  lines += [
+      '  c.optimizer.name = "sgd"',
+      f"  c.optimizer.learning_rate = {example.learning_rate!r}",
+      "  c.optimizer.lr_base_batch = 256",
+      f"  c.optimizer.momentum = {example.momentum!r}",
+      "  c.optimizer.nesterov = True",
+      "  c.optimizer.weight_decay = 1e-4  # the example's loss term 1e-4 / 2 * |kernels|^2",
+      "  c.weight_decay_mask = True",
+      '  c.schedule.name = "cosine"',
+      "  c.schedule.warmup_start_lr = 0.0",
+      "  c.schedule.final_lr_fraction = 0.0",
+      "  # the example's warm-up steps, in jresnet's epochs of TRAIN_EXAMPLES / batch_size steps",
+      f"  c.schedule.warmup_epochs = {warmup!r} * STEPS_PER_EPOCH / (TRAIN_EXAMPLES / {batch})",
+      '  c.precision = "bfloat16"  # half_precision (fp16 loss scaling is not offered)'
+      if example.half_precision else '  c.precision = "float32"',
+      f"  c.log_every_steps = {example.log_every_steps}",
+      "  c.checkpoint_every_steps = 10 * STEPS_PER_EPOCH",
+      "  c.keep_checkpoints = 3",
+      "  return c",
+  ]
+  return "\n".join(lines) + "\n", not_mapped
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(
+      prog="python -m jresnet.compat.flax_imagenet",
+      description="Writes the jresnet train.py config equivalent to a config of flax's "
+                  "examples/imagenet to stdout; what does not carry over goes to stderr.")
+  commands = parser.add_subparsers(dest="command", required=True)
+  translate = commands.add_parser("translate-config")
+  translate.add_argument("config", help="the example's config file, e.g. configs/default.py")
+  translate.add_argument("--train-examples", type=int, required=True,
+                         help="the size of the dataset's train split (imagenet2012: 1281167)")
+  args = parser.parse_args(argv)
+  example = load_example_config(args.config)
+  if args.train_examples < example.batch_size:
+    parser.error(f"--train-examples={args.train_examples} is less than one batch of "
+                 f"{example.batch_size}")
+  text, not_mapped = translate_config(example, args.train_examples, args.config)
+  sys.stdout.write(text)
+  for item in not_mapped:
+    print(f"not carried over: {item}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+  main()
