@@ -19,7 +19,6 @@ import argparse
 import functools
 import importlib.util
 import pathlib
-import re
 import sys
 import textwrap
 import types
@@ -27,7 +26,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
@@ -58,7 +56,7 @@ def ResNet(stage_sizes: Sequence[int], block_cls: Any, num_classes: int, num_fil
                               "offered: jresnet's convolutions are nn.Conv; use ResNet18, _ResNet1")
   if conv is not nn.Conv:
     raise NotImplementedError(f"conv={conv!r} is not offered: jresnet's models use nn.Conv")
-  if act not in (nn.relu, jax.nn.relu):
+  if act is not nn.relu:
     raise NotImplementedError(f"act={act!r} is not offered: jresnet's blocks use nn.relu")
   if block_cls not in _BLOCK_KINDS:
     raise ValueError(f"block_cls must be ResNetBlock or BottleneckResNetBlock; got {block_cls!r}")
@@ -82,9 +80,6 @@ _ResNet1Local = functools.partial(ResNet, stage_sizes=[1], block_cls=ResNetBlock
 
 
 # --- variables: the example's flat layout <-> jresnet's nested one ------------------------------
-
-_BLOCK_MODULE = re.compile(r"(conv|bn)(\d)$")
-
 
 def _check_convertible(model: JResNet) -> None:
   arch = model.architecture
@@ -244,10 +239,10 @@ def translate_config(example, train_examples: int, source: str = "") -> tuple[st
   if epochs - warmup < 1:
     not_mapped.append("num_epochs - warmup_epochs < 1: the example decays over one epoch, "
                       "jresnet over the steps after the warm-up")
-  if example.steps_per_eval > 0:
+  if example.get("steps_per_eval", -1) > 0:
     not_mapped.append(f"steps_per_eval={example.steps_per_eval}: jresnet evaluates the whole "
                       "validation split")
-  if example.profile:
+  if example.get("profile", False):
     not_mapped.append("profile=True: jresnet does not profile its steps")
   not_mapped.append("the input pipeline: the same recipe (Inception crop and flip at 224; "
                     "centre crop 0.875) by jresnet.data, not the same pixels")
@@ -277,9 +272,9 @@ def translate_config(example, train_examples: int, source: str = "") -> tuple[st
       '  c.data.eval_split = "validation"',
       '  c.data.preprocess = "imagenet"',
       "  c.data.image_size = 224",
-      f"  c.data.shuffle_buffer = {example.shuffle_buffer_size}",
-      f"  c.data.prefetch = {example.prefetch}",
-      f"  c.data.cache = {bool(example.cache)}",
+      f"  c.data.shuffle_buffer = {example.get('shuffle_buffer_size', 16 * batch)}",
+      f"  c.data.prefetch = {example.get('prefetch', 10)}",
+      f"  c.data.cache = {bool(example.get('cache', False))}",
       f"  # {example.model}, padded as the example pads: its checkpoints convert exactly",
       '  c.model.family = "imagenet"',
       *(f"  c.model.{key} = {value!r}" for key, value in _MODEL_CONFIGS[example.model].items()),
@@ -288,7 +283,7 @@ def translate_config(example, train_examples: int, source: str = "") -> tuple[st
       f"  c.num_epochs = {epochs!r}",
       f"  c.num_train_steps = int(STEPS_PER_EPOCH * {epochs!r})",
   ]
-  if example.num_train_steps > 0:
+  if example.get("num_train_steps", -1) > 0:
     lines += ["  # the example's num_train_steps: it stops early, on the schedule of num_epochs",
               f"  c.stop_after_steps = {example.num_train_steps}"]
   lines += [
@@ -305,8 +300,8 @@ def translate_config(example, train_examples: int, source: str = "") -> tuple[st
       "  # the example's warm-up steps, in jresnet's epochs of TRAIN_EXAMPLES / batch_size steps",
       f"  c.schedule.warmup_epochs = {warmup!r} * STEPS_PER_EPOCH / (TRAIN_EXAMPLES / {batch})",
       '  c.precision = "bfloat16"  # half_precision (fp16 loss scaling is not offered)'
-      if example.half_precision else '  c.precision = "float32"',
-      f"  c.log_every_steps = {example.log_every_steps}",
+      if example.get("half_precision") else '  c.precision = "float32"',
+      f"  c.log_every_steps = {example.get('log_every_steps', 100)}",
       "  c.checkpoint_every_steps = 10 * STEPS_PER_EPOCH",
       "  c.keep_checkpoints = 3",
       "  return c",
