@@ -19,6 +19,7 @@ JRESNET_HUGE_PAGES=0 keeps it as it is.
 
 import os
 import signal
+import sys
 
 
 class _SigtermDuringStartup:
@@ -43,6 +44,7 @@ import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from jresnet.compat import flax_imagenet  # noqa: E402
 from jresnet.training import distributed, loop, run_config  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Config file whose get_config() returns the run's "
@@ -67,6 +69,9 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if flax_imagenet.is_example_config(FLAGS.config):
+    sys.exit(flax_imagenet.translation_hint(config_flags.get_config_filename(
+        FLAGS["config"])))
   logging.set_verbosity(logging.WARNING)  # orbax and tfds narrate every file at INFO
   distributed.initialize(FLAGS.config.distributed.initialization_timeout_s,
                          FLAGS.config.distributed.heartbeat_timeout_s)

@@ -21,6 +21,7 @@ def get_config() -> ConfigDict:
       scan_blocks=False, remat=False,
       output_stride=32,                              # 16 / 8: dilated last stages (dense tasks)
       frozen_bn=False,                               # BatchNorm on running statistics, not updated
+      padding="torch",                               # 'same': flax's examples/imagenet's
   ))
   c.data = data_config()
 

@@ -64,7 +64,7 @@ def cifar_stage_sizes(depth: int, block: str) -> tuple[int, ...]:
 def resolve(*, depth: int | None, family: str, stage_sizes: Sequence[int] | None,
             block: str | None, version: str, stem: str | None, shortcut: str | None,
             widths: Sequence[int] | None, width_multiplier: float, groups: int,
-            width_per_group: int) -> Architecture:
+            width_per_group: int, stem_features: int | None) -> Architecture:
   """Checks a ResNet's hyper-parameters and fills in the defaults that depend on each other."""
   if family not in FAMILIES:
     raise ValueError(f"family must be one of {_choices(FAMILIES)}; got {family!r}")
@@ -73,7 +73,10 @@ def resolve(*, depth: int | None, family: str, stage_sizes: Sequence[int] | None
   if block is not None and block not in BLOCK_KINDS:
     raise ValueError(f"block must be one of {_choices(BLOCK_KINDS)}; got {block!r}")
   preact = version == "v2"
-  family_widths, stem_features, family_stem = FAMILIES[family]
+  family_widths, family_stem_features, family_stem = FAMILIES[family]
+  if stem_features is not None and stem_features < 1:
+    raise ValueError(f"stem_features must be a positive channel count; got {stem_features}")
+  stem_features = stem_features or family_stem_features
 
   if (depth is None) == (stage_sizes is None):
     raise ValueError("give exactly one of depth (e.g. ResNet(depth=50)) or stage_sizes "

@@ -14,7 +14,7 @@ from jresnet.models.layers import (
   ModuleDef,
   avg_pool_2x2_same,
   avg_pool_ceil,
-  torch_padding,
+  conv_padding,
   zero_pad_channels,
 )
 
@@ -74,6 +74,7 @@ class ResidualBlock(nn.Module):
   zero_init_residual: bool = True
   stride_in_1x1: bool = False
   act: ModuleDef = nn.relu
+  padding: str = "torch"             # of the 3x3 convolutions: 'torch' | 'same' (XLA's)
   expansion = 1
 
   @property
@@ -97,8 +98,8 @@ class ResidualBlock(nn.Module):
     """A 3x3 convolution; `first` marks the block's first 3x3, which keeps the dilation the
     stage had before it was dilated (torchvision's `previous_dilation`, timm's `first_dilation`)."""
     d = (self.first_dilation or self.dilation) if first else self.dilation
-    return self.conv(features, (3, 3), strides, padding=torch_padding(3, d), kernel_dilation=d,
-                     feature_group_count=groups, name=name)
+    return self.conv(features, (3, 3), strides, padding=conv_padding(3, d, self.padding),
+                     kernel_dilation=d, feature_group_count=groups, name=name)
 
   def conv1x1(self, features: int, strides: int, name: str) -> nn.Module:
     return self.conv(features, (1, 1), strides, padding="VALID", name=name)

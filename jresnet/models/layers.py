@@ -2,7 +2,8 @@
 
 XLA's 'SAME' padding puts the extra row/column of a strided convolution at the end, PyTorch pads
 symmetrically. Every convolution and pooling layer here therefore takes explicit symmetric padding,
-so that torchvision weights give torchvision's outputs.
+so that torchvision weights give torchvision's outputs; `padding="same"` chooses XLA's instead,
+as flax's examples/imagenet pads, so that its weights give its outputs.
 """
 
 import dataclasses
@@ -43,9 +44,18 @@ def torch_padding(kernel_size: int, dilation: int = 1) -> Padding:
   return ((p, p), (p, p))
 
 
-def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
-  """torch.nn.MaxPool2d(3, stride=2, padding=1): the padding is -inf, never chosen."""
-  return nn.max_pool(x, (3, 3), strides=(2, 2), padding=torch_padding(3))
+PADDINGS = ("torch", "same")
+
+
+def conv_padding(kernel_size: int, dilation: int = 1, padding: str = "torch") -> Padding | str:
+  """A convolution's padding: PyTorch's (`torch_padding`) or XLA's 'SAME' (`padding="same"`)."""
+  return "SAME" if padding == "same" else torch_padding(kernel_size, dilation)
+
+
+def max_pool_3x3_s2(x: jax.Array, padding: str = "torch") -> jax.Array:
+  """torch.nn.MaxPool2d(3, stride=2, padding=1), or with `padding="same"` XLA's 'SAME' (no
+  padding before, one after, on even sizes). The padding is -inf, never chosen."""
+  return nn.max_pool(x, (3, 3), strides=(2, 2), padding=conv_padding(3, 1, padding))
 
 
 def avg_pool_ceil(x: jax.Array, stride: int) -> jax.Array:

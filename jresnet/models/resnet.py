@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from jresnet.models import architecture, convolution
 from jresnet.models.blocks import BLOCKS
 from jresnet.models.layers import (
+  PADDINGS,
   ModuleDef,
   conv_kernel_init,
   dense_kernel_init,
@@ -64,9 +65,13 @@ class ResNet(nn.Module):
   ResNet-1001. See `jresnet.models.architecture` for the depth rules and defaults.
 
   Call with NHWC images (or NCHW with `data_format="NCHW"`, transposed once at the entry):
-  `model.apply(variables, x, train=False)` returns float32 logits, or with
-  `return_features=True` a dict of NHWC feature maps: for the strided stems the stride-2 map
-  after the stem's activation (`act1`, before the max-pool), the stem's output, and each stage's.
+  `model.apply(variables, x)` returns float32 logits, or with `return_features=True` a dict of
+  NHWC feature maps: for the strided stems the stride-2 map after the stem's activation (`act1`,
+  before the max-pool), the stem's output, and each stage's.
+
+  BatchNorm trains (normalises with the batch's statistics and updates the running ones) when
+  the call can update them: `apply(variables, x, mutable=["batch_stats"])` trains,
+  `apply(variables, x)` evaluates. An explicit `train=True` or `train=False` overrides that.
   """
 
   depth: int | None = None
@@ -77,6 +82,7 @@ class ResNet(nn.Module):
   version: str = "v1.5"                # 'v1' (stride on 1x1), 'v1.5' (on 3x3), 'v2' (pre-act)
   stem: str | None = None              # 'imagenet' | 'cifar' | 'deep'; default from family
   stem_width: int = 32                 # inner width of the deep stem
+  stem_features: int | None = None     # the stem's output channels; default 64, CIFAR 16
   shortcut: str | None = None          # 'A' | 'B' | 'D'; default A for CIFAR v1, else B
   widths: Sequence[int] | None = None  # base width per stage; default from family
   width_multiplier: float = 1.0        # Wide ResNet (Zagoruyko & Komodakis): all stage widths
@@ -97,6 +103,9 @@ class ResNet(nn.Module):
   output_stride: int = 32              # 16 or 8: dilate the last stages instead of striding
   frozen_bn: bool = False              # BatchNorm always uses (and never updates) running stats
   data_format: str = "NHWC"            # of the input; 'NCHW' (PyTorch loaders) is transposed once
+  # 'torch': symmetric, as torchvision; 'same': XLA's 'SAME' on the 3x3 convolutions and the
+  # max-pool (the extra row and column after, on even sizes), as flax's examples/imagenet.
+  padding: str = "torch"
 
   def __post_init__(self):
     self.architecture  # noqa: B018 (a bad depth fails here, at construction, not at trace time)
@@ -104,6 +113,9 @@ class ResNet(nn.Module):
       raise ValueError(f"output_stride must be 8, 16 or 32; got {self.output_stride}")
     if self.data_format not in ("NHWC", "NCHW"):
       raise ValueError(f"data_format must be 'NHWC' or 'NCHW'; got {self.data_format!r}")
+    if self.padding not in PADDINGS:
+      raise ValueError(f"padding must be 'torch' (torchvision's) or 'same' (XLA's, flax's "
+                       f"examples/imagenet's); got {self.padding!r}")
     super().__post_init__()
 
   @property
@@ -112,7 +124,7 @@ class ResNet(nn.Module):
         depth=self.depth, family=self.family, stage_sizes=self.stage_sizes, block=self.block,
         version=self.version, stem=self.stem, shortcut=self.shortcut, widths=self.widths,
         width_multiplier=self.width_multiplier, groups=self.groups,
-        width_per_group=self.width_per_group)
+        width_per_group=self.width_per_group, stem_features=self.stem_features)
 
   def input_shape(self, image_size: int, batch: int = 1) -> tuple[int, int, int, int]:
     """The shape of `batch` square images in the model's `data_format`."""
@@ -160,8 +172,10 @@ class ResNet(nn.Module):
              "reduction": stride, "module": module} for name, module, channels, stride in maps]
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
+  def __call__(self, x: jax.Array, train: bool | None = None, return_features: bool = False):
     arch = self.architecture
+    if train is None:
+      train = self.is_mutable_collection("batch_stats")
     chex.assert_rank(x, 4)
     if self.data_format == "NCHW":
       x = jnp.transpose(x, (0, 2, 3, 1))
@@ -178,16 +192,17 @@ class ResNet(nn.Module):
 
     stem_kwargs = {"width": self.stem_width} if arch.stem == "deep" else {}
     x = STEMS[arch.stem](arch.stem_features, conv, norm, preact=arch.preact, pool=False,
-                         name="stem", **stem_kwargs)(x.astype(self.dtype))
+                         padding=self.padding, name="stem", **stem_kwargs)(x.astype(self.dtype))
     features = {}
     if self.stem_stride > 1:  # the stride-2 map, then the max-pool the stem leaves to us
       features["act1"] = x
-      x = max_pool_3x3_s2(x)
+      x = max_pool_3x3_s2(x, self.padding)
     features["stem"] = x
     block = functools.partial(
         BLOCKS[arch.block, arch.preact], conv=conv, norm=norm, groups=self.groups,
         width_per_group=self.width_per_group, shortcut=arch.shortcut,
-        zero_init_residual=self.zero_init_residual, stride_in_1x1=arch.stride_in_1x1)
+        zero_init_residual=self.zero_init_residual, stride_in_1x1=arch.stride_in_1x1,
+        padding=self.padding)
     for i, ((strides, dilation, first_dilation), num_blocks, width) in enumerate(
         zip(self.stage_strides(), arch.stage_sizes, arch.widths)):
       x = Stage(functools.partial(block, features=width), num_blocks, strides=strides,

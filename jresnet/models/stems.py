@@ -3,13 +3,15 @@
 With `preact=True` (v2 models) a stem ends at its last convolution (and pooling): the first block's
 own BatchNorm-ReLU pre-activates it, as in He et al. 2016 and Haiku's ResNetV2. `pool=False`
 leaves out the strided stems' final max-pool (the ResNet applies it itself, to return the
-stride-2 map as a feature).
+stride-2 map as a feature). `padding="same"` gives the 3x3 convolutions and the max-pool XLA's
+'SAME' padding; the 7x7 convolution pads 3 on each side either way, as flax's examples/imagenet
+does.
 """
 
 import flax.linen as nn
 import jax
 
-from jresnet.models.layers import ModuleDef, max_pool_3x3_s2, torch_padding
+from jresnet.models.layers import ModuleDef, conv_padding, max_pool_3x3_s2, torch_padding
 
 
 class Stem(nn.Module):
@@ -19,9 +21,10 @@ class Stem(nn.Module):
   preact: bool = False
   act: ModuleDef = nn.relu
   pool: bool = True
+  padding: str = "torch"
 
   def max_pool(self, x: jax.Array) -> jax.Array:
-    return max_pool_3x3_s2(x) if self.pool else x
+    return max_pool_3x3_s2(x, self.padding) if self.pool else x
 
   def norm_act(self, x: jax.Array) -> jax.Array:
     return x if self.preact else self.act(self.norm(name="bn1")(x))
@@ -41,7 +44,8 @@ class CifarStem(Stem):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = self.conv(self.features, (3, 3), 1, padding=torch_padding(3), name="conv1")(x)
+    x = self.conv(self.features, (3, 3), 1, padding=conv_padding(3, 1, self.padding),
+                  name="conv1")(x)
     return self.norm_act(x)
 
 
@@ -56,9 +60,11 @@ class DeepStem(Stem):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     for i, (features, strides) in enumerate([(self.width, 2), (self.width, 1)]):
-      x = self.conv(features, (3, 3), strides, padding=torch_padding(3), name=f"conv1_{i}")(x)
+      x = self.conv(features, (3, 3), strides, padding=conv_padding(3, 1, self.padding),
+                    name=f"conv1_{i}")(x)
       x = self.act(self.norm(name=f"bn1_{i}")(x))
-    x = self.conv(self.features, (3, 3), 1, padding=torch_padding(3), name="conv1_2")(x)
+    x = self.conv(self.features, (3, 3), 1, padding=conv_padding(3, 1, self.padding),
+                  name="conv1_2")(x)
     return self.max_pool(self.norm_act(x))
 
 

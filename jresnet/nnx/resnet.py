@@ -70,6 +70,9 @@ class ResNet(nnx.Module):
     if spec.scan_blocks:
       raise ValueError("scan_blocks=True is available in the linen model only; build the NNX "
                        "model unrolled (scan_blocks=False): scanned variables load into it")
+    if spec.padding != "torch":
+      raise ValueError(f"padding={spec.padding!r} is available in the linen model only; the NNX "
+                       "model pads as torchvision does (padding='torch')")
     self.spec = spec
     arch = spec.architecture
     conv = functools.partial(
