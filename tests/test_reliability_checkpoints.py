@@ -3,6 +3,8 @@ run), digests checked wherever a state is read (init_from, exports, predict), ex
 garbled checkpoint metadata, a workdir deleted under a run, and damaged weights files."""
 
 import functools
+import hashlib
+import json
 import os
 import shutil
 
@@ -110,15 +112,21 @@ def test_a_misspelled_init_from_creates_nothing(tmp_path):
 
 # --- digests wherever a state is read ---------------------------------------------------------
 
-def test_init_from_refuses_a_checkpoint_with_flipped_bytes_naming_its_step(finished, tmp_path):
+def test_init_from_refuses_a_checkpoint_that_differs_from_its_digests_naming_its_step(
+    finished, tmp_path):
+  """One array of checkpoint 6 no longer has the sha256 recorded when it was saved (what flipped
+  bytes in a stored array give; Orbax's own decoding catches flips in its compressed files)."""
   workdir = _copy(finished, tmp_path)
-  for path in _files(workdir / "checkpoints" / "6" / "state" / "ocdbt.process_0" / "d"):
-    _flip_4_bytes(path)
+  meta_file = workdir / "checkpoints" / "6" / "meta" / "metadata"
+  meta = json.loads(meta_file.read_text())
+  kernel = "params/layer2/block0/conv2/kernel"
+  meta["digests"][kernel] = hashlib.sha256(b"other bytes").hexdigest()
+  meta_file.write_text(json.dumps(meta))
   p = loop.plan(tiny_config())
   with pytest.raises(checkpoint_lib.CorruptCheckpointError,
                      match=rf"^init_from: checkpoint {workdir}/checkpoints/6 does not read back: "
-                           r"ValueError: \d+ array\(s\) differ from their sha256 at saving .*"
-                           r"Resume that run once"):
+                           rf"ValueError: 1 array\(s\) differ from their sha256 at saving "
+                           rf"\({kernel}\)\. Resume that run once"):
     pretrained.initialise_from(str(workdir), p.model, p.create_state(), p.tx)
   assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]  # a reader moves nothing
   assert not (workdir / "checkpoints.corrupt").exists()
@@ -132,7 +140,7 @@ def test_an_export_with_flipped_bytes_is_refused_by_name(finished, tmp_path, cap
   path.write_bytes(good)
   _flip_4_bytes(path, at=good.find(kernel.tobytes()) + kernel.nbytes // 2)
   damaged = (rf"{path} is damaged: 1 part\(s\) differ from the sha256 recorded at export "
-             r"\(variables/params/layer2/block0/conv2/kernel\); export the model again")
+             r"\(params/layer2/block0/conv2/kernel\); export the model again")
   with pytest.raises(export.ExportError, match=damaged):
     export.load(str(path))
   with pytest.raises(export.ExportError, match=damaged):
@@ -211,9 +219,10 @@ def test_garbled_metadata_of_the_final_checkpoint_is_named_and_the_run_resumes_b
 
   caplog.clear()
   assert loop.train_and_evaluate(tiny_config(), str(workdir)) == finished[1]
-  assert [r.getMessage().split(";")[0] for r in caplog.records
-          if "does not read back" in r.getMessage()] == [named + ": Expecting value: line 1 "
-                                                         "column 16 (char 15)"]
+  warnings = [r.getMessage() for r in caplog.records if "does not read back" in r.getMessage()]
+  assert len(warnings) == 1 and warnings[0].startswith(named)
+  assert warnings[0].endswith(f"moved to {workdir}/checkpoints.corrupt/6, trying the checkpoint "
+                              "before it")
   assert os.listdir(workdir / "checkpoints.corrupt") == ["6"]
   assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]
   assert (workdir / loop.EXPORT_FILE).read_bytes() == (finished[0] / loop.EXPORT_FILE).read_bytes()
