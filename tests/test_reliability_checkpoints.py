@@ -66,17 +66,18 @@ def test_readers_leave_a_save_in_progress_alone_and_read_the_newest_complete_ste
   before = _files(workdir)
 
   assert loop.evaluate_checkpoint(tiny_config(), str(workdir))["checkpoint"] == "6"
+  assert before <= _files(workdir)  # the save in progress is still there
   assert f"evaluating checkpoint 6 of {workdir / 'checkpoints'}" in capsys.readouterr().out
   p = loop.plan(tiny_config())
   pretrained.initialise_from(str(workdir), p.model, p.create_state(), p.tx)
+  assert before <= _files(workdir)
   reader = checkpoint_lib.Checkpoints(str(workdir / "checkpoints"), read_only=True)
   assert reader.all_steps() == [3, 6]
   reader.saved_state(6)
   with pytest.raises(PermissionError, match="read-only"):
     reader.save(p.create_state(), {"model": loop.model_meta(p.model)})
   reader.close()
-  assert _files(workdir) - before == {str(workdir / "eval_test_6.json")}  # eval mode's result
-  assert before <= _files(workdir)  # the save in progress is still there
+  assert _files(workdir) == before | {str(workdir / "eval_test_6.json")}  # eval mode's result
 
 
 def test_a_reader_beside_a_run_that_deletes_its_old_checkpoints_reads_the_newest(tmp_path):
@@ -105,9 +106,11 @@ def test_a_reader_beside_a_run_that_deletes_its_old_checkpoints_reads_the_newest
 
 def test_a_misspelled_init_from_creates_nothing(tmp_path):
   missing = tmp_path / "no_such_run"
-  with pytest.raises(FileNotFoundError, match=rf"init_from={missing}: no such directory"):
+  with pytest.raises(FileNotFoundError) as error:
     loop.train_and_evaluate(tiny_config(init_from=str(missing)), str(tmp_path / "run"))
   assert not missing.exists()
+  assert str(error.value).startswith(f"init_from={missing}: no such directory; give a run's "
+                                     "workdir, a weights file (.pth, .pt, .bin, .safetensors)")
 
 
 # --- digests wherever a state is read ---------------------------------------------------------
@@ -196,7 +199,7 @@ def test_a_workdir_deleted_during_training_stops_the_run_at_the_next_log_step(
       shutil.rmtree(workdir)
     return check_update(step, *args)
   monkeypatch.setattr(loop.guard, "check_update", deleting_at_step_2)
-  with pytest.raises(loop.WorkdirLostError, match=rf"^{workdir} was deleted or replaced during "
+  with pytest.raises(RuntimeError, match=rf"^{workdir} was deleted or replaced during "
                      r"training \(noticed at step 2\): stopped"):
     loop.train_and_evaluate(tiny_config(), str(workdir))
   assert not workdir.exists()  # nothing written there after it went
@@ -233,17 +236,20 @@ def test_garbled_metadata_of_the_final_checkpoint_is_named_and_the_run_resumes_b
 def test_init_from_a_garbage_safetensors_file_names_it_in_one_line(tmp_path):
   bad = tmp_path / "weights.safetensors"
   bad.write_bytes(b"not a safetensors file" * 8)
-  with pytest.raises(weights.UnreadableWeightsError,
-                     match=rf"^{bad} does not load \(SafetensorError: .*\): it is truncated, "
-                           "damaged or not a weights file$"):
+  with pytest.raises(ValueError, match=rf"^{bad} does not load \(SafetensorError: .*\): it "
+                     "is truncated, damaged or not a weights file$"):
     pretrained.initialise_from(str(bad), SMALL(), None, None)
 
 
-def test_a_digest_less_entry_pins_no_wrong_file_and_keeps_one_bad_copy(tmp_path):
-  """An entry without a sha256 on record, whose cached file is another architecture's (then
-  garbage): moved aside each time, nothing pinned, and one aside copy per file, the newest."""
-  entry = registry.Weights("test.small", SMALL, "http://127.0.0.1:9/unused", None, "safetensors",
-                           "test", registry.EvalTransform(8, 8), 50.0, "this test")
+def _digest_less_entry():
+  return registry.Weights("test.small", SMALL, "http://127.0.0.1:9/unused", None, "safetensors",
+                          "test", registry.EvalTransform(8, 8), 50.0, "this test")
+
+
+def test_a_digest_less_entry_never_pins_a_file_of_another_architecture(tmp_path):
+  """An entry without a sha256 on record whose cached file loads but is another architecture's:
+  moved aside, its digest not recorded (a later, right file is what gets pinned)."""
+  entry = _digest_less_entry()
   cached = tmp_path / entry.file_name
   wider = SMALL(widths=(8, 24))
   weights.save_safetensors(str(cached), jresnet.init_variables(wider, 0), wider)
@@ -253,8 +259,12 @@ def test_a_digest_less_entry_pins_no_wrong_file_and_keeps_one_bad_copy(tmp_path)
     weights.read_registered(entry, cache=str(tmp_path), progress=False)
   assert os.listdir(tmp_path) == [f"{entry.file_name}.corrupt"]  # no .sha256 recorded
 
-  cached.write_bytes(b"garbage")
-  with pytest.raises(weights.CorruptWeightsError, match=rf"{cached} does not load"):
-    weights.read_registered(entry, cache=str(tmp_path), progress=False)
+
+def test_failed_retries_keep_one_aside_copy_per_file_the_newest(tmp_path):
+  entry = _digest_less_entry()
+  for attempt in (b"garbage 1", b"garbage 2", b"garbage 3"):
+    (tmp_path / entry.file_name).write_bytes(attempt)
+    with pytest.raises(weights.CorruptWeightsError, match=rf"{entry.file_name} does not load"):
+      weights.read_registered(entry, cache=str(tmp_path), progress=False)
   assert os.listdir(tmp_path) == [f"{entry.file_name}.corrupt"]
-  assert (tmp_path / f"{entry.file_name}.corrupt").read_bytes() == b"garbage"
+  assert (tmp_path / f"{entry.file_name}.corrupt").read_bytes() == b"garbage 3"
