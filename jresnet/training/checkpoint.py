@@ -246,8 +246,8 @@ class Checkpoints:
     """(step, state) of the newest checkpoint that restores intact into `target`; None if there
     are none. Each newer one that does not read back is named in one line and moved aside into
     `<directory>.corrupt/` (never deleted; left in place if `read_only`); if none reads back, the
-    error names them all. A reader beside a live run also skips the checkpoints that run deletes
-    (its oldest) while they are read."""
+    error names them all. A reader beside a live run goes on to the newest checkpoint when the
+    one it reads is deleted (the run keeps its last few) or a newer one is saved meanwhile."""
     broken, tried = [], set()
     while steps := sorted(set(self.manager.all_steps()) - tried, reverse=True):
       step = steps[0]
@@ -255,9 +255,11 @@ class Checkpoints:
       try:
         return step, self.restore(step, target, target_meta)
       except CorruptCheckpointError as e:
-        if self.read_only and not (self.directory / str(step)).exists():
-          self.manager.reload()  # deleted by the run writing here: list what it holds now
-          continue
+        if self.read_only:  # a run writing here may have deleted it (its oldest) while read
+          self.manager.reload()
+          if (not (self.directory / str(step)).exists()
+              or max(self.manager.all_steps(), default=step) > step):
+            continue  # superseded: the newest now is what to read
         broken.append(f"step {step} ({e})" + self._discard(step, e))
     if broken:
       where = ("They were left in place (read-only): resume the run there to set them aside"
