@@ -125,8 +125,8 @@ def remove_temporaries(path: str) -> list[str]:
   return leftovers
 
 
-_AGAIN = ("export the model again (train.py rewrites model.msgpack from the final checkpoint when "
-          "run again on its workdir; or jresnet.export.save)")
+_REEXPORT = ("export the model again (train.py rewrites model.msgpack from the final checkpoint "
+             "when run again on its workdir; or jresnet.export.save)")
 
 
 def load(path: str) -> Exported:
@@ -147,11 +147,11 @@ def load(path: str) -> Exported:
     raise
   except Exception as e:  # msgpack, JSON or layout: a truncated or foreign file
     raise ExportError(f"{path} is not a readable jresnet export ({type(e).__name__}: {e}); "
-                      f"it may be truncated or damaged: {_AGAIN}") from e
+                      f"it may be truncated or damaged: {_REEXPORT}") from e
   if recorded is None:
     logging.getLogger("jresnet").warning(
         "%s records no sha256 (written by an older jresnet): loaded unchecked; %s to have it "
-        "checked", path, _AGAIN)
+        "checked", path, _REEXPORT)
   else:
     changed = [key for key in _JSON_FIELDS if recorded.get(key) != actual[key]]
     changed += differing(recorded.get("variables") or {}, actual["variables"])
@@ -159,7 +159,7 @@ def load(path: str) -> Exported:
     if changed:
       raise ExportError(f"{path} is damaged: {len(changed)} part(s) differ from the sha256 "
                         f"recorded at export ({', '.join(changed[:3])}"
-                        f"{' ...' if len(changed) > 3 else ''}); {_AGAIN}")
+                        f"{' ...' if len(changed) > 3 else ''}); {_REEXPORT}")
   for key in ("stage_sizes", "widths"):
     if kwargs.get(key) is not None:
       kwargs[key] = tuple(kwargs[key])

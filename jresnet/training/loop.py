@@ -289,10 +289,10 @@ def _export_problem(workdir: str, final_meta: dict, use_ema: bool) -> str | None
       problem = "damaged"
     else:
       expected = final_meta.get("digests") or {}
-      trained = "ema_params" if use_ema and any(k.startswith("ema_params/") for k in expected) \
-          else "params"
-      expected = {k.replace(trained + "/", "params/", 1): v for k, v in expected.items()
-                  if k.startswith((trained + "/", "batch_stats/"))}
+      ema = use_ema and any(k.startswith("ema_params/") for k in expected)
+      source = "ema_params/" if ema else "params/"  # what the export holds as its params
+      expected = {"params/" + k.removeprefix(source) if k.startswith(source) else k: v
+                  for k, v in expected.items() if k.startswith((source, "batch_stats/"))}
       if exported.digests is None:
         problem = "written without a digest"
       elif expected and expected != exported.digests:

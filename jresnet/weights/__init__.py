@@ -94,8 +94,9 @@ def read_registered(entry: Weights, cache: str | None = None, progress: bool = T
   except UnreadableWeightsError as e:
     raise CorruptWeightsError(f"{e}; moved to {download.set_aside(path)}, {again}") from e
   if entry.sha256 is None and download.recorded_sha256(path) is None:
+    model = entry.model()
     try:
-      interop.from_torch(state_dict, entry.model())
+      interop.from_torch(state_dict, model)
     except ValueError as e:
       differences = str(e).splitlines()[1:]
       raise CorruptWeightsError(
