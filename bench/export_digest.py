@@ -14,20 +14,13 @@ import os
 import shutil
 import statistics
 import tempfile
-import time
 from unittest import mock
 
 import jax
 
-from bench import report
+from bench import report, timing
 from jresnet import export
 from jresnet.models import ResNet50, init_variables
-
-
-def _timed(fn) -> float:
-  start = time.perf_counter()
-  fn()
-  return time.perf_counter() - start
 
 
 def main():
@@ -56,18 +49,20 @@ def main():
   times = {(digest, op): [] for digest in (False, True) for op in ("save", "load")}
   for repeat in range(args.repeats + 1):  # the first round warms up and is not counted
     for digest in (False, True):
-      saved, loaded = _timed(lambda: save(digest)), None  # noqa: B023 (called at once)
-      if not digest:  # the file as an export without a digest is written: no sha256 key
-        payload = export.serialization.msgpack_restore(open(paths[False], "rb").read())
+      saved = timing.seconds(lambda: save(digest))  # noqa: B023 (called at once)
+      if not digest:  # as an export from before digests: no sha256 field at all
+        with open(paths[False], "rb") as f:
+          payload = export.serialization.msgpack_restore(f.read())
         del payload["sha256"]
         with open(paths[False], "wb") as f:
           f.write(export.serialization.msgpack_serialize(payload))
-      loaded = _timed(lambda: load(digest))  # noqa: B023
+      loaded = timing.seconds(lambda: load(digest))  # noqa: B023
       if repeat:
         times[digest, "save"].append(saved)
         times[digest, "load"].append(loaded)
-  payload = export.serialization.msgpack_restore(open(paths[True], "rb").read())
-  alone = statistics.median(_timed(lambda: export._payload_digests(payload))  # noqa: SLF001
+  with open(paths[True], "rb") as f:
+    payload = export.serialization.msgpack_restore(f.read())
+  alone = statistics.median(timing.seconds(lambda: export._payload_digests(payload))  # noqa: SLF001
                             for _ in range(args.repeats))
   megabytes = os.path.getsize(paths[True]) / 2**20
   if not args.dir:
