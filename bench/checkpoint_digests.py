@@ -14,21 +14,14 @@ import os
 import shutil
 import statistics
 import tempfile
-import time
 
 import flax.serialization
 import jax
 
-from bench import report
+from bench import report, timing
 from configs import imagenet_resnet50
 from jresnet.training import checkpoint as checkpoint_lib
 from jresnet.training import recipe as recipe_lib
-
-
-def _timed(fn) -> float:
-  start = time.perf_counter()
-  fn()
-  return time.perf_counter() - start
 
 
 def main():
@@ -52,8 +45,8 @@ def main():
     for verify in (False, True):
       directory = os.path.join(root, f"{verify}-{repeat}")
       ckpts = checkpoint_lib.Checkpoints(directory, async_save=False, verify=verify)
-      save = _timed(lambda: ckpts.save(state, meta))  # noqa: B023 (called at once)
-      restore = _timed(lambda: jax.block_until_ready(ckpts.restore(  # noqa: B023
+      save = timing.seconds(lambda: ckpts.save(state, meta))  # noqa: B023 (called at once)
+      restore = timing.seconds(lambda: jax.block_until_ready(ckpts.restore(  # noqa: B023
           int(state.step), state, meta)))
       ckpts.close()
       shutil.rmtree(directory)
@@ -61,7 +54,7 @@ def main():
         times[verify, "save"].append(save)
         times[verify, "restore"].append(restore)
     if repeat:
-      check.append(_timed(lambda: (checkpoint_lib.digests(checkpoint_lib.host_arrays(
+      check.append(timing.seconds(lambda: (checkpoint_lib.digests(checkpoint_lib.host_arrays(
           flax.serialization.to_state_dict(state))), checkpoint_lib.non_finite(arrays))))
   if not args.dir:
     shutil.rmtree(root)

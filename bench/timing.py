@@ -34,3 +34,10 @@ def throughput(step: Callable[[], None], sync: Callable[[], None], images_per_st
   return {"images_per_s": round(statistics.median(rates), 2),
           "images_per_s_min": round(min(rates), 2), "images_per_s_max": round(max(rates), 2),
           "first_step_s": round(first, 3), "steps_per_repeat": steps, "repeats": repeats}
+
+
+def seconds(fn: Callable[[], object]) -> float:
+  """Wall-clock seconds of one call of `fn` (which waits for its own work)."""
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start

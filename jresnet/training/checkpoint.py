@@ -8,9 +8,13 @@ and says where it differs, and one whose files do not read back as written (miss
 files, flipped bytes: the digests). `restore_newest` then moves it aside, never deleting it, and
 resumes from the newest one that is intact. A state with NaN or infinity is neither saved nor
 resumed from.
+
+Only the run that holds the workdir lock writes: it saves, cleans up the temporary directories of
+saves that a killed run left, and moves corrupt checkpoints aside. Everyone else (eval mode,
+`init_from`, a look at a run in progress) opens the directory `read_only`, and a save in progress
+there is left to the run that is writing it.
 """
 
-import hashlib
 import logging
 import os
 
@@ -23,6 +27,7 @@ from etils import epath
 from flax import traverse_util
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policy
 
+from jresnet.integrity import differing, digests, host_arrays
 from jresnet.training.state import TrainState
 
 
@@ -36,20 +41,6 @@ class CorruptCheckpointError(RuntimeError):
 
 class NonFiniteStateError(FloatingPointError):
   """A train state holds NaN or infinity: it is not saved, and not resumed from."""
-
-
-def host_arrays(tree) -> dict[str, np.ndarray]:
-  """Every array of a state dict on the host, by path ('params/stem/conv1/kernel')."""
-  leaves = jax.tree_util.tree_leaves_with_path(tree)
-  values = jax.device_get([x for _, x in leaves])
-  return {jax.tree_util.keystr(path, simple=True, separator="/"): np.asarray(x)
-          for (path, _), x in zip(leaves, values)}
-
-
-def digests(arrays: dict[str, np.ndarray]) -> dict[str, str]:
-  """The sha256 of each array's bytes."""
-  return {path: hashlib.sha256(np.ascontiguousarray(x).reshape(-1).view(np.uint8)).hexdigest()
-          for path, x in arrays.items()}
 
 
 def non_finite(arrays: dict[str, np.ndarray]) -> list[str]:
@@ -97,18 +88,24 @@ class Checkpoints:
   """A CheckpointManager for TrainStates in `directory`."""
 
   def __init__(self, directory: str, keep: int = 2, async_save: bool = True,
-               verify: bool = True):
-    """`verify`: digest every array on save and check the digests on restore."""
+               verify: bool = True, read_only: bool = False):
+    """`verify`: digest every array on save and check the digests on restore. `read_only`: for
+    readers; nothing in `directory` is created, cleaned up, saved, deleted or moved aside."""
     self.directory = epath.Path(os.path.abspath(os.path.expanduser(directory)))  # orbax: absolute
     self.verify = verify
-    keep_policy = policy.AnyPreservationPolicy([
-        policy.LatestN(n=keep),
-        policy.BestN(get_metric_fn=lambda m: m["accuracy"], reverse=False, n=1,
-                     keep_checkpoints_without_metrics=False),
-    ])
-    options = ocp.CheckpointManagerOptions(preservation_policy=keep_policy,
-                                           enable_async_checkpointing=async_save,
-                                           cleanup_tmp_directories=True)
+    self.read_only = read_only
+    if read_only:  # (the options orbax would reset for a reader, set here: no warnings)
+      options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0,
+                                             enable_async_checkpointing=False)
+    else:
+      keep_policy = policy.AnyPreservationPolicy([
+          policy.LatestN(n=keep),
+          policy.BestN(get_metric_fn=lambda m: m["accuracy"], reverse=False, n=1,
+                       keep_checkpoints_without_metrics=False),
+      ])
+      options = ocp.CheckpointManagerOptions(preservation_policy=keep_policy,
+                                             enable_async_checkpointing=async_save,
+                                             cleanup_tmp_directories=True)
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={"state": ocp.StandardCheckpointHandler(),
@@ -122,13 +119,18 @@ class Checkpoints:
 
   def saved_state(self, step: int) -> dict:
     """Checkpoint `step`'s train state as saved (nested dicts of arrays), with no target to
-    restore into: what `init_from` reads from another run."""
+    restore into: what `init_from` reads from another run. Checked as `restore` checks."""
+    path = self.directory / str(step)
     try:
-      return self.manager.restore(step, args=ocp.args.Composite(
+      state = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore()))["state"]
+      self._check_arrays(step, host_arrays(state), self.meta(step))
+    except (NonFiniteStateError, CorruptCheckpointError):
+      raise
     except Exception as e:  # noqa: BLE001 (whatever the files did, the checkpoint is unusable)
-      raise CorruptCheckpointError(f"checkpoint {self.directory / str(step)} does not read back: "
+      raise CorruptCheckpointError(f"checkpoint {path} does not read back: "
                                    f"{_first_line(e)}") from e
+    return state
 
   def best_step(self) -> int | None:
     """The kept step with the highest evaluation accuracy (None if none was evaluated)."""
@@ -136,18 +138,40 @@ class Checkpoints:
     for step in self.manager.all_steps():
       try:
         metrics = self.meta(step).get("metrics")
-      except Exception:  # noqa: BLE001 (an unreadable checkpoint is no candidate)
+      except CorruptCheckpointError:  # an unreadable checkpoint is no candidate
         continue
       if metrics:
         scored.append((metrics["accuracy"], step))
     return max(scored)[1] if scored else None
 
   def meta(self, step: int) -> dict:
-    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    """Checkpoint `step`'s JSON item; CorruptCheckpointError, naming it, if that does not read."""
+    try:
+      meta = self.manager.restore(step, args=ocp.args.Composite(
+          meta=ocp.args.JsonRestore()))["meta"]
+      if not isinstance(meta, dict):
+        raise TypeError(f"meta is a {type(meta).__name__}, not a JSON object")
+      return meta
+    except Exception as e:  # noqa: BLE001 (garbled, missing or foreign: unusable either way)
+      raise CorruptCheckpointError(f"checkpoint {self.directory / str(step)} does not read "
+                                   f"back: {_first_line(e)}") from e
+
+  def latest_readable_step(self) -> int | None:
+    """The newest step whose meta reads back (what a finished run reports from). Each newer one
+    is named in one line, and moved aside unless `read_only`."""
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        self.meta(step)
+        return step
+      except CorruptCheckpointError as e:
+        self._discard(step, e)
+    return None
 
   def save(self, state: TrainState, meta: dict, metrics: dict | None = None) -> None:
     """Starts an asynchronous save of `state` at its step; returns once the arrays are copied.
     Raises NonFiniteStateError, saving nothing, if `state` holds NaN or infinity."""
+    if self.read_only:
+      raise PermissionError(f"{self.directory} was opened read-only: nothing is saved")
     step = int(jax.device_get(state.step))
     tree = flax.serialization.to_state_dict(state)
     meta = {**meta, "metrics": metrics}
@@ -174,9 +198,25 @@ class Checkpoints:
     that does not read back is left to `restore`, which reports it as corrupt."""
     try:
       saved = self.meta(step)
-    except Exception:  # noqa: BLE001 (any failure to read is restore's to report)
+    except CorruptCheckpointError:
       return
     self._refuse(step, model_differences(saved, target_meta))
+
+  def _check_arrays(self, step: int, arrays: dict[str, np.ndarray], saved_meta: dict) -> None:
+    """Raises if `arrays` differ from the digests recorded at saving (ValueError, reported as a
+    corrupt checkpoint), or hold NaN or infinity (NonFiniteStateError)."""
+    if not self.verify:
+      return
+    expected = saved_meta.get("digests") or {}  # none: written before digests were kept
+    if changed := differing(expected, digests(arrays)):
+      raise ValueError(f"{len(changed)} array(s) differ from their sha256 at saving "
+                       f"({', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''})")
+    if bad := non_finite(arrays):
+      raise NonFiniteStateError(
+          f"checkpoint {self.directory / str(step)} holds non-finite values "
+          f"({', '.join(bad[:5])}): it was saved from a diverged run. Move it out of the "
+          "checkpoints directory to resume from the one before it, or use a fresh --workdir; "
+          "and lower the learning rate or set --config.grad_clip_norm.")
 
   def restore(self, step: int, target: TrainState, target_meta: dict) -> TrainState:
     """Restores `step` into the structure, shapes and shardings of `target` (arrays or specs).
@@ -193,20 +233,8 @@ class Checkpoints:
                    + tree_differences(saved_tree, target_tree))
       restored = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(target_tree)))["state"]
-      if self.verify:
-        arrays = host_arrays(restored)
-        expected = saved_meta.get("digests") or {}  # none: written before digests were kept
-        changed = [k for k, d in digests(arrays).items() if k in expected and expected[k] != d]
-        if changed or set(expected) - set(arrays):
-          raise ValueError(f"{len(changed)} array(s) differ from their sha256 at saving "
-                           f"({', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''})")
-        if bad := non_finite(arrays):
-          raise NonFiniteStateError(
-              f"checkpoint {path} holds non-finite values ({', '.join(bad[:5])}): it was saved "
-              "from a diverged run. Move it out of the checkpoints directory to resume from the "
-              "one before it, or use a fresh --workdir; and lower the learning rate or set "
-              "--config.grad_clip_norm.")
-    except (CheckpointMismatchError, NonFiniteStateError):
+      self._check_arrays(step, host_arrays(restored), saved_meta)
+    except (CheckpointMismatchError, NonFiniteStateError, CorruptCheckpointError):
       raise
     except Exception as e:  # noqa: BLE001 (whatever the files did, the checkpoint is unusable)
       raise CorruptCheckpointError(f"checkpoint {path} does not read back: "
@@ -216,22 +244,41 @@ class Checkpoints:
 
   def restore_newest(self, target: TrainState, target_meta: dict) -> tuple[int, TrainState] | None:
     """(step, state) of the newest checkpoint that restores intact into `target`; None if there
-    are none. Each newer one that does not read back is logged in one line and moved aside into
-    `<directory>.corrupt/` (never deleted); if none reads back, the error names them all."""
-    broken = []
-    for step in sorted(self.manager.all_steps(), reverse=True):
+    are none. Each newer one that does not read back is named in one line and moved aside into
+    `<directory>.corrupt/` (never deleted; left in place if `read_only`); if none reads back, the
+    error names them all. A reader beside a live run goes on to the newest checkpoint when the
+    one it reads is deleted (the run keeps its last few) or a newer one is saved meanwhile."""
+    broken, tried = [], set()
+    while steps := sorted(set(self.manager.all_steps()) - tried, reverse=True):
+      step = steps[0]
+      tried.add(step)
       try:
         return step, self.restore(step, target, target_meta)
       except CorruptCheckpointError as e:
-        moved = self._set_aside(step)
-        logging.warning("%s; moved to %s, trying the checkpoint before it", e, moved)
-        broken.append(f"step {step} ({e}) -> {moved}")
+        if self.read_only:  # a run writing here may have deleted it (its oldest) while read
+          self.manager.reload()
+          if (not (self.directory / str(step)).exists()
+              or max(self.manager.all_steps(), default=step) > step):
+            continue  # superseded: the newest now is what to read
+        broken.append(f"step {step} ({e})" + self._discard(step, e))
     if broken:
+      where = ("They were left in place (read-only): resume the run there to set them aside"
+               if self.read_only else "They were moved aside, not deleted. Run again to train "
+               "from step 0 in this workdir")
       raise CorruptCheckpointError(
           f"no checkpoint in {self.directory} reads back intact:\n  " + "\n  ".join(broken)
-          + "\nThey were moved aside, not deleted. Run again to train from step 0 in this "
-          "workdir, or restore a copy of the checkpoints from a backup.")
+          + f"\n{where}, or restore a copy of the checkpoints from a backup.")
     return None
+
+  def _discard(self, step: int, error: CorruptCheckpointError) -> str:
+    """Logs `error` in one line and moves checkpoint `step` aside (unless `read_only`); returns
+    ' -> <where it went>', or '' where it stayed."""
+    if self.read_only:
+      logging.warning("%s; left in place (read-only), trying the checkpoint before it", error)
+      return ""
+    moved = self._set_aside(step)
+    logging.warning("%s; moved to %s, trying the checkpoint before it", error, moved)
+    return f" -> {moved}"
 
   def _set_aside(self, step: int) -> epath.Path:
     """Moves checkpoint `step` into `<directory>.corrupt/` (process 0; the others wait)."""

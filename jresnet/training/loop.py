@@ -13,6 +13,7 @@ import os
 import signal
 
 import jax
+import numpy as np
 from ml_collections import ConfigDict
 
 from jresnet import export
@@ -103,6 +104,29 @@ class _Preemption:
     signal.signal(signal.SIGTERM, self.previous)
 
 
+class WorkdirLostError(RuntimeError):
+  """The workdir was deleted or replaced while the run was writing into it."""
+
+
+def _identity(workdir: str) -> tuple[int, int] | None:
+  """What tells this workdir from another at the same path (None: there is none)."""
+  try:
+    status = os.stat(workdir)
+  except FileNotFoundError:
+    return None
+  return status.st_dev, status.st_ino
+
+
+def _check_workdir(workdir: str, identity: tuple[int, int], step: int) -> None:
+  """Raises WorkdirLostError if `workdir` is no longer the directory the run started in (Orbax
+  would recreate checkpoints/ there, and the metrics would go to a deleted file)."""
+  if _identity(workdir) != identity:
+    raise WorkdirLostError(
+        f"{workdir} was deleted or replaced during training (noticed at step {step}): stopped, "
+        "since nothing written there now would be kept with the run. Restore it from a backup, "
+        "or run again to train from the start.")
+
+
 def _every(n: int | None, default: int) -> int:
   return max(int(n) if n else default, 1)
 
@@ -123,16 +147,28 @@ def _train(p: recipe_lib.Recipe, workdir: str) -> dict:
                                            keep=cfg.keep_checkpoints,
                                            async_save=cfg.async_checkpoints)
   meta = {"model": model_meta(p.model)}
-  latest = checkpoints.latest_step()
+  if jax.process_index() == 0:  # this run holds the workdir: nobody else writes its export
+    for leftover in export.remove_temporaries(os.path.join(workdir, EXPORT_FILE)):
+      logging.info("removed %s, left by an export that did not finish", leftover)
+  latest = checkpoints.latest_readable_step()
   if latest:
     checkpoints.check_model(latest, meta)  # before anything is compiled
+  restored = None
   if latest and latest >= p.total_steps:
-    return _already_finished(checkpoints, latest, workdir)
+    problem = _export_problem(workdir, checkpoints.meta(latest), p.use_ema)
+    if not problem:
+      return _already_finished(checkpoints, latest, workdir)
+    restored = checkpoints.restore_newest(p.runner.get_state(p.create_state()), meta)
+    if restored[0] == latest:  # else: it does not restore, and training resumes before it
+      path = _export(p, p.runner.put_state(restored[1]), workdir)
+      _say(f"{path} was {problem}: rewrote it from the final checkpoint (step {latest})")
+      return _already_finished(checkpoints, latest, workdir)
   on_device, input_line = open_input(p, (cfg.data.train_split, cfg.data.eval_split))
   if not on_device:  # (the device path has decoded both splits already)
     data.check_split(cfg.data, cfg.data.eval_split)  # a broken eval image: now, not in an epoch
   state, loaded_note = p.create_state(), None
-  restored = checkpoints.restore_newest(p.runner.get_state(state), meta) if latest else None
+  if latest and not restored:
+    restored = checkpoints.restore_newest(p.runner.get_state(state), meta)
   start = restored[0] if restored else 0
   if restored:
     state = p.runner.put_state(restored[1])
@@ -147,6 +183,7 @@ def _train(p: recipe_lib.Recipe, workdir: str) -> dict:
   save_every = _every(cfg.checkpoint_every_steps, eval_every)
 
   writer = MetricWriter(workdir, p.total_steps, start, cfg.batch_size)
+  identity = _identity(workdir)
   writer.write_config(run_config.resolved(cfg, p.info))
   for note in p.info.notes + ((loaded_note,) if loaded_note else ()):
     writer.note(note)
@@ -183,6 +220,7 @@ def _train(p: recipe_lib.Recipe, workdir: str) -> dict:
       if step % log_every == 0 or save or evaluated:  # every state that may be saved
         host = p.runner.to_host(metrics)
         guard.check_update(step, host, checkpoints.latest_step(), workdir)
+        _check_workdir(workdir, identity, step)
         writer.scalars(step, "train", host)
       if evaluated:
         eval_metrics = evaluate_split(p, state.eval_variables(p.use_ema), cfg.data.eval_split,
@@ -198,15 +236,18 @@ def _train(p: recipe_lib.Recipe, workdir: str) -> dict:
         break
   finally:
     preemption.restore()
-    checkpoints.wait()
-    checkpoints.close()
-    writer.close()
-  if step == p.total_steps and jax.process_index() == 0:
-    export.save(os.path.join(workdir, EXPORT_FILE), p.model,
-                p.runner.to_host(state.eval_variables(p.use_ema)),
-                class_names=p.info.class_names, transform=p.info.eval_transform)
+    try:
+      checkpoints.wait()
+      checkpoints.close()
+      writer.close()
+    except Exception:
+      if _identity(workdir) == identity:
+        raise  # (else the workdir is gone, which is the error to report)
+  _check_workdir(workdir, identity, step)
+  if step == p.total_steps:
+    path = _export(p, state, workdir)
     _say(f"finished: step {step} of {p.total_steps}; {_metrics_text(eval_metrics)}; exported "
-         f"to {os.path.join(workdir, EXPORT_FILE)}")
+         f"to {path}")
   elif step < p.total_steps:
     _say(f"stopped after {step - start} steps, at step {step} of {p.total_steps} "
          f"({'SIGTERM' if sigterm else 'stop_after_steps'}); checkpoint saved in "
@@ -227,6 +268,45 @@ def _metrics_text(metrics: dict | None) -> str:
                              if isinstance(v, float))
 
 
+def _export(p: recipe_lib.Recipe, state, workdir: str) -> str:
+  """Writes the inference export of `state` into `workdir` (process 0); returns its path."""
+  path = os.path.join(workdir, EXPORT_FILE)
+  if jax.process_index() == 0:
+    export.save(path, p.model, p.runner.to_host(state.eval_variables(p.use_ema)),
+                class_names=p.info.class_names, transform=p.info.eval_transform)
+  return path
+
+
+def _export_problem(workdir: str, final_meta: dict, use_ema: bool) -> str | None:
+  """What is wrong with the export of a finished workdir, as process 0 sees it: missing,
+  damaged, without a digest, or not the weights of the final checkpoint (whose `final_meta` has
+  the sha256 of each array). None if it is that checkpoint's export."""
+  problem = None
+  if jax.process_index() == 0:
+    try:
+      exported = export.load(os.path.join(workdir, EXPORT_FILE))
+    except FileNotFoundError:
+      problem = "missing"
+    except export.ExportError:
+      problem = "damaged"
+    else:
+      expected = final_meta.get("digests") or {}
+      ema = use_ema and any(k.startswith("ema_params/") for k in expected)
+      source = "ema_params/" if ema else "params/"  # what the export holds as its params
+      expected = {"params/" + k.removeprefix(source) if k.startswith(source) else k: v
+                  for k, v in expected.items() if k.startswith((source, "batch_stats/"))}
+      if exported.digests is None:
+        problem = "written without a digest"
+      elif expected and expected != exported.digests:
+        problem = "not the final checkpoint's model"
+  if jax.process_count() > 1:  # process 0 writes the export: what it sees decides for all
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+
+    rewrite = bool(multihost_utils.broadcast_one_to_all(np.int32(problem is not None)))
+    problem = (problem or "to be rewritten (as process 0 found)") if rewrite else None
+  return problem
+
+
 def _already_finished(checkpoints, step: int, workdir: str) -> dict:
   """A finished workdir: the final metrics of its last checkpoint, and nothing run again."""
   metrics = checkpoints.meta(step).get("metrics") or {}
@@ -237,13 +317,14 @@ def _already_finished(checkpoints, step: int, workdir: str) -> dict:
 
 
 def _restore_for_eval(p: recipe_lib.Recipe, workdir: str) -> tuple[dict, str]:
-  """Variables of checkpoint `eval_checkpoint` ('latest', 'best' or a step) of `workdir`."""
+  """Variables of checkpoint `eval_checkpoint` of `workdir`: 'latest' (the newest that reads
+  back intact), 'best' or a step. The checkpoints are only read: a run may be training there."""
   cfg = p.config
   directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(directory):  # (the manager would create it)
+  if not os.path.isdir(directory):
     raise FileNotFoundError(f"no checkpoints in {workdir}: nothing to evaluate (train there "
                             "first, or set --config.eval_checkpoint to an exported .msgpack)")
-  checkpoints = checkpoint_lib.Checkpoints(directory, async_save=False)
+  checkpoints = checkpoint_lib.Checkpoints(directory, read_only=True)
   which = str(cfg.eval_checkpoint)
   step = {"latest": checkpoints.latest_step,
           "best": checkpoints.best_step}.get(which, lambda: int(which))()
@@ -253,11 +334,16 @@ def _restore_for_eval(p: recipe_lib.Recipe, workdir: str) -> tuple[dict, str]:
         f"no evaluated checkpoint in {directory} (saved without an evaluation: steps {saved}); "
         "use --config.eval_checkpoint=latest or a step" if saved and which == "best" else
         f"no checkpoint ({which}) in {directory}" + (f"; it holds steps {saved}" if saved else ""))
-  checkpoints.check_model(step, {"model": model_meta(p.model)})
+  meta = {"model": model_meta(p.model)}
+  checkpoints.check_model(step, meta)
   target = p.runner.get_state(p.create_state())
-  state = p.runner.put_state(checkpoints.restore(step, target, {"model": model_meta(p.model)}))
+  if which == "latest":
+    step, state = checkpoints.restore_newest(target, meta)
+  else:
+    state = checkpoints.restore(step, target, meta)
   checkpoints.close()
-  return state.eval_variables(p.use_ema), str(step)
+  _say(f"evaluating checkpoint {step} of {directory}")
+  return p.runner.put_state(state).eval_variables(p.use_ema), str(step)
 
 
 def _eval_advice(message: str, cfg: ConfigDict, workdir: str) -> str:

@@ -3,6 +3,8 @@ layout, `.pth` or `.safetensors`) or a `jresnet.weights` registry name (download
 
 The classifier head (`fc`) is kept from the fresh initialisation when its shape differs (a new
 class count); any other difference is an error that names the tensors. The optimiser starts fresh.
+Another run is only read (it may be training): its newest checkpoint is checked against the
+digests recorded at saving, and refused by name if it does not read back.
 """
 
 import logging
@@ -14,7 +16,7 @@ from flax import traverse_util
 
 from jresnet import interop, weights
 from jresnet.models import ResNet, to_scanned, to_unrolled
-from jresnet.training.checkpoint import Checkpoints
+from jresnet.training.checkpoint import Checkpoints, CorruptCheckpointError
 from jresnet.training.state import TrainState
 
 HEAD = "fc"
@@ -32,14 +34,25 @@ def _load_weights(path: str, model: ResNet) -> dict:
 
 
 def _load_checkpoint(path: str) -> dict:
+  """The newest checkpoint of a run's workdir (or of a checkpoints directory), read-only."""
+  if not os.path.isdir(path):
+    raise FileNotFoundError(
+        f"init_from={path}: no such directory; give a run's workdir, a weights file "
+        f"({', '.join(WEIGHT_FILES)}) or a jresnet.weights name")
   directory = os.path.join(path, "checkpoints") if os.path.isdir(
       os.path.join(path, "checkpoints")) else path
-  checkpoints = Checkpoints(directory, async_save=False)
-  step = checkpoints.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"init_from={path}: no checkpoint there (nor in {directory})")
-  raw = checkpoints.saved_state(step)
-  checkpoints.close()
+  checkpoints = Checkpoints(directory, read_only=True)
+  try:
+    step = checkpoints.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"init_from={path}: no checkpoint there (nor in {directory})")
+    raw = checkpoints.saved_state(step)
+  except CorruptCheckpointError as e:
+    raise CorruptCheckpointError(
+        f"init_from: {e}. Resume that run once (it sets a damaged checkpoint aside and "
+        "falls back to the one before), or give init_from another run") from e
+  finally:
+    checkpoints.close()
   return to_unrolled({"params": raw["params"], "batch_stats": raw["batch_stats"]})
 
 

@@ -21,6 +21,7 @@ from jresnet.weights import download
 from jresnet.weights.download import (
                                       ChecksumError,
                                       CorruptWeightsError,
+                                      UnreadableWeightsError,
                                       WeightsUnavailableError,
                                       cache_dir,
                                       fetch,
@@ -28,10 +29,10 @@ from jresnet.weights.download import (
 )
 from jresnet.weights.registry import IMAGENET_CLASSES, REGISTRY, EvalTransform, Weights, get
 
-__all__ = ["IMAGENET_CLASSES", "REGISTRY", "ChecksumError", "CorruptWeightsError", "EvalTransform",
-           "Pretrained",
-           "Weights", "WeightsUnavailableError", "cache_dir", "fetch", "get", "pretrained",
-           "read_registered", "read_state_dict", "save_safetensors", "sha256_of"]
+__all__ = ["IMAGENET_CLASSES", "REGISTRY", "ChecksumError", "CorruptWeightsError",
+           "EvalTransform", "Pretrained", "UnreadableWeightsError", "Weights",
+           "WeightsUnavailableError", "cache_dir", "fetch", "get", "pretrained", "read_registered",
+           "read_state_dict", "save_safetensors", "sha256_of"]
 
 
 HEAD = "fc"
@@ -57,37 +58,58 @@ class Pretrained:
 def read_state_dict(path: str) -> dict:
   """A torchvision/timm-layout state dict from `.safetensors` (numpy only) or `.pth`/`.pt`/`.bin`
   (torch's pickle format, needs torch; the weights of a training checkpoint that nests them, with
-  DistributedDataParallel's `module.` prefix dropped)."""
+  DistributedDataParallel's `module.` prefix dropped). UnreadableWeightsError, naming the file,
+  if the reader cannot read it."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"no weights file at {path}")
   if path.endswith(".safetensors"):
     from safetensors.numpy import load_file  # noqa: PLC0415 (imported on use)
-    return load_file(path)
+    return _read(path, load_file)
   try:
     import torch  # noqa: PLC0415 (optional dependency)
   except ImportError as e:
     raise ImportError(f"reading {path} needs PyTorch: pip install 'jresnet[torch]'") from e
-  state_dict = torch.load(path, map_location="cpu", weights_only=True)
+  state_dict = _read(path, lambda f: torch.load(f, map_location="cpu", weights_only=True))
+  if not isinstance(state_dict, Mapping):
+    raise UnreadableWeightsError(f"{path} does not load (it holds a {type(state_dict).__name__}, "
+                                 "not a state dict)")
   for wrapper in ("state_dict", "model"):  # training checkpoints often nest the weights
     if isinstance(state_dict.get(wrapper), Mapping):
       state_dict = state_dict[wrapper]
   return {k.removeprefix("module."): v for k, v in state_dict.items()}  # DistributedDataParallel
 
 
+def _read(path: str, reader) -> dict:
+  """`reader(path)`, with whatever it raises for a damaged or foreign file as one line that names
+  the file."""
+  try:
+    return reader(path)
+  except Exception as e:  # noqa: BLE001 (safetensors and torch raise many kinds)
+    detail = f"{type(e).__name__}: {str(e).strip()}".splitlines()[0][:300]
+    raise UnreadableWeightsError(f"{path} does not load ({detail}): it is truncated, damaged "
+                                 "or not a weights file") from e
+
+
 def read_registered(entry: Weights, cache: str | None = None, progress: bool = True) -> dict:
   """The state dict of a registry entry, downloaded into the cache once. A cached file that does
-  not load is moved aside (the next call downloads it again) and the error names it; for an entry
-  without a sha256 on record, the digest of the first file that loads is kept and checked."""
+  not load is moved aside (the next call downloads it again) and the error names it. For an entry
+  without a sha256 on record, the first file that loads and fits the entry's architecture has its
+  digest recorded (and checked from then on); one that does not fit is moved aside too."""
   path = entry.download(cache, progress)
+  again = "the next call downloads it again"
   try:
     state_dict = read_state_dict(path)
-  except ImportError:  # the file may be fine: torch is missing
-    raise
-  except Exception as e:  # noqa: BLE001 (whatever the reader says, the cached file is unusable)
-    raise CorruptWeightsError(f"{path} does not load ({type(e).__name__}: {e}); moved to "
-                              f"{download.set_aside(path)}, the next call downloads it "
-                              "again") from e
-  if entry.sha256 is None:
+  except UnreadableWeightsError as e:
+    raise CorruptWeightsError(f"{e}; moved to {download.set_aside(path)}, {again}") from e
+  if entry.sha256 is None and download.recorded_sha256(path) is None:
+    model = entry.model()
+    try:
+      interop.from_torch(state_dict, model)
+    except ValueError as e:
+      differences = str(e).splitlines()[1:]
+      raise CorruptWeightsError(
+          f"{path} does not fit {entry.name}'s architecture ({len(differences)} tensor(s) differ, "
+          f"first: {differences[0].strip()}); moved to {download.set_aside(path)}, {again}") from e
     download.record_sha256(path)
   return state_dict
 

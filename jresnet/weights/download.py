@@ -4,9 +4,10 @@ A download streams into `<file>.partial.<pid>` beside its destination, hashing a
 a transfer that is complete (as long as the server said) and matches the expected sha256 is
 renamed onto the destination, in one atomic `os.replace`. Anything else deletes the partial file
 and raises. A cached file is re-hashed before use; one that does not match (or, see
-`jresnet.weights`, does not load) is moved aside to `<file>.corrupt`, so the next call downloads
-it again. Where no sha256 is on record, the digest of the first file that loads is recorded in
-`<file>.sha256` and checked from then on.
+`jresnet.weights`, does not load) is moved aside to `<file>.corrupt` (one per file: a later
+one replaces it), so the next call downloads it again. Where no sha256 is on record, the digest
+of the first file that loads (and fits its architecture) is recorded in `<file>.sha256` and
+checked from then on.
 """
 
 import hashlib
@@ -32,6 +33,10 @@ class CorruptWeightsError(ValueError):
 
 class ChecksumError(CorruptWeightsError):
   pass
+
+
+class UnreadableWeightsError(ValueError):
+  """A weights file that its reader (safetensors, torch) cannot read; the message names it."""
 
 
 def cache_dir(override: str | None = None) -> str:
@@ -74,10 +79,10 @@ def record_sha256(path: str) -> None:
 
 
 def set_aside(path: str) -> str:
-  """Moves a bad cached file to `<path>.corrupt` (`-1`, `-2` ... if taken); returns where."""
-  aside, n = f"{path}.corrupt", 1
-  while os.path.exists(aside):
-    aside, n = f"{path}.corrupt-{n}", n + 1
+  """Moves a bad cached file to `<path>.corrupt`, replacing the one a failed try before put
+  there (the newest bad copy is kept for a look; the file can be downloaded again); returns
+  where."""
+  aside = f"{path}.corrupt"
   os.replace(path, aside)
   return aside
 
