@@ -1,11 +1,14 @@
-"""Classify image files with an export: the top-5 classes and their probabilities per image.
+"""Classify image files with an export or published weights: the top-5 classes and their
+probabilities per image.
 
     python -m jresnet.predict runs/pets/model.msgpack cat.jpg dog.png
     python -m jresnet.predict runs/pets/model.msgpack ~/photos/      # every image below it
+    python -m jresnet.predict resnet50.tv2_in1k cat.jpg              # ImageNet-1k class names
 
 Images are decoded with Pillow (`pip install 'jresnet[predict]'`) and prepared with the eval
-transform the export records; no TensorFlow. A file that does not decode is reported on stderr and
-skipped; the others are classified, and the command then exits 1, listing the skipped files.
+transform the export (or the publisher) records; no TensorFlow. A file that does not decode is
+reported on stderr and skipped; the others are classified, and the command then exits 1, listing
+the skipped files.
 """
 
 import argparse
@@ -14,7 +17,7 @@ import sys
 
 import numpy as np
 
-from jresnet import export
+from jresnet import export, weights
 from jresnet.data.errors import PILLOW_ERRORS, UndecodableImageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -53,14 +56,24 @@ def read_image(path: str, channels: int) -> np.ndarray:
   return array[..., None] if channels == 1 else array
 
 
+def load(name_or_path: str) -> export.Exported:
+  """An export file, or a `jresnet.weights` entry (downloaded once) with its eval transform and,
+  for its own ImageNet-1k classifier, the class names."""
+  if name_or_path in weights.REGISTRY:
+    net = weights.pretrained(name_or_path)
+    return export.Exported(net.model, net.variables, net.class_names, net.transform)
+  return export.load(name_or_path)
+
+
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(prog="python -m jresnet.predict",
                                    description=__doc__.split("\n")[0])
-  parser.add_argument("export", help="a model.msgpack written by train.py or jresnet.export.save")
+  parser.add_argument("export", help="a model.msgpack written by train.py or jresnet.export.save, "
+                      "or a jresnet.weights name (e.g. resnet50.tv2_in1k)")
   parser.add_argument("images", nargs="+", help="image files, or folders of them")
   parser.add_argument("--top", type=int, default=5, help="classes shown per image (5)")
   args = parser.parse_args(argv)
-  exported = export.load(args.export)
+  exported = load(args.export)
   files = image_files(args.images)
   undecodable = []
   for start in range(0, len(files), BATCH):
@@ -82,5 +95,7 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
   try:
     main()
-  except (FileNotFoundError, export.ExportError, ImportError, UndecodableImageError) as e:
+  except (FileNotFoundError, export.ExportError, ImportError, UndecodableImageError,
+          weights.WeightsUnavailableError, weights.CorruptWeightsError,
+          weights.UnreadableWeightsError) as e:
     sys.exit(f"error: {e}")

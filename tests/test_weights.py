@@ -1,6 +1,7 @@
 """Pretrained weights: the registry, downloads from a server this test runs on 127.0.0.1
 (complete, corrupt, interrupted, unreachable), and safetensors without torch."""
 
+import functools
 import http.server
 import os
 import subprocess
@@ -117,12 +118,24 @@ def weights_file(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(weights_file):
-  """127.0.0.1 serving /model.safetensors whole, /cut.safetensors cut off half way, and
-  /short.safetensors, half the file as if it were all of it (the length it announces)."""
+def imagenet_head_file(tmp_path_factory):
+  """A CIFAR ResNet-20 with a 1,000-class head (ImageNet's label space) as .safetensors."""
+  model = jresnet.CifarResNet20(num_classes=1000)
+  variables = model.init(jax.random.key(1), np.zeros((1, 32, 32, 3), np.float32))
+  path = str(tmp_path_factory.mktemp("published") / "in1k.safetensors")
+  weights.save_safetensors(path, variables, model)
+  return path
+
+
+@pytest.fixture(scope="module")
+def server(weights_file, imagenet_head_file):
+  """127.0.0.1 serving /model.safetensors whole, /cut.safetensors cut off half way,
+  /short.safetensors, half the file as if it were all of it (the length it announces), and
+  /in1k.safetensors, a model with ImageNet's 1,000 classes."""
   body = open(weights_file[0], "rb").read()
   bodies = {"/model.safetensors": body, "/cut.safetensors": body[:len(body) // 2],
-            "/short.safetensors": body[:len(body) // 2]}
+            "/short.safetensors": body[:len(body) // 2],
+            "/in1k.safetensors": open(imagenet_head_file, "rb").read()}
 
   class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 (http.server's name)
@@ -130,7 +143,7 @@ def server(weights_file):
         self.send_error(404)
         return
       self.send_response(200)
-      announced = bodies[self.path] if self.path == "/short.safetensors" else body
+      announced = body if self.path == "/cut.safetensors" else bodies[self.path]
       self.send_header("Content-Length", str(len(announced)))
       self.end_headers()
       self.wfile.write(bodies[self.path])
@@ -339,3 +352,29 @@ def test_head_mismatch_lists_each_tensor_once(weights_file):
   message = str(error.value)
   assert message.count("fc.weight") == 1 and message.count("fc.bias") == 1
   assert "fc.weight: the state dict has shape (10, 64), the model needs (3, 64)" in message
+
+
+def test_predict_takes_a_registry_name_and_prints_imagenet_class_names(
+    server, imagenet_head_file, monkeypatch, tmp_path, capsys):
+  """`python -m jresnet.predict <weights name> <images>`: the entry's weights, its transform, and
+  the ImageNet-1k names of its classifier's top classes, as the probabilities rank them."""
+  from PIL import Image  # noqa: PLC0415
+
+  from jresnet import predict  # noqa: PLC0415
+
+  entry = registry.Weights(
+      "test.in1k", functools.partial(jresnet.CifarResNet20, num_classes=1000),
+      f"{server}/in1k.safetensors", weights.sha256_of(imagenet_head_file), "safetensors", "test",
+      registry.EvalTransform(36, 32), 91.0, "this test")
+  monkeypatch.setitem(weights.REGISTRY, entry.name, entry)
+  monkeypatch.setenv("JRESNET_CACHE", str(tmp_path / "cache"))
+  image = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+  Image.fromarray(image).save(tmp_path / "cat.png")
+  predict.main([entry.name, str(tmp_path / "cat.png"), "--top", "3"])
+  printed = capsys.readouterr().out.strip()
+  net = jresnet.pretrained(entry.name, progress=False)
+  logits = net.model.apply(net.variables, net.transform(image)[None])
+  probabilities = np.asarray(jax.nn.softmax(logits))[0]
+  best = np.argsort(-probabilities)[:3]
+  assert printed == f"{tmp_path / 'cat.png'}: " + ", ".join(
+      f"{weights.IMAGENET_CLASSES[i]} {probabilities[i]:.4f}" for i in best)
