@@ -472,10 +472,11 @@ def test_a_corrupt_checkpoint_is_named_set_aside_and_skipped(tmp_path, corruptio
 
 
 def test_a_second_run_on_a_workdir_stops_at_once_naming_the_holder(tmp_path, caplog):
-  holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from jresnet.training import "
+                             "workdir_lock; workdir_lock.acquire(sys.argv[1]); print(flush=True); "
+                             "time.sleep(60)", str(tmp_path)], stdout=subprocess.PIPE)
   try:
-    (tmp_path / "train.lock").write_text(json.dumps(
-        {"pid": holder.pid, "host": socket.gethostname(), "since": "earlier"}))
+    holder.stdout.readline()  # the lock is held
     start = time.time()
     with pytest.raises(RuntimeError, match=rf"in use by process {holder.pid} on host "
                        rf"{socket.gethostname()}"):
@@ -488,8 +489,8 @@ def test_a_second_run_on_a_workdir_stops_at_once_naming_the_holder(tmp_path, cap
   # The holder is gone (a dead PID on this host): the next run takes the lock over, says so,
   # and gives it back when it ends.
   loop.train_and_evaluate(tiny_config(num_train_steps=1), str(tmp_path))
-  assert any(f"from process {holder.pid}" in r.getMessage() and "no longer runs" in r.getMessage()
-             for r in caplog.records)
+  assert any(f"from process {holder.pid}" in r.getMessage()
+             and "without releasing" in r.getMessage() for r in caplog.records)
   assert not (tmp_path / "train.lock").exists()
 
 

@@ -1,0 +1,131 @@
+"""A run's own reliability: the workdir lock under races and across PID namespaces, records that
+survive a torn line, a resume that is the same run, SIGTERM at every moment of start-up, and
+nonsense config values refused before the workdir is touched."""
+
+import builtins
+import fcntl
+import json
+import multiprocessing
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import deadline
+
+from jresnet.training import workdir_lock
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _dead_pid() -> int:
+  proc = subprocess.Popen([sys.executable, "-c", "pass"])
+  proc.wait()
+  return proc.pid
+
+
+# --- the workdir lock -----------------------------------------------------------------------
+
+def _with_jitter(function):
+  """`function`, called after a random pause of up to 2 ms: the racers' file operations
+  interleave in many orders, not in the one a quiet machine favours."""
+  def jittered(*args, **kwargs):
+    time.sleep(random.uniform(0, 0.002))
+    return function(*args, **kwargs)
+  return jittered
+
+
+def _race_for_the_lock(workdir, trials, start, tried, done, outcomes):
+  """One racer: in each trial, tries to take the lock together with the others, holds it until
+  every racer has tried, then gives it back. Every file-system call it makes pauses first."""
+  for name in ("open", "link", "rename", "remove", "stat", "fstat", "kill", "close", "pread",
+               "pwrite", "ftruncate"):
+    setattr(os, name, _with_jitter(getattr(os, name)))
+  builtins.open = _with_jitter(builtins.open)
+  fcntl.flock = _with_jitter(fcntl.flock)
+  for trial in range(trials):
+    start.wait()
+    lock = None
+    try:
+      lock = workdir_lock.acquire(workdir)
+      outcome = "won"
+    except workdir_lock.WorkdirLockedError:
+      outcome = "refused"
+    except Exception as e:  # noqa: BLE001 (reported to the test, which names it)
+      outcome = f"{type(e).__name__}: {e}"
+    outcomes.put((trial, outcome))
+    tried.wait()
+    if lock:
+      workdir_lock.release(lock)
+    done.wait()
+
+
+def test_racers_for_a_stale_lock_take_it_one_at_a_time(tmp_path):
+  """4 processes start together on a lock left by a dead run, 60 times: each time exactly one
+  takes it over and the others are refused."""
+  racers, trials = 4, 60
+  workdir = str(tmp_path)
+  stale = json.dumps({"pid": _dead_pid(), "host": socket.gethostname(), "since": "earlier"})
+  context = multiprocessing.get_context("spawn")
+  start, tried, done = (context.Barrier(racers + 1, timeout=deadline(30)) for _ in range(3))
+  outcomes = context.Queue()
+  procs = [context.Process(target=_race_for_the_lock,
+                           args=(workdir, trials, start, tried, done, outcomes))
+           for _ in range(racers)]
+  for proc in procs:
+    proc.start()
+  try:
+    for trial in range(trials):
+      (tmp_path / workdir_lock.LOCK_FILE).write_text(stale)
+      start.wait()
+      tried.wait()
+      got = sorted(outcomes.get(timeout=deadline(10))[1] for _ in range(racers))
+      done.wait()
+      assert got == ["refused"] * (racers - 1) + ["won"], f"trial {trial}: {got}"
+    assert not (tmp_path / workdir_lock.LOCK_FILE).exists()  # the last winner removed it
+  finally:
+    for barrier in (start, tried, done):
+      barrier.abort()  # (after a failure: the racers stop waiting)
+    for proc in procs:
+      proc.join(timeout=deadline(10))
+      if proc.is_alive():
+        proc.kill()
+
+
+HOLD_AND_DIE = """
+import os, sys
+from jresnet.training import workdir_lock
+workdir_lock.acquire(sys.argv[1])
+print(os.getpid(), flush=True)
+os._exit(0)  # no release: the record stays, as after a SIGKILL
+"""
+
+
+def _unshare_unavailable() -> str | None:
+  if shutil.which("unshare") is None:
+    return "no unshare command"
+  out = subprocess.run(["unshare", "--pid", "--fork", "true"], capture_output=True, text=True)
+  return f"unshare --pid fails here: {out.stderr.strip()}" if out.returncode else None
+
+
+def test_a_lock_held_in_another_pid_namespace_is_free_once_its_holder_died(tmp_path, caplog):
+  """A container's run is PID 1 in its namespace; it dies, and its restart (PID 1 again, in a
+  fresh namespace) and a run outside both take the lock over without a person."""
+  if reason := _unshare_unavailable():
+    pytest.skip(reason)
+  for attempt in ("first container", "restarted container"):
+    out = subprocess.run(["unshare", "--pid", "--fork", sys.executable, "-c", HOLD_AND_DIE,
+                          str(tmp_path)], capture_output=True, text=True,
+                         timeout=deadline(30))
+    assert out.returncode == 0, f"{attempt}: {out.stderr}"
+    assert out.stdout.split() == ["1"]
+    assert json.loads((tmp_path / workdir_lock.LOCK_FILE).read_text())["pid"] == 1
+  lock = workdir_lock.acquire(str(tmp_path))
+  assert any("from process 1 on" in r.getMessage() and "without releasing" in r.getMessage()
+             for r in caplog.records)
+  workdir_lock.release(lock)
+  assert not (tmp_path / workdir_lock.LOCK_FILE).exists()
