@@ -16,8 +16,10 @@ import time
 
 import pytest
 from conftest import deadline
+from tiny_config import tiny_config
 
-from jresnet.training import workdir_lock
+from jresnet.training import loop, run_config, workdir_lock
+from jresnet.training.records import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -129,3 +131,80 @@ def test_a_lock_held_in_another_pid_namespace_is_free_once_its_holder_died(tmp_p
              for r in caplog.records)
   workdir_lock.release(lock)
   assert not (tmp_path / workdir_lock.LOCK_FILE).exists()
+
+
+# --- a resumed run: its records and its config --------------------------------------------------
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory):
+  """A tiny run stopped at step 2 of 6 (checkpoint 2, records of steps 1 and 2)."""
+  workdir = tmp_path_factory.mktemp("stopped") / "run"
+  loop.train_and_evaluate(tiny_config(stop_after_steps=2), str(workdir))
+  return workdir
+
+
+@pytest.fixture
+def stopped(stopped_run, tmp_path):
+  """A copy of `stopped_run` for one test to resume or damage."""
+  return shutil.copytree(stopped_run, tmp_path / "run")
+
+
+def _files(workdir) -> dict:
+  return {str(p.relative_to(workdir)): p.read_bytes() for p in sorted(workdir.rglob("*"))
+          if p.is_file()}
+
+
+def test_a_torn_last_metrics_line_is_dropped_with_a_note_on_resume(stopped, capsys):
+  metrics = stopped / "metrics.jsonl"
+  with open(metrics, "a") as f:
+    f.write('{"step": 3, "split": "train", "lo')  # a full disk's last write
+  loop.train_and_evaluate(tiny_config(), str(stopped))
+  notes = [line for line in capsys.readouterr().out.splitlines() if "dropped its torn" in line]
+  assert notes == [f"{metrics}: dropped its torn last line ('{{\"step\": 3, \"split\": "
+                   "\"train\", \"lo')"]
+  assert [r["step"] for r in read_metrics(metrics) if r["split"] == "train"] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_damaged_metrics_line_before_the_last_is_named_and_nothing_is_touched(stopped):
+  metrics = stopped / "metrics.jsonl"
+  lines = metrics.read_text().splitlines(keepends=True)
+  metrics.write_text(lines[0] + "\x00\x00garbage\n" + "".join(lines[1:]))
+  before = _files(stopped)
+  with pytest.raises(ValueError) as refused:
+    loop.train_and_evaluate(tiny_config(), str(stopped))
+  assert str(refused.value).startswith(f"{metrics}, line 2, holds no metrics record (")
+  assert "\n" not in str(refused.value)
+  assert _files(stopped) == before
+
+
+@pytest.mark.parametrize("overrides, named", [
+    ({"batch_size": 32}, ["batch_size: stored 16, given 32"]),
+    ({"seed": 1}, ["seed: stored 0, given 1"]),
+    ({"num_train_steps": 8}, ["num_train_steps: stored 6, given 8"]),
+    ({"num_train_steps": None, "num_epochs": 2.0},
+     ["num_epochs: stored 30.0, given 2.0", "num_train_steps: stored 6, given 8"]),
+    ({"schedule.warmup_epochs": 1.0}, ["schedule.warmup_epochs: stored 0.0, given 1.0"]),
+    ({"schedule.name": "constant"}, ["schedule.name: stored 'cosine', given 'constant'"]),
+    ({"optimizer.learning_rate": 0.2}, ["learning_rate_resolved: stored 0.1, given 0.2",
+                                        "optimizer.learning_rate: stored 0.1, given 0.2"]),
+])
+def test_a_resume_that_would_change_the_computation_is_refused(stopped, overrides, named):
+  before = _files(stopped)
+  with pytest.raises(ValueError) as refused:
+    loop.train_and_evaluate(tiny_config(**overrides), str(stopped))
+  message = str(refused.value)
+  assert f"holds a run with other values ({'; '.join(named)}): a resumed run is the same run" \
+      in message
+  assert f"--config.init_from={stopped}" in message and "\n" not in message
+  assert _files(stopped) == before  # config.json kept; nothing written, nothing compiled
+
+
+def test_flags_that_change_no_computation_stay_free_and_config_json_is_kept(stopped):
+  stored = (stopped / "config.json").read_bytes()
+  free = {"log_every_steps": 2, "eval_every_steps": 2, "checkpoint_every_steps": 1,
+          "keep_checkpoints": 3, "stop_after_steps": 1, "eval_batch_size": 8,
+          "compilation_cache_dir": "", "data.threads": 2, "data.prefetch": 1}
+  loop.train_and_evaluate(tiny_config(**free), str(stopped))
+  assert (stopped / "checkpoints" / "3").is_dir()  # resumed: one more step, as asked
+  assert (stopped / "config.json").read_bytes() == stored
+  assert set(free) <= set(run_config.FREE_FIELDS)

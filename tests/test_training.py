@@ -486,7 +486,7 @@ def test_a_second_run_on_a_workdir_stops_at_once_naming_the_holder(tmp_path, cap
   finally:
     holder.kill()
     holder.wait()
-  # The holder is gone (a dead PID on this host): the next run takes the lock over, says so,
+  # The holder is gone (the kernel released its lock): the next run takes the lock over, says so,
   # and gives it back when it ends.
   loop.train_and_evaluate(tiny_config(num_train_steps=1), str(tmp_path))
   assert any(f"from process {holder.pid}" in r.getMessage()

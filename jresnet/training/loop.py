@@ -18,7 +18,7 @@ from ml_collections import ConfigDict
 from jresnet import export
 from jresnet.models import ResNet
 from jresnet.training import checkpoint as checkpoint_lib
-from jresnet.training import eval_schedule, guard, pretrained, run_config, workdir_lock
+from jresnet.training import eval_schedule, guard, pretrained, records, run_config, workdir_lock
 from jresnet.training import recipe as recipe_lib
 from jresnet.training.records import MetricWriter
 
@@ -124,8 +124,10 @@ def _train(p: recipe_lib.Recipe, workdir: str) -> dict:
                                            async_save=cfg.async_checkpoints)
   meta = {"model": model_meta(p.model)}
   latest = checkpoints.latest_step()
+  records.check_metrics_file(workdir)  # before anything is compiled
   if latest:
-    checkpoints.check_model(latest, meta)  # before anything is compiled
+    checkpoints.check_model(latest, meta)
+    run_config.check_same_run(run_config.resolved(cfg, p.info), workdir)
   if latest and latest >= p.total_steps:
     return _already_finished(checkpoints, latest, workdir)
   on_device, input_line = open_input(p, (cfg.data.train_split, cfg.data.eval_split))
@@ -147,7 +149,8 @@ def _train(p: recipe_lib.Recipe, workdir: str) -> dict:
   save_every = _every(cfg.checkpoint_every_steps, eval_every)
 
   writer = MetricWriter(workdir, p.total_steps, start, cfg.batch_size)
-  writer.write_config(run_config.resolved(cfg, p.info))
+  if not restored or run_config.saved(workdir) is None:  # a resumed run keeps its record
+    writer.write_config(run_config.resolved(cfg, p.info))
   for note in p.info.notes + ((loaded_note,) if loaded_note else ()):
     writer.note(note)
   if start:
