@@ -8,7 +8,9 @@ import json
 import multiprocessing
 import os
 import random
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +20,7 @@ import pytest
 from conftest import deadline
 from tiny_config import tiny_config
 
-from jresnet.training import loop, run_config, workdir_lock
+from jresnet.training import huge_pages, loop, run_config, workdir_lock
 from jresnet.training.records import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -208,3 +210,62 @@ def test_flags_that_change_no_computation_stay_free_and_config_json_is_kept(stop
   assert (stopped / "checkpoints" / "3").is_dir()  # resumed: one more step, as asked
   assert (stopped / "config.json").read_bytes() == stored
   assert set(free) <= set(run_config.FREE_FIELDS)
+
+
+# --- SIGTERM at every moment of start-up --------------------------------------------------------
+
+def _catches_sigterm(pid: int) -> bool:
+  """Whether process `pid` has a handler for SIGTERM installed (its SigCgt mask in /proc)."""
+  with open(f"/proc/{pid}/status") as f:
+    caught = int(re.search(r"SigCgt:\s*([0-9a-f]+)", f.read()).group(1), 16)
+  return bool(caught >> (signal.SIGTERM - 1) & 1)
+
+
+def _re_executed(pid: int) -> bool:
+  """Whether process `pid` runs the program that the huge-pages exec started."""
+  with open(f"/proc/{pid}/environ", "rb") as f:
+    return f"{huge_pages.TUNABLE}=1".encode() in f.read()
+
+
+def _when(condition, proc) -> None:
+  until = time.time() + deadline(30)
+  while not condition(proc.pid):
+    assert proc.poll() is None and time.time() < until, proc.communicate()[0]
+    time.sleep(0.001)
+
+
+MOMENTS = {  # what to wait for before the SIGTERM
+    "first line run": lambda proc: _when(_catches_sigterm, proc),
+    "just after the re-exec": lambda proc: _when(_re_executed, proc),
+    "imports after the re-exec": lambda proc: (
+        _when(lambda pid: _re_executed(pid) and _catches_sigterm(pid), proc), time.sleep(0.3)),
+}
+
+
+@pytest.mark.parametrize("moment, resumed", [
+    ("first line run", False), ("just after the re-exec", False),
+    ("imports after the re-exec", True)])
+def test_sigterm_at_any_moment_of_start_up_exits_0_saying_what_is_saved(
+    stopped_run, tmp_path, moment, resumed):
+  """As soon as train.py runs its first line, a SIGTERM stops it with exit 0 before a step is
+  trained, whether it arrives before the huge-pages exec, in the instant after it (before the new
+  program has a handler) or during its imports; and the last line says what the workdir holds.
+  (Before Python runs train.py's first line, a SIGTERM kills the process: nothing has started.)"""
+  env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "JRESNET_HUGE_PAGES")}
+  if moment != "first line run" and not huge_pages.needs_exec(env, huge_pages.glibc_version(),
+                                                              huge_pages.thp_mode()):
+    pytest.skip("train.py does not re-execute itself on this machine")
+  workdir = shutil.copytree(stopped_run, tmp_path / "run") if resumed else tmp_path / "run"
+  before = sorted(os.listdir(workdir / "checkpoints")) if resumed else []
+  proc = subprocess.Popen([sys.executable, "train.py", "--config", "tests/tiny_config.py",
+                           "--workdir", str(workdir)], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  MOMENTS[moment](proc)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=deadline(60))
+  assert proc.returncode == 0, out
+  assert "SIGTERM during start-up: stopped before training" in out
+  said = (f"checkpoint at step 2 in {workdir}: run the same command to resume" if resumed
+          else f"no checkpoint saved in {workdir}")
+  assert out.rstrip().endswith(said), out
+  assert sorted(os.listdir(workdir / "checkpoints")) == before

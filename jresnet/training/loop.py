@@ -130,6 +130,10 @@ def _train(p: recipe_lib.Recipe, workdir: str) -> dict:
     run_config.check_same_run(run_config.resolved(cfg, p.info), workdir)
   if latest and latest >= p.total_steps:
     return _already_finished(checkpoints, latest, workdir)
+  if getattr(signal.getsignal(signal.SIGTERM), "requested", False):  # train.py's, at start-up
+    checkpoints.close()
+    _say(f"SIGTERM during start-up: stopped before training; {_saved_text(latest, workdir)}")
+    return {}
   on_device, input_line = open_input(p, (cfg.data.train_split, cfg.data.eval_split))
   if not on_device:  # (the device path has decoded both splits already)
     data.check_split(cfg.data, cfg.data.eval_split)  # a broken eval image: now, not in an epoch
@@ -200,6 +204,7 @@ def _train(p: recipe_lib.Recipe, workdir: str) -> dict:
   finally:
     preemption.restore()
     checkpoints.wait()
+    saved = checkpoints.latest_step()
     checkpoints.close()
     writer.close()
   if step == p.total_steps and jax.process_index() == 0:
@@ -210,8 +215,8 @@ def _train(p: recipe_lib.Recipe, workdir: str) -> dict:
          f"to {os.path.join(workdir, EXPORT_FILE)}")
   elif step < p.total_steps:
     _say(f"stopped after {step - start} steps, at step {step} of {p.total_steps} "
-         f"({'SIGTERM' if preemption.requested else 'stop_after_steps'}); checkpoint saved in "
-         f"{workdir}: run the same command to resume")
+         f"({'SIGTERM' if preemption.requested else 'stop_after_steps'}); "
+         f"{_saved_text(saved, workdir)}")
   return eval_metrics or {}
 
 
@@ -219,6 +224,13 @@ def _say(line: str) -> None:
   """One line for the person watching (process 0), whatever the logging level."""
   if jax.process_index() == 0:
     print(line, flush=True)
+
+
+def _saved_text(step: int | None, workdir: str) -> str:
+  """What a stopped run leaves to resume from."""
+  if step:
+    return f"checkpoint at step {step} in {workdir}: run the same command to resume"
+  return f"no checkpoint saved in {workdir}"
 
 
 def _metrics_text(metrics: dict | None) -> str:
