@@ -5,6 +5,7 @@ nonsense config values refused before the workdir is touched."""
 import builtins
 import fcntl
 import json
+import math
 import multiprocessing
 import os
 import random
@@ -269,3 +270,28 @@ def test_sigterm_at_any_moment_of_start_up_exits_0_saying_what_is_saved(
           else f"no checkpoint saved in {workdir}")
   assert out.rstrip().endswith(said), out
   assert sorted(os.listdir(workdir / "checkpoints")) == before
+
+
+# --- nonsense config values: one line naming the field and its range, nothing written -----------
+
+@pytest.mark.parametrize("overrides, named", [
+    ({"data.image_size": -4}, r"data.image_size=-4 must be positive, in \(0, inf\)"),
+    ({"data.image_size": 0}, r"data.image_size=0 must be positive, in \(0, inf\)"),
+    ({"model.width_multiplier": 0.0},
+     r"model.width_multiplier=0.0 must be positive, in \(0, inf\)"),
+    ({"model.widths": (8, 0)}, r"model.widths=\(8, 0\) must be positive, in \(0, inf\)"),
+    ({"num_epochs": math.inf, "num_train_steps": None},
+     r"num_epochs=inf must be positive, in \(0, inf\)"),
+    ({"num_epochs": math.nan, "num_train_steps": None},
+     r"num_epochs=nan must be positive, in \(0, inf\)"),
+    ({"num_epochs": -1.0}, r"num_epochs=-1.0 must be in \[0, inf\)"),
+    ({"optimizer.learning_rate": math.nan}, r"optimizer.learning_rate=nan must be in \[0, inf\)"),
+    ({"schedule.warmup_epochs": math.inf}, r"schedule.warmup_epochs=inf must be in \[0, inf\)"),
+    ({"optimizer.momentum": -0.5}, r"optimizer.momentum=-0.5 must be in \[0, 1\)"),
+    ({"label_smoothing": 1.5}, r"label_smoothing=1.5 must be in \[0, 1\)"),
+])
+def test_nonsense_config_values_are_refused_in_one_line_before_the_workdir(
+    tmp_path, overrides, named):
+  with pytest.raises(ValueError, match=rf"^{named} \(config fields out of range\)$"):
+    loop.train_and_evaluate(tiny_config(**overrides), str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()

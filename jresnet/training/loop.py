@@ -39,6 +39,7 @@ def plan(config: ConfigDict) -> recipe_lib.Recipe:
   """The recipe for the configured dataset, with its DatasetInfo (`info`)."""
   from jresnet import data  # noqa: PLC0415 (TensorFlow only where data is read)
 
+  recipe_lib.check_values(config)  # before the dataset is opened
   info = data.load_info(config.data)  # a missing dataset fails here, in seconds
   if info.eval_split != config.data.eval_split or config.data.threads is None:
     config = ConfigDict(config.to_dict())
