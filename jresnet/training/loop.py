@@ -131,7 +131,8 @@ def _train(p: recipe_lib.Recipe, workdir: str) -> dict:
     run_config.check_same_run(run_config.resolved(cfg, p.info), workdir)
   if latest and latest >= p.total_steps:
     return _already_finished(checkpoints, latest, workdir)
-  if getattr(signal.getsignal(signal.SIGTERM), "requested", False):  # train.py's, at start-up
+  # train.py's SIGTERM handler in start-up (a job of several processes stops together, in the loop)
+  if jax.process_count() == 1 and getattr(signal.getsignal(signal.SIGTERM), "requested", False):
     checkpoints.close()
     _say(f"SIGTERM during start-up: stopped before training; {_saved_text(latest, workdir)}")
     return {}

@@ -83,8 +83,9 @@ def check_same_run(config: ConfigDict, workdir: str) -> None:
   if stored is None:
     return
   stored, given = _flat(stored), _flat(json.loads(config.to_json_best_effort()))
-  changed = [f"{k}: stored {stored[k]!r}, given {given[k]!r}" for k in sorted(stored.keys()
-             & given.keys()) if k not in FREE_FIELDS and _value(stored[k]) != _value(given[k])]
+  compared = sorted((stored.keys() & given.keys()) - set(FREE_FIELDS))
+  changed = [f"{k}: stored {stored[k]!r}, given {given[k]!r}" for k in compared
+             if _value(stored[k]) != _value(given[k])]
   if changed:
     raise RunConfigError(
         f"{workdir} holds a run with other values ({'; '.join(changed)}): a resumed run is the "
