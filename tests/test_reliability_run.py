@@ -52,7 +52,7 @@ def _race_for_the_lock(workdir, trials, start, tried, done, outcomes):
     setattr(os, name, _with_jitter(getattr(os, name)))
   builtins.open = _with_jitter(builtins.open)
   fcntl.flock = _with_jitter(fcntl.flock)
-  for trial in range(trials):
+  for _ in range(trials):
     start.wait()
     lock = None
     try:
@@ -62,7 +62,7 @@ def _race_for_the_lock(workdir, trials, start, tried, done, outcomes):
       outcome = "refused"
     except Exception as e:  # noqa: BLE001 (reported to the test, which names it)
       outcome = f"{type(e).__name__}: {e}"
-    outcomes.put((trial, outcome))
+    outcomes.put(outcome)
     tried.wait()
     if lock:
       workdir_lock.release(lock)
@@ -88,7 +88,7 @@ def test_racers_for_a_stale_lock_take_it_one_at_a_time(tmp_path):
       (tmp_path / workdir_lock.LOCK_FILE).write_text(stale)
       start.wait()
       tried.wait()
-      got = sorted(outcomes.get(timeout=deadline(10))[1] for _ in range(racers))
+      got = sorted(outcomes.get(timeout=deadline(10)) for _ in range(racers))
       done.wait()
       assert got == ["refused"] * (racers - 1) + ["won"], f"trial {trial}: {got}"
     assert not (tmp_path / workdir_lock.LOCK_FILE).exists()  # the last winner removed it
