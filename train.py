@@ -12,8 +12,9 @@ Eval mode starts from the workdir's config.json (the training run's values); fie
 command line override it.
 
 A run resumes from the checkpoints in --workdir; SIGTERM checkpoints and exits 0 (during start-up,
-before there is anything new to save, it just exits 0). On Linux the command re-executes itself
-once with glibc's huge pages on (jresnet/training/huge_pages.py: faster CPU steps);
+before there is anything new to save, it exits 0 saying which checkpoint the workdir holds). On
+Linux the command re-executes itself once with glibc's huge pages on
+(jresnet/training/huge_pages.py: faster CPU steps), keeping a SIGTERM sent meanwhile;
 JRESNET_HUGE_PAGES=0 keeps it as it is.
 """
 
@@ -32,13 +33,17 @@ class _SigtermDuringStartup:
     self.requested = True
 
 
-if __name__ == "__main__":
-  signal.signal(signal.SIGTERM, _SigtermDuringStartup())  # first: the imports take seconds
+if __name__ == "__main__":  # first: the imports take seconds
+  # Held (pending) until the huge-pages exec is done or skipped: one sent meanwhile survives the
+  # exec, and the threads that the imports start never take it.
+  signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+  signal.signal(signal.SIGTERM, _SigtermDuringStartup())
 
 from jresnet.training import huge_pages  # noqa: E402
 
 if __name__ == "__main__":  # an exec starts over: before the slow imports below (TensorFlow)
   huge_pages.exec_with_huge_pages()
+  signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # the handler takes a held one
 
 import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402

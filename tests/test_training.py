@@ -191,18 +191,21 @@ def test_feed_places_each_process_rows_as_the_runner_expects():
 
 
 def test_non_finite_update_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-  """lr 1e30 from step 5: the loss of step 5 is still finite (it is computed before the update),
-  the updated parameters' norm is not. Nothing of step 5 may be saved, though it is a save step."""
-  good = tiny_config(num_train_steps=4, checkpoint_every_steps=4)
-  loop.train_and_evaluate(good, str(tmp_path))
-  _, saved = _final_state(tmp_path, good)
+  """lr 1e30 from step 5 (0.1 times 1e31 after 4 of 40 steps): the loss of step 5 is still finite
+  (it is computed before the update), the updated parameters' norm is not. Nothing of step 5 may
+  be saved, though it is a save step."""
+  absurd = tiny_config(num_train_steps=40, checkpoint_every_steps=1, stop_after_steps=4,
+                       **{"schedule.name": "piecewise", "schedule.boundaries": (0.1,),
+                          "schedule.decay_factor": 1e31})
+  loop.train_and_evaluate(absurd, str(tmp_path))
+  _, saved = _final_state(tmp_path, absurd)
 
-  absurd = tiny_config(num_train_steps=40, checkpoint_every_steps=1,
-                       **{"optimizer.learning_rate": 1e30, "schedule.name": "constant"})
+  absurd.stop_after_steps = None
   with pytest.raises(FloatingPointError, match=r"non-finite .*param_norm=inf at step 5: .* "
-                     r"last good checkpoint \(step 4\)"):
+                     r"last good checkpoint \(step 4\).* another --workdir: lower the learning "
+                     rf"rate .*--config.init_from={tmp_path} "):
     loop.train_and_evaluate(absurd, str(tmp_path))
-  step, restored = _final_state(tmp_path, good)
+  step, restored = _final_state(tmp_path, absurd)
   assert step == 4
   jax.tree.map(np.testing.assert_array_equal, restored, saved)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored))
@@ -472,10 +475,11 @@ def test_a_corrupt_checkpoint_is_named_set_aside_and_skipped(tmp_path, corruptio
 
 
 def test_a_second_run_on_a_workdir_stops_at_once_naming_the_holder(tmp_path, caplog):
-  holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from jresnet.training import "
+                             "workdir_lock; workdir_lock.acquire(sys.argv[1]); print(flush=True); "
+                             "time.sleep(60)", str(tmp_path)], stdout=subprocess.PIPE)
   try:
-    (tmp_path / "train.lock").write_text(json.dumps(
-        {"pid": holder.pid, "host": socket.gethostname(), "since": "earlier"}))
+    holder.stdout.readline()  # the lock is held
     start = time.time()
     with pytest.raises(RuntimeError, match=rf"in use by process {holder.pid} on host "
                        rf"{socket.gethostname()}"):
@@ -485,11 +489,11 @@ def test_a_second_run_on_a_workdir_stops_at_once_naming_the_holder(tmp_path, cap
   finally:
     holder.kill()
     holder.wait()
-  # The holder is gone (a dead PID on this host): the next run takes the lock over, says so,
+  # The holder is gone (the kernel released its lock): the next run takes the lock over, says so,
   # and gives it back when it ends.
   loop.train_and_evaluate(tiny_config(num_train_steps=1), str(tmp_path))
-  assert any(f"from process {holder.pid}" in r.getMessage() and "no longer runs" in r.getMessage()
-             for r in caplog.records)
+  assert any(f"from process {holder.pid}" in r.getMessage()
+             and "without releasing" in r.getMessage() for r in caplog.records)
   assert not (tmp_path / "train.lock").exists()
 
 

@@ -17,10 +17,12 @@ def check_update(step: int, metrics: dict, last_saved: int | None, workdir: str)
   bad = {k: float(metrics[k]) for k in CHECKED if k in metrics and not np.isfinite(metrics[k])}
   if not bad:
     return
-  kept = (f"The last good checkpoint (step {last_saved}) is kept in {workdir}; resuming repeats "
-          "the same steps, so change the config first:" if last_saved else
-          "No checkpoint was saved;")
+  remedy = ("lower the learning rate (--config.optimizer.learning_rate) or set "
+            "--config.grad_clip_norm")
+  advice = (f"The last good checkpoint (step {last_saved}) is kept in {workdir}; resuming would "
+            f"repeat the same steps. Train anew in another --workdir: {remedy}, with "
+            f"--config.init_from={workdir} to start from this run's weights." if last_saved else
+            f"No checkpoint was saved: {remedy}.")
   raise FloatingPointError(
       f"non-finite {', '.join(f'{k}={v}' for k, v in bad.items())} at step {step}: training "
-      f"stopped before saving. {kept} lower the learning rate (--config.optimizer.learning_rate) "
-      "or set --config.grad_clip_norm.")
+      f"stopped before saving. {advice}")

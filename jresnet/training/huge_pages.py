@@ -7,7 +7,9 @@ good part of its time on TLB misses over ResNet's activations; 2 MiB pages make 
 only where transparent huge pages are in 'madvise' mode ('always' gives them anyway, 'never'
 not at all). `exec_with_huge_pages()` therefore re-executes the same command line with the
 tunable added, where that helps; `JRESNET_HUGE_PAGES=0` turns it off. Standard library only,
-so that an entry point can call it before its heavy imports.
+so that an entry point can call it before its heavy imports. The exec keeps the signal mask and
+the pending signals: an entry point that blocks SIGTERM until this returns receives one sent in
+between after the exec, when it unblocks it.
 """
 
 import os

@@ -19,7 +19,15 @@ from ml_collections import ConfigDict
 from jresnet import export
 from jresnet.models import ResNet
 from jresnet.training import checkpoint as checkpoint_lib
-from jresnet.training import distributed, eval_schedule, guard, pretrained, run_config, workdir_lock
+from jresnet.training import (
+  distributed,
+  eval_schedule,
+  guard,
+  pretrained,
+  records,
+  run_config,
+  workdir_lock,
+)
 from jresnet.training import recipe as recipe_lib
 from jresnet.training.records import MetricWriter
 
@@ -40,6 +48,7 @@ def plan(config: ConfigDict) -> recipe_lib.Recipe:
   """The recipe for the configured dataset, with its DatasetInfo (`info`)."""
   from jresnet import data  # noqa: PLC0415 (TensorFlow only where data is read)
 
+  recipe_lib.check_values(config)  # before the dataset is opened
   info = data.load_info(config.data)  # a missing dataset fails here, in seconds
   if info.eval_split != config.data.eval_split or config.data.threads is None:
     config = ConfigDict(config.to_dict())
@@ -151,8 +160,10 @@ def _train(p: recipe_lib.Recipe, workdir: str) -> dict:
     for leftover in export.remove_temporaries(os.path.join(workdir, EXPORT_FILE)):
       logging.info("removed %s, left by an export that did not finish", leftover)
   latest = checkpoints.latest_readable_step()
+  records.check_metrics_file(workdir)  # before anything is compiled
   if latest:
-    checkpoints.check_model(latest, meta)  # before anything is compiled
+    checkpoints.check_model(latest, meta)
+    run_config.check_same_run(run_config.resolved(cfg, p.info), workdir)
   restored = None
   if latest and latest >= p.total_steps:
     problem = _export_problem(workdir, checkpoints.meta(latest), p.use_ema)
@@ -163,6 +174,11 @@ def _train(p: recipe_lib.Recipe, workdir: str) -> dict:
       path = _export(p, p.runner.put_state(restored[1]), workdir)
       _say(f"{path} was {problem}: rewrote it from the final checkpoint (step {latest})")
       return _already_finished(checkpoints, latest, workdir)
+  # train.py's SIGTERM handler in start-up (a job of several processes stops together, in the loop)
+  if jax.process_count() == 1 and getattr(signal.getsignal(signal.SIGTERM), "requested", False):
+    checkpoints.close()
+    _say(f"SIGTERM during start-up: stopped before training; {_saved_text(latest, workdir)}")
+    return {}
   on_device, input_line = open_input(p, (cfg.data.train_split, cfg.data.eval_split))
   if not on_device:  # (the device path has decoded both splits already)
     data.check_split(cfg.data, cfg.data.eval_split)  # a broken eval image: now, not in an epoch
@@ -184,7 +200,8 @@ def _train(p: recipe_lib.Recipe, workdir: str) -> dict:
 
   writer = MetricWriter(workdir, p.total_steps, start, cfg.batch_size)
   identity = _identity(workdir)
-  writer.write_config(run_config.resolved(cfg, p.info))
+  if not restored or run_config.saved(workdir) is None:  # a resumed run keeps its record
+    writer.write_config(run_config.resolved(cfg, p.info))
   for note in p.info.notes + ((loaded_note,) if loaded_note else ()):
     writer.note(note)
   if start:
@@ -238,6 +255,7 @@ def _train(p: recipe_lib.Recipe, workdir: str) -> dict:
     preemption.restore()
     try:
       checkpoints.wait()
+      saved = checkpoints.latest_step()
       checkpoints.close()
       writer.close()
     except Exception:
@@ -250,8 +268,8 @@ def _train(p: recipe_lib.Recipe, workdir: str) -> dict:
          f"to {path}")
   elif step < p.total_steps:
     _say(f"stopped after {step - start} steps, at step {step} of {p.total_steps} "
-         f"({'SIGTERM' if sigterm else 'stop_after_steps'}); checkpoint saved in "
-         f"{workdir}: run the same command to resume")
+         f"({'SIGTERM' if sigterm else 'stop_after_steps'}); "
+         f"{_saved_text(saved, workdir)}")
   return eval_metrics or {}
 
 
@@ -259,6 +277,13 @@ def _say(line: str) -> None:
   """One line for the person watching (process 0), whatever the logging level."""
   if jax.process_index() == 0:
     print(line, flush=True)
+
+
+def _saved_text(step: int | None, workdir: str) -> str:
+  """What a stopped run leaves to resume from."""
+  if step:
+    return f"checkpoint at step {step} in {workdir}: run the same command to resume"
+  return f"no checkpoint saved in {workdir}"
 
 
 def _metrics_text(metrics: dict | None) -> str:

@@ -81,20 +81,60 @@ class Recipe:
     return step_lib.summarise_eval(self.runner.to_host(sums))
 
 
-POSITIVE_SIZES = ("batch_size", "eval_batch_size", "num_train_steps", "stop_after_steps",
-                  "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
-                  "keep_checkpoints")
+# The accepted values of the config's numbers, as intervals (lowest, highest, whether each end is
+# included); None, where a field allows it, means "derived" and is not checked. A tuple's every
+# element must lie in its field's interval.
+POSITIVE = (0, math.inf, False, False)
+NON_NEGATIVE = (0, math.inf, True, False)
+FRACTION = (0, 1, True, False)  # momenta, decays, smoothing
+UNIT = (0, 1, True, True)
+VALUE_RANGES = {
+    **dict.fromkeys((
+        "batch_size", "eval_batch_size", "num_train_steps", "stop_after_steps", "log_every_steps",
+        "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints", "bn_span",
+        "grad_clip_norm", "model.width_multiplier", "model.stem_width", "model.widths",
+        "model.groups", "model.width_per_group", "model.bn_epsilon", "optimizer.lr_base_batch",
+        "optimizer.eps", "schedule.decay_factor", "schedule.div_factor",
+        "schedule.final_div_factor", "data.image_size", "data.image_shape", "data.num_examples",
+        "data.shuffle_buffer", "data.threads"), POSITIVE),
+    **dict.fromkeys((
+        "num_epochs", "optimizer.learning_rate", "optimizer.weight_decay",
+        "optimizer.trust_coefficient", "backbone_lr_scale", "schedule.warmup_epochs",
+        "schedule.warmup_start_lr", "data.prefetch", "data.max_cache_mb"), NON_NEGATIVE),
+    **dict.fromkeys(("optimizer.momentum", "optimizer.b1", "optimizer.b2", "label_smoothing",
+                     "ema_decay"), FRACTION),
+    **dict.fromkeys(("model.bn_momentum", "schedule.final_lr_fraction", "schedule.boundaries",
+                     "schedule.pct_start"), UNIT),
+}
 
 
-def check_sizes(config: ConfigDict) -> None:
-  """Batch sizes, step counts and intervals must be positive (None: derived), and the run must
-  train: a zero or negative size fails here, before anything is written."""
-  bad = [f"{k}={config[k]}" for k in POSITIVE_SIZES if config[k] is not None and config[k] <= 0]
-  if config.num_train_steps is None and not (config.num_epochs or 0) > 0:
-    bad.append(f"num_epochs={config.num_epochs}")
+def _interval(low, high, low_included, high_included) -> str:
+  return f"{'[' if low_included else '('}{low:g}, {high:g}{']' if high_included else ')'}"
+
+
+def _inside(value, low, high, low_included, high_included) -> bool:
+  """Whether `value` lies in the interval (NaN nowhere; infinity only at an included end)."""
+  return ((low <= value if low_included else low < value)
+          and (value <= high if high_included else value < high))
+
+
+def check_values(config: ConfigDict) -> None:
+  """Every number of VALUE_RANGES in its interval, and a run that trains: one ValueError naming
+  each field out of range and its accepted values, before anything is read or written."""
+  ranges = dict(VALUE_RANGES)
+  if config.num_train_steps is None:  # num_epochs sets the length of the run
+    ranges["num_epochs"] = POSITIVE
+  bad = []
+  for field, interval in ranges.items():
+    value = config
+    for key in field.split("."):
+      value = value[key]
+    values = value if isinstance(value, (tuple, list)) else (value,)
+    if value is not None and not all(_inside(v, *interval) for v in values):
+      words = "positive, in" if interval[:3] == (0, math.inf, False) else "in"
+      bad.append(f"{field}={value!r} must be {words} {_interval(*interval)}")
   if bad:
-    raise ValueError(f"{', '.join(bad)}: must be positive (a run that trains no step is "
-                     "refused; set num_epochs or num_train_steps to at least one step's worth)")
+    raise ValueError(f"{'; '.join(bad)} (config fields out of range)")
 
 
 def build(config: ConfigDict, num_classes: int, image_shape: tuple[int, ...],
@@ -107,7 +147,7 @@ def build(config: ConfigDict, num_classes: int, image_shape: tuple[int, ...],
   models directly); `devices` (jit only) limits the mesh, which defaults to every device.
   """
   config = ConfigDict(config.to_dict())  # a resolved copy; the caller's config is untouched
-  check_sizes(config)
+  check_values(config)
   if model is None:
     config.precision = resolve_precision(config.precision)
     model = build_model(config, num_classes, image_shape[-1])

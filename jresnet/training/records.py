@@ -28,10 +28,12 @@ class MetricWriter:
     if not self.active:
       return
     os.makedirs(workdir, exist_ok=True)
-    truncate_metrics(workdir, start_step)
+    torn_note = truncate_metrics(workdir, start_step)
     self.jsonl = open(os.path.join(workdir, METRICS_FILE), "a")
     self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                     mininterval=1.0)
+    if torn_note:
+      self.note(torn_note)
     self.last_time, self.last_step = time.perf_counter(), start_step
     self.writer = _tensorboard_writer(os.path.join(workdir, "tensorboard"))
     if self.writer is None:
@@ -39,8 +41,8 @@ class MetricWriter:
 
   def write_config(self, config) -> None:
     if self.active:
-      with open(os.path.join(self.workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+      _write_atomically(os.path.join(self.workdir, "config.json"),
+                        config.to_json_best_effort(indent=2, sort_keys=True))
 
   def scalars(self, step: int, split: str, metrics: dict) -> None:
     """Records {name: value} of `split` ('train' or 'eval') at `step`."""
@@ -98,18 +100,71 @@ def _tensorboard_writer(directory: str):
   return Writer(directory)
 
 
-def truncate_metrics(workdir: str, step: int) -> None:
-  """Drops records past `step`: after a resume they are recomputed, not duplicated."""
+def _write_atomically(path: str, text: str) -> None:
+  """`path` holds `text`, or what it held before: never a part of either."""
+  partial = f"{path}.tmp-{os.getpid()}"
+  with open(partial, "w") as f:
+    f.write(text)
+  os.replace(partial, path)
+
+
+class MetricsFileError(ValueError):
+  """A line of metrics.jsonl, before its last, is not a record."""
+
+
+def _record(line: str) -> dict | None:
+  """The record a metrics.jsonl line holds; None if it holds none."""
+  try:
+    record = json.loads(line)
+  except ValueError:
+    return None
+  whole = (isinstance(record, dict) and isinstance(record.get("step"), int)
+           and isinstance(record.get("split"), str))
+  return record if whole else None
+
+
+def _read_records(path: str) -> tuple[list[dict], str | None]:
+  """The records of a metrics.jsonl, and its last line where that holds no record (torn: what a
+  full disk or a kill mid-write leaves), which is left out. Any other line that holds no record
+  raises MetricsFileError naming the file and line."""
+  with open(path, encoding="utf-8", errors="replace") as f:
+    lines = [(number, line) for number, line in enumerate(f, 1) if line.strip()]
+  rows = []
+  for number, line in lines:
+    record = _record(line)
+    if record is None and number == lines[-1][0]:
+      return rows, line.strip()
+    if record is None:
+      raise MetricsFileError(
+          f"{path}, line {number}, holds no metrics record ({line.strip()[:60]!r}): repair or "
+          "delete that line, or move the file aside (the run then records from the resumed "
+          "step on)")
+    rows.append(record)
+  return rows, None
+
+
+def check_metrics_file(workdir: str) -> None:
+  """Raises MetricsFileError if the workdir's metrics.jsonl is damaged before its last line: a
+  resume stops on it before anything is compiled."""
   path = os.path.join(workdir, METRICS_FILE)
   if os.path.exists(path):
-    rows = [r for r in read_metrics(path) if r["step"] <= step]
-    with open(path, "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in rows)
+    _read_records(path)
+
+
+def truncate_metrics(workdir: str, step: int) -> str | None:
+  """Drops records past `step`: after a resume they are recomputed, not duplicated; and a torn
+  last line, returning a note that names it (None if there was none)."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return None
+  rows, torn = _read_records(path)
+  _write_atomically(path, "".join(json.dumps(r) + "\n" for r in rows if r["step"] <= step))
+  return f"{path}: dropped its torn last line ({torn[:60]!r})" if torn else None
 
 
 def read_metrics(path: str) -> list[dict]:
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """The records of a metrics.jsonl (without a torn last line)."""
+  return _read_records(path)[0]
 
 
 def plot_curves(metrics_path: str, out_path: str) -> None:

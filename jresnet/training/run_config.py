@@ -1,10 +1,13 @@
-"""The workdir's config.json: what a run used, and the base of an evaluation of that run.
+"""The workdir's config.json: what a run used, what its resume must keep, and the base of an
+evaluation of that run.
 
 `resolved` is what a training run writes: the recipe's resolved values (precision, steps, learning
 rate, classes), the data preset as applied (image size, mean, std, preset, eval split), and of the
-data fields that only one source reads, only those of the run's source. `for_eval` starts
-`--mode=eval` from that file, so that the training run's overrides need not be given again; the
-fields given on the command line still win, and the machine's own (MACHINE_FIELDS) are not taken.
+data fields that only one source reads, only those of the run's source. A run writes it when it
+starts from step 0, and a resume keeps it: `check_same_run` refuses a resume that would change a
+field of the computation (all but FREE_FIELDS). `for_eval` starts `--mode=eval` from that file, so
+that the training run's overrides need not be given again; the fields given on the command line
+still win, and the machine's own (MACHINE_FIELDS) are not taken.
 """
 
 import json
@@ -21,6 +24,20 @@ SOURCE_FIELDS = {"tfds": ("name", "data_dir", "manual_dir", "download"), "folder
 # Fields chosen for the machine that trained (tf.data threads: by its cores and accelerator),
 # which an evaluation on another machine should choose for itself.
 MACHINE_FIELDS = ("data.threads",)
+# Fields that change nothing a run computes, which its resume may give new values: how often it
+# logs, evaluates and checkpoints, how many checkpoints it keeps and how it writes them, when this
+# invocation stops, how the eval batches are cut, the machine's threads and prefetch, where the
+# same data and the caches are found, and the compilation cache. Every other field must keep its
+# value over the whole run.
+FREE_FIELDS = (
+    "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+    "async_checkpoints", "stop_after_steps", "eval_checkpoint", "eval_batch_size",
+    "compilation_cache_dir", "model.remat", *MACHINE_FIELDS, "data.prefetch", "data.path",
+    "data.data_dir", "data.manual_dir", "data.download", "data.cache_dir")
+
+
+class RunConfigError(ValueError):
+  """The workdir's config.json does not allow this run: another run's values, or unreadable."""
 
 
 def resolved(config: ConfigDict, info) -> ConfigDict:
@@ -46,11 +63,35 @@ def _flat(tree: dict) -> dict:
 
 
 def saved(workdir: str) -> dict | None:
+  """The workdir's config.json; None if it has none."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     return None
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except ValueError as e:
+    raise RunConfigError(f"{path} is not a config ({e}): restore it from a backup, or move it "
+                         "aside to go on without the training run's values") from None
+
+
+def check_same_run(config: ConfigDict, workdir: str) -> None:
+  """Raises RunConfigError, naming each field with its stored and given value, if `config` (as
+  `resolved` gives it) differs from the workdir's config.json in a field of the computation.
+  Fields that only one of the two has (added or removed by a code change) are not compared."""
+  stored = saved(workdir)
+  if stored is None:
+    return
+  stored, given = _flat(stored), _flat(json.loads(config.to_json_best_effort()))
+  compared = sorted((stored.keys() & given.keys()) - set(FREE_FIELDS))
+  changed = [f"{k}: stored {stored[k]!r}, given {given[k]!r}" for k in compared
+             if _value(stored[k]) != _value(given[k])]
+  if changed:
+    raise RunConfigError(
+        f"{workdir} holds a run with other values ({'; '.join(changed)}): a resumed run is the "
+        f"same run. Give the stored values ({os.path.join(workdir, CONFIG_FILE)}), or train anew "
+        f"in another --workdir with --config.init_from={workdir} to start from this run's "
+        "weights.")
 
 
 def _value(value):

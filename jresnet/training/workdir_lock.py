@@ -1,13 +1,20 @@
-"""One training run per workdir: `<workdir>/train.lock` names the process that holds it.
+"""One training run per workdir: a kernel lock on `<workdir>/train.lock`.
 
-The lock file is created atomically (a hard link of a complete temporary file, which fails if the
-lock exists), so two runs started together cannot both take it. A second run stops at once,
-naming the PID and host that hold it. A lock left by a run that died (its PID is gone on this
-host) is taken over with a note. In a multi-process job process 0 takes the lock for the whole
-job and tells the others whether it got it. Only local paths are locked (not gs:// and the like).
+The run holds `fcntl.flock` on the file for as long as it trains. The kernel releases the lock
+when the process ends, however it ends (SIGKILL, a crash, a container torn down), so a dead run's
+lock never needs a person, whatever PID namespace or host it ran in; and two runs racing for a
+free lock cannot both get it. The file also records the holder's PID, host and start time, read
+only for messages: a second run stops at once naming the holder, and a run that finds the record
+of one that died says it took over. A clean exit removes the file.
+
+In a multi-process job process 0 takes the lock for the whole job and tells the others whether it
+got it. Only local paths are locked, and network file systems whose client supports flock (Linux
+NFS maps it to NFS locks); not gs:// and the like.
 """
 
 import contextlib
+import dataclasses
+import errno
 import json
 import logging
 import os
@@ -18,95 +25,95 @@ import jax
 import numpy as np
 
 LOCK_FILE = "train.lock"
+# flock errors of a file system that has no such locks: the run goes on unlocked, with a warning.
+_UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
 
 class WorkdirLockedError(RuntimeError):
   """Another live run holds the workdir."""
 
 
-def _alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:  # exists, another user's
-    return True
-  return True
+@dataclasses.dataclass
+class Lock:
+  """A held lock: `fd` is the open lock file, whose flock is the lock."""
+
+  path: str
+  fd: int
 
 
-def _read(path: str) -> dict | None:
+def _record(fd: int) -> dict:
+  """The holder's record in the lock file ({} if empty or unreadable: it is just being written)."""
   try:
-    with open(path) as f:
-      return json.load(f)
-  except FileNotFoundError:
-    return None
+    return json.loads(os.pread(fd, 4096, 0) or b"{}")
   except (OSError, ValueError):
-    return {}  # unreadable: treated as held, the message says which file to check
+    return {}
 
 
-def _create(tmp: str, path: str) -> None:
-  """`path` with `tmp`'s content, atomically; FileExistsError if it exists."""
+def _is_file_at(fd: int, path: str) -> bool:
+  """Whether `fd` is still the file at `path` (a releasing run removes it before unlocking)."""
   try:
-    os.link(tmp, path)
-  except FileExistsError:
-    raise
-  except OSError:  # a file system without hard links: exclusive creation, then the content
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-    with os.fdopen(fd, "w") as f, open(tmp) as src:
-      f.write(src.read())
+    return os.path.samestat(os.fstat(fd), os.stat(path))
+  except FileNotFoundError:
+    return False
 
 
-def acquire(workdir: str) -> str:
-  """Takes `<workdir>/train.lock` for this process (creating the workdir); returns its path.
-  Raises WorkdirLockedError if a live process holds it."""
+def acquire(workdir: str) -> Lock | None:
+  """Takes `<workdir>/train.lock` for this process (creating the workdir). Raises
+  WorkdirLockedError if a live process holds it; None where the file system has no flock."""
+  import fcntl  # noqa: PLC0415 (POSIX only)
+
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, LOCK_FILE)
+  while True:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = _record(fd)
+      os.close(fd)
+      who = (f"process {holder.get('pid', '?')} on host {holder.get('host', '?')} "
+             f"(since {holder.get('since', '?')})" if holder else "a run that is starting")
+      raise WorkdirLockedError(f"{workdir} is in use by {who}: one run per workdir. Wait for it "
+                               "or stop it, or use another --workdir.") from None
+    except OSError as e:
+      os.close(fd)
+      if e.errno not in _UNSUPPORTED:
+        raise
+      logging.warning("cannot lock %s (%s): this file system has no flock, so nothing stops a "
+                      "second run on %s", path, os.strerror(e.errno), workdir)
+      return None
+    if _is_file_at(fd, path):
+      break
+    os.close(fd)  # locked a file its holder removed on release: lock the one at `path` now
+  previous = _record(fd)
+  if previous:
+    logging.warning("took over %s from process %s on %s, which ended without releasing it",
+                    path, previous.get("pid", "?"), previous.get("host", "?"))
   me = {"pid": os.getpid(), "host": socket.gethostname(),
         "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-  tmp = f"{path}.{me['pid']}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(me, f)
-  try:
-    while True:
-      try:
-        _create(tmp, path)
-        return path
-      except FileExistsError:
-        pass
-      holder = _read(path)
-      if holder is None:  # released meanwhile
-        continue
-      stale = (holder.get("host") == me["host"] and isinstance(holder.get("pid"), int)
-               and not _alive(holder["pid"]))
-      if not stale:
-        raise WorkdirLockedError(
-            f"{workdir} is in use by process {holder.get('pid', '?')} on host "
-            f"{holder.get('host', '?')} (since {holder.get('since', '?')}): one run per workdir. "
-            f"Wait for it or stop it, or use another --workdir; if no such process runs, delete "
-            f"{path}.")
-      with contextlib.suppress(FileNotFoundError):  # another process may take it over first
-        os.rename(path, f"{path}.stale.{me['pid']}")
-        os.remove(f"{path}.stale.{me['pid']}")
-        logging.warning("took over %s from process %d on %s, which no longer runs", path,
-                        holder["pid"], holder["host"])
-  finally:
-    os.remove(tmp)
+  os.ftruncate(fd, 0)
+  os.pwrite(fd, json.dumps(me).encode(), 0)
+  return Lock(path, fd)
 
 
-def release(path: str) -> None:
-  """Removes the lock if this process holds it."""
-  if (_read(path) or {}).get("pid") == os.getpid():
-    os.remove(path)
+def release(lock: Lock | None) -> None:
+  """Removes the lock file, then unlocks it (in this order: a run that locks the removed file
+  meanwhile sees that it is gone, and takes the next one)."""
+  if lock is None:
+    return
+  if _is_file_at(lock.fd, lock.path):
+    os.remove(lock.path)
+  os.close(lock.fd)
 
 
 @contextlib.contextmanager
 def held(workdir: str):
   """The workdir's lock for the duration of the block (process 0 for the whole job)."""
   local = "://" not in workdir
-  path, error = None, None
+  lock, error = None, None
   if local and jax.process_index() == 0:
     try:
-      path = acquire(workdir)
+      lock = acquire(workdir)
     except WorkdirLockedError as e:
       error = e
   if local and jax.process_count() > 1:
@@ -119,5 +126,4 @@ def held(workdir: str):
   try:
     yield
   finally:
-    if path:
-      release(path)
+    release(lock)
