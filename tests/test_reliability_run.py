@@ -206,7 +206,8 @@ def test_flags_that_change_no_computation_stay_free_and_config_json_is_kept(stop
   stored = (stopped / "config.json").read_bytes()
   free = {"log_every_steps": 2, "eval_every_steps": 2, "checkpoint_every_steps": 1,
           "keep_checkpoints": 3, "stop_after_steps": 1, "eval_batch_size": 8,
-          "compilation_cache_dir": "", "data.threads": 2, "data.prefetch": 1}
+          "compilation_cache_dir": "", "data.threads": 2, "data.prefetch": 1,
+          "distributed.heartbeat_timeout_s": 5}
   loop.train_and_evaluate(tiny_config(**free), str(stopped))
   assert (stopped / "checkpoints" / "3").is_dir()  # resumed: one more step, as asked
   assert (stopped / "config.json").read_bytes() == stored

@@ -33,7 +33,8 @@ FREE_FIELDS = (
     "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints",
     "async_checkpoints", "stop_after_steps", "eval_checkpoint", "eval_batch_size",
     "compilation_cache_dir", "model.remat", *MACHINE_FIELDS, "data.prefetch", "data.path",
-    "data.data_dir", "data.manual_dir", "data.download", "data.cache_dir")
+    "data.data_dir", "data.manual_dir", "data.download", "data.cache_dir",
+    "distributed.initialization_timeout_s", "distributed.heartbeat_timeout_s")
 
 
 class RunConfigError(ValueError):
