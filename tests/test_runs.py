@@ -109,7 +109,7 @@ def test_unknown_tfds_name_fails_in_one_short_message(tmp_path):
 
 
 def test_a_tfds_dataset_built_elsewhere_needs_no_builder_code(mock_metadata, tmp_path):
-  """The README's custom-dataset recipe: a dataset prepared by `tfds build` (here: cifar10's
+  """docs/data.md's custom-dataset recipe: a dataset prepared by `tfds build` (here: cifar10's
   metadata under another name, whose builder code is nowhere) is read from data_dir."""
   import shutil  # noqa: PLC0415
 
@@ -127,8 +127,9 @@ def test_a_tfds_dataset_built_elsewhere_needs_no_builder_code(mock_metadata, tmp
 
 
 def _readme_commands() -> dict[str, list[str]]:
-  """The train.py commands of the README's quick start, fine-tuning and evaluation, as argv."""
-  text = open(os.path.join(REPO, "README.md")).read()
+  """The train.py commands of the README's quick start and of docs/weights.md's fine-tuning and
+  evaluation, as argv."""
+  text = "".join(open(os.path.join(REPO, path)).read() for path in ("README.md", "docs/weights.md"))
   commands = {}
   for name in ("quick start", "fine-tune", "evaluate"):
     block = re.search(rf"<!-- {name} -->\s*```bash\n(.*?)```", text, re.S).group(1)
@@ -137,7 +138,7 @@ def _readme_commands() -> dict[str, list[str]]:
 
 
 def test_readme_commands_run_as_written(tmp_path):
-  """The README's commands, each with its placeholders filled in and tiny-size overrides
+  """The documented commands, each with its placeholders filled in and tiny-size overrides
   appended, through train.py's own flag parsing and main, in one subprocess."""
   import jresnet  # noqa: PLC0415
 
