@@ -12,7 +12,7 @@ import pytest
 from conftest import deadline
 
 import jresnet
-from bench import compile_time, throughput
+from bench import compile_time, input_pipeline, throughput
 from configs import default
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,6 +74,21 @@ def test_compile_time_one_model(tmp_path, capsys):
   assert [r["layout"] for r in records] == ["unrolled", "scan"]
   assert all(r["params"] == 269_722 and r["compile_s"] > 0 and r["images_per_s"] > 0
              for r in records)
+
+
+def test_input_pipeline_streams_imagenet_like_jpegs(tmp_path):
+  folder = tmp_path / "jpegs"
+  input_pipeline.main(["make-jpegs", "--out", str(folder), "--classes", "2", "--per-class", "4"])
+  assert len(list(folder.glob("train/class*/*.jpg"))) == 8
+  with pytest.raises(SystemExit, match="8 files make too few batches of 128"):
+    input_pipeline.main(["jpeg", "--folder", str(folder)])
+  out = tmp_path / "input.jsonl"
+  input_pipeline.main(["stream", "--results", str(out), "--folder", str(folder / "train"),
+                       "--preset", "imagenet", "--batch", "4", "--steps", "2", "--windows", "2",
+                       "--warmup", "1", "--no-consumer"])
+  [record] = read_jsonl(out)
+  assert record["bench"] == "input_pipeline stream" and record["preset"] == "imagenet"
+  assert 0 < record["input_images_per_s_min"] <= record["input_images_per_s"]
 
 
 def test_gpu_session_script_at_tiny_sizes_without_tensorflow(tmp_path):
