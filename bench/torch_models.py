@@ -2,9 +2,9 @@
 
 torchvision's resnet50/resnet18, imported by `tests.torch_reference` (which also works beside a
 CPU build of torch that torchvision's compiled operators do not load with), and the CIFAR
-ResNet-20 of `tests.torch_reference` (torchvision has none), the models the equivalence tests
-hold jresnet's against. `source` names what was built, so
-that a table never hides which model was measured.
+ResNet-20 of `tests.torch_reference` (torchvision has none): the references the equivalence tests
+hold jresnet's models against. `source` names what was built, so that a table never hides which
+model was measured.
 """
 
 import torch
