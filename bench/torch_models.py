@@ -1,21 +1,22 @@
 """PyTorch counterparts of the jresnet workloads, and their train and eval steps.
 
-torchvision's resnet50/resnet18, imported by `bench.torch_reference` (which also works beside a
+torchvision's resnet50/resnet18, imported by `tests.torch_reference` (which also works beside a
 CPU build of torch that torchvision's compiled operators do not load with), and the CIFAR
-ResNet-20 of `bench.torch_reference` (torchvision has none). `source` names what was built, so
-that a table never hides which model was measured.
+ResNet-20 of `tests.torch_reference` (torchvision has none): the references the equivalence tests
+hold jresnet's models against. `source` names what was built, so that a table never hides which
+model was measured.
 """
 
 import torch
 import torch.nn.functional as F
 
-from bench import torch_reference
+from tests import torch_reference
 
 
 def build(name: str, num_classes: int) -> tuple[torch.nn.Module, str]:
   """(model, source) for 'resnet18', 'resnet50' or 'resnet20' (CIFAR)."""
   if name == "resnet20":
-    return torch_reference.CifarResNet(20, num_classes), "bench.torch_reference CifarResNet(20)"
+    return torch_reference.CifarResNet(20, num_classes), "tests.torch_reference CifarResNet(20)"
   torchvision = torch_reference.import_torchvision()
   return getattr(torchvision.models, name)(num_classes=num_classes), f"torchvision.models.{name}"
 

@@ -8,13 +8,11 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 from conftest import deadline
-from PIL import Image
 
 import jresnet
-from bench import compile_time, throughput
+from bench import compile_time, input_pipeline, throughput
 from configs import default
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -78,6 +76,21 @@ def test_compile_time_one_model(tmp_path, capsys):
              for r in records)
 
 
+def test_input_pipeline_streams_imagenet_like_jpegs(tmp_path):
+  folder = tmp_path / "jpegs"
+  input_pipeline.main(["make-jpegs", "--out", str(folder), "--classes", "2", "--per-class", "4"])
+  assert len(list(folder.glob("train/class*/*.jpg"))) == 8
+  with pytest.raises(SystemExit, match="8 files make too few batches of 128"):
+    input_pipeline.main(["jpeg", "--folder", str(folder)])
+  out = tmp_path / "input.jsonl"
+  input_pipeline.main(["stream", "--results", str(out), "--folder", str(folder / "train"),
+                       "--preset", "imagenet", "--batch", "4", "--steps", "2", "--windows", "2",
+                       "--warmup", "1", "--no-consumer"])
+  [record] = read_jsonl(out)
+  assert record["bench"] == "input_pipeline stream" and record["preset"] == "imagenet"
+  assert 0 < record["input_images_per_s_min"] <= record["input_images_per_s"]
+
+
 def test_gpu_session_script_at_tiny_sizes_without_tensorflow(tmp_path):
   """bench.gpu_run as on the GPU machines, where TensorFlow is not installed (blocked here in
   every process it starts): CIFAR through train.py on an array file, then the GPU table."""
@@ -104,54 +117,3 @@ def test_gpu_session_script_at_tiny_sizes_without_tensorflow(tmp_path):
   _check_throughput_rows(read_jsonl(out / "throughput.jsonl"), [
       ("jresnet", "bf16"), ("pytorch", "bf16 autocast channels_last"),
       ("pytorch", "bf16 autocast channels_last torch.compile")])
-
-
-def test_conv_layers_one_repeat(tmp_path, monkeypatch, capsys):
-  from bench import conv_layers  # noqa: PLC0415
-  monkeypatch.setattr(conv_layers, "LAYERS", [("tiny 3x3", 2, 8, 4, 4, 3, 1),
-                                              ("tiny 1x1 stride 2", 2, 8, 4, 8, 1, 2)])
-  rows = conv_layers.main(["--repeats", "1", "--out", str(tmp_path / "r.jsonl")])
-  assert [r["layer"] for r in rows] == ["tiny 3x3", "tiny 1x1 stride 2"]
-  assert all(r["lax_ms"] > 0 and r["jresnet_ms"] > 0 for r in rows)
-  assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 2
-  assert "jresnet_vs_torch" in capsys.readouterr().out
-
-
-def test_torch_recipe_augment_is_a_padded_crop_maybe_flipped():
-  import torch  # noqa: PLC0415
-
-  from bench import torch_recipe  # noqa: PLC0415
-  images = torch.randint(1, 256, (64, 3, 8, 8), dtype=torch.uint8)
-  out = torch_recipe.augment(images, 2, torch.Generator().manual_seed(0))
-  padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
-  seen = set()
-  for image, result in zip(padded, out):
-    views = {(dy, dx, flip) for dy in range(5) for dx in range(5) for flip in (False, True)
-             if torch.equal(result, image[:, dy:dy + 8, dx:dx + 8].flip(-1) if flip
-                            else image[:, dy:dy + 8, dx:dx + 8])}
-    assert len(views) == 1, "not a 2-pixel translation of the image, flipped or not"
-    seen |= views
-  assert {flip for *_, flip in seen} == {False, True} and len(seen) > 20
-
-
-def test_torch_recipe_trains_the_config_on_an_image_folder(tmp_path):
-  """PyTorch follows a jresnet config end to end on the same split (a subprocess: absl flags)."""
-  rng = np.random.default_rng(0)
-  for c in range(3):
-    os.makedirs(tmp_path / "data" / "train" / f"class{c}")
-    for i in range(12):
-      image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-      Image.fromarray(image).save(tmp_path / "data" / "train" / f"class{c}" / f"{i}.png")
-  out = tmp_path / "recipe.jsonl"
-  overrides = {"data.path": tmp_path / "data", "data.cache_dir": tmp_path / "cache",
-               "data.train_split": "train[:24]", "data.eval_split": "train[24:]",
-               "data.num_classes": 3, "model.depth": 8, "batch_size": 8, "eval_batch_size": 5,
-               "num_epochs": 2}
-  run = subprocess.run([sys.executable, "-m", "bench.torch_recipe", "--out", str(out),
-                        *(f"--config.{k}={v}" for k, v in overrides.items())],
-                       capture_output=True, text=True, timeout=deadline(60))
-  assert run.returncode == 0, run.stderr[-2000:]
-  [record] = read_jsonl(out)
-  assert record["model"] == "bench.torch_reference CifarResNet(8)"
-  assert [row["step"] for row in record["curve"]] == [3, 6]  # 24 images, batch 8, 2 epochs
-  assert 0 <= record["val_accuracy"] <= 1 and record["config"]["optimizer"]["nesterov"]

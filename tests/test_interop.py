@@ -1,8 +1,8 @@
 """jresnet against PyTorch: parameter counts, eval logits, and exact weight round trips.
 
 The references are torchvision's and timm's own model code (imported without torchvision's
-compiled operators, see bench/torch_reference.py), and for the CIFAR ResNet, which neither has,
-the PyTorch form in bench/torch_reference.py.
+compiled operators, see tests/torch_reference.py), and for the CIFAR ResNet, which neither has,
+the PyTorch form in tests/torch_reference.py.
 """
 
 import jax
@@ -12,8 +12,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import jresnet  # noqa: E402
-from bench import torch_reference as ref  # noqa: E402
 from jresnet import interop, weights  # noqa: E402
+from tests import torch_reference as ref  # noqa: E402
 
 
 def _import_or_skip(importer):

@@ -196,7 +196,7 @@ def test_pretrained_file_loads_into_nnx(tmp_path):
 
 def test_torchvision_state_dict_into_nnx_and_back():
   torch = pytest.importorskip("torch")
-  from bench import torch_reference as ref  # noqa: PLC0415
+  from tests import torch_reference as ref  # noqa: PLC0415
   try:
     torchvision = ref.import_torchvision()
   except ImportError as e:
