@@ -148,7 +148,7 @@ class ResNet(nn.Module):
       raise ValueError(f"padding must be 'torch' (torchvision's) or 'same' (XLA's, flax's "
                        f"examples/imagenet's); got {self.padding!r}")
     if self.features_only:
-      self.feature_info()  # noqa: B018 (out-of-range out_indices fail here)
+      self.feature_info()  # out-of-range out_indices fail here, at construction
     super().__post_init__()
 
   @property
