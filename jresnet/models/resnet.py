@@ -89,7 +89,7 @@ class ResNet(nn.Module):
   """
 
   depth: int | None = None
-  num_classes: int | None = 1000
+  num_classes: int | None = 1000      # 0 (or None, the same): no head
   family: str = "imagenet"
   stage_sizes: Sequence[int] | None = None
   block: str | None = None             # 'basic' | 'bottleneck'; default from depth
