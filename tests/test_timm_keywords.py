@@ -69,7 +69,7 @@ def test_num_classes_zero_is_no_head_everywhere_and_none_the_same():
 
 # --- features_only and out_indices -----------------------------------------------------------
 
-@pytest.mark.parametrize("out_indices", [None, (1, 3), (-1,)])
+@pytest.mark.parametrize("out_indices", [None, (1, 3), (-1,), 2])
 def test_features_only_equals_timms_backbone(out_indices, timm):
   """The same maps, the same `feature_info`, and the same parameters (timm keeps no stage after
   the last selected one): timm's state dict loads strictly."""

@@ -74,9 +74,9 @@ class ResNet(nn.Module):
 
   `num_classes=0` (or None, the same) builds no head: the call returns the pooled features.
   `features_only=True` is timm's backbone: the call returns the list of the feature maps at
-  `out_indices` (timm's levels: the stem's activation, then each stage; None: all of them) in
-  network order, `feature_info()` describes them, and the model has no head and no stage after
-  the last selected one.
+  `out_indices` (timm's levels: the stem's activation, then each stage; an int n: the last n;
+  None: all of them) in network order, `feature_info()` describes them, and the model has no head
+  and no stage after the last selected one.
 
   `drop_rate` (dropout on the pooled features, before the head) and `drop_path_rate` (stochastic
   depth: block i of N drops its residual branch with probability drop_path_rate * i / (N - 1),
@@ -123,7 +123,7 @@ class ResNet(nn.Module):
   drop_rate: float = 0.0               # dropout before the head, in training
   drop_path_rate: float = 0.0          # stochastic depth of the last block; earlier: less
   features_only: bool = False          # timm's backbone: a list of feature maps, no head
-  out_indices: Sequence[int] | None = None  # features_only: timm's level indices; None: all
+  out_indices: Sequence[int] | int | None = None  # features_only: timm's levels (int n: last n)
 
   def __post_init__(self):
     if self.num_classes is None or self.features_only:
@@ -198,6 +198,8 @@ class ResNet(nn.Module):
       return maps
     levels = [f for f in maps if f["module"] != "maxpool"]  # timm's: act1, layer1, layer2, ...
     indices = range(len(levels)) if self.out_indices is None else self.out_indices
+    if isinstance(indices, int):  # the last n levels, as in timm
+      indices = range(-indices, 0)
     if not indices or any(not -len(levels) <= i < len(levels) for i in indices):
       raise ValueError(f"out_indices must index this model's {len(levels)} feature levels "
                        f"({', '.join(f['name'] for f in levels)}); got {self.out_indices}")
