@@ -22,6 +22,8 @@ def get_config() -> ConfigDict:
       output_stride=32,                              # 16 / 8: dilated last stages (dense tasks)
       frozen_bn=False,                               # BatchNorm on running statistics, not updated
       padding="torch",                               # 'same': flax's examples/imagenet's
+      drop_rate=0.0,                                 # dropout before the head (timm's)
+      drop_path_rate=0.0,                            # stochastic depth of the last block (timm's)
   ))
   c.data = data_config()
 

@@ -10,7 +10,7 @@ import importlib
 from jresnet import export, interop, weights
 from jresnet.factory import create_model, list_models
 from jresnet.models import *  # noqa: F401,F403
-from jresnet.models import ResNet, init_variables, to_scanned, to_unrolled
+from jresnet.models import ResNet, init_variables, reset_classifier, to_scanned, to_unrolled
 from jresnet.summary import Summary, summary
 from jresnet.weights import pretrained
 

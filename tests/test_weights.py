@@ -328,21 +328,30 @@ def test_create_model_pretrained_with_a_new_head(server, weights_file, monkeypat
                            f"{server}/model.safetensors", digest, "safetensors", "test",
                            registry.EvalTransform(36, 32), 91.0, "this test")
   monkeypatch.setitem(weights.REGISTRY, entry.name, entry)
-  net = jresnet.create_model("cifar_resnet20", pretrained=True, num_classes=3, cache=str(tmp_path),
-                             progress=False, key=7)
-  assert net.model == jresnet.CifarResNet20(num_classes=3) and net.weights is entry
-  assert set(net.fresh) == {"params/fc/kernel", "params/fc/bias"}
+  bound = jresnet.create_model("cifar_resnet20", pretrained=True, num_classes=3,
+                               cache=str(tmp_path), progress=False, key=7)
+  assert isinstance(bound, jresnet.ResNet)  # the one type create_model returns
+  model, variables = bound.unbind()
+  assert model == jresnet.CifarResNet20(num_classes=3)
   assert "loaded all but the classifier" in caplog.text and "params/fc/kernel" in caplog.text
   assert "freshly initialised for 3 classes (the file's head has 10)" in caplog.text
-  fresh_head = jresnet.init_variables(net.model, 7)["params"]["fc"]
-  jax.tree.map(np.testing.assert_array_equal, net.variables["params"]["fc"], fresh_head)
+  fresh_head = jresnet.init_variables(model, 7)["params"]["fc"]
+  jax.tree.map(np.testing.assert_array_equal, variables["params"]["fc"], fresh_head)
   for collection in ("params", "batch_stats"):
     for stage in ("stem", "layer1", "layer3"):
-      jax.tree.map(np.testing.assert_array_equal, net.variables[collection][stage],
+      jax.tree.map(np.testing.assert_array_equal, variables[collection][stage],
                    published[collection][stage])
-  backbone = jresnet.create_model("cifar_resnet20.test", pretrained=True, num_classes=0,
-                                  cache=str(tmp_path))
-  assert backbone.model.num_classes is None and "fc" not in backbone.variables["params"]
+  x = np.random.default_rng(0).standard_normal((2, 32, 32, 3), dtype=np.float32)
+  np.testing.assert_array_equal(bound(x), model.apply(variables, x))  # evaluates
+  for no_head in (0, None):
+    backbone = jresnet.create_model("cifar_resnet20.test", pretrained=True, num_classes=no_head,
+                                    cache=str(tmp_path))
+    assert backbone.num_classes == 0 and "fc" not in backbone.variables["params"]
+    net = jresnet.pretrained(weights_file[0], model=jresnet.CifarResNet20(), num_classes=no_head)
+    assert net.model.num_classes == 0 and not net.fresh
+    jax.tree.map(np.testing.assert_array_equal, net.variables,
+                 {**published, "params": {k: v for k, v in published["params"].items()
+                                          if k != "fc"}})
 
 
 def test_head_mismatch_lists_each_tensor_once(weights_file):

@@ -8,6 +8,7 @@ from jresnet.models.blocks import (
                                    PreActBottleneckBlock,
                                    Shortcut,
 )
+from jresnet.models.head import reset_classifier
 from jresnet.models.initialisation import init_variables
 from jresnet.models.layout import to_scanned, to_unrolled
 from jresnet.models.resnet import ResNet, Stage

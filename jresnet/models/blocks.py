@@ -75,6 +75,8 @@ class ResidualBlock(nn.Module):
   stride_in_1x1: bool = False
   act: ModuleDef = nn.relu
   padding: str = "torch"             # of the 3x3 convolutions: 'torch' | 'same' (XLA's)
+  drop_path_rate: float = 0.0        # stochastic depth of the residual branch
+  deterministic: bool = True         # False in training: drop path draws from the 'dropout' rng
   expansion = 1
 
   @property
@@ -92,6 +94,15 @@ class ResidualBlock(nn.Module):
       x = preact
     return Shortcut(self.out_features, self.strides, self.shortcut, self.conv,
                     self.norm if preact is None else None, self.dilation, name="downsample")(x)
+
+  def drop_path(self, branch: jax.Array) -> jax.Array:
+    """Stochastic depth (timm's DropPath): in training each example's residual branch is dropped
+    with probability `drop_path_rate`, else scaled by 1 / (1 - drop_path_rate); the identity in
+    evaluation. Dropout of whole examples: a mask broadcast over height, width and channels."""
+    if not self.drop_path_rate:
+      return branch
+    return nn.Dropout(self.drop_path_rate, broadcast_dims=(1, 2, 3),
+                      deterministic=self.deterministic, name="drop_path")(branch)
 
   def conv3x3(self, features: int, strides: int, name: str, groups: int = 1,
               first: bool = False) -> nn.Module:
@@ -118,7 +129,7 @@ class BasicBlock(ResidualBlock):
     y = self.act(self.norm(name="bn1")(y))
     y = self.conv3x3(self.features, 1, "conv2")(y)
     y = self.norm(scale_init=_last_bn_init(self.zero_init_residual), name="bn2")(y)
-    return self.act(y + self.project(x))
+    return self.act(self.drop_path(y) + self.project(x))
 
 
 class BottleneckBlock(ResidualBlock):
@@ -138,7 +149,7 @@ class BottleneckBlock(ResidualBlock):
     y = self.act(self.norm(name="bn2")(self.conv3x3(width, s3, "conv2", self.groups, True)(y)))
     y = self.conv1x1(self.out_features, 1, "conv3")(y)
     y = self.norm(scale_init=_last_bn_init(self.zero_init_residual), name="bn3")(y)
-    return self.act(y + self.project(x))
+    return self.act(self.drop_path(y) + self.project(x))
 
 
 class PreActBasicBlock(ResidualBlock):
@@ -154,7 +165,7 @@ class PreActBasicBlock(ResidualBlock):
     y = self.conv3x3(self.features, self.strides, "conv1", first=True)(preact)
     y = self.norm(scale_init=_last_bn_init(self.zero_init_residual), name="bn2")(y)
     y = self.conv3x3(self.features, 1, "conv2")(self.act(y))
-    return y + self.project(x, preact)
+    return self.drop_path(y) + self.project(x, preact)
 
 
 class PreActBottleneckBlock(ResidualBlock):
@@ -171,7 +182,7 @@ class PreActBottleneckBlock(ResidualBlock):
     y = self.conv3x3(width, s3, "conv2", self.groups, True)(self.act(self.norm(name="bn2")(y)))
     y = self.norm(scale_init=_last_bn_init(self.zero_init_residual), name="bn3")(y)
     y = self.conv1x1(self.out_features, 1, "conv3")(self.act(y))
-    return y + self.project(x, preact)
+    return self.drop_path(y) + self.project(x, preact)
 
 
 BLOCKS = {

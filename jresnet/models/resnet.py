@@ -39,13 +39,16 @@ class Stage(nn.Module):
   remat: bool = False
   dilation: int = 1
   first_dilation: int = 1
+  drop_path_rates: Sequence[float] | None = None  # one per block (stochastic depth); None: 0
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     block = functools.partial(self.block, dilation=self.dilation)
     if self.remat:
       block = functools.partial(nn.remat(block.func), *block.args, **block.keywords)
-    x = block(strides=self.strides, first_dilation=self.first_dilation, name="block0")(x)
+    rates = self.drop_path_rates or (0.0,) * self.num_blocks
+    x = block(strides=self.strides, first_dilation=self.first_dilation,
+              drop_path_rate=rates[0], name="block0")(x)
     if self.scan and self.num_blocks > 1:
       body = lambda module, carry, _: (module(carry), None)
       scanned = nn.scan(body, variable_axes={"params": 0, "batch_stats": 0},
@@ -53,7 +56,7 @@ class Stage(nn.Module):
       x, _ = scanned(block(strides=1, name="blocks"), x, None)
     else:
       for i in range(1, self.num_blocks):
-        x = block(strides=1, name=f"block{i}")(x)
+        x = block(strides=1, drop_path_rate=rates[i], name=f"block{i}")(x)
     return x
 
 
@@ -69,13 +72,24 @@ class ResNet(nn.Module):
   NHWC feature maps: for the strided stems the stride-2 map after the stem's activation (`act1`,
   before the max-pool), the stem's output, and each stage's.
 
+  `num_classes=0` (or None, the same) builds no head: the call returns the pooled features.
+  `features_only=True` is timm's backbone: the call returns the list of the feature maps at
+  `out_indices` (timm's levels: the stem's activation, then each stage; an int n: the last n;
+  None: all of them) in network order, `feature_info()` describes them, and the model has no head
+  and no stage after the last selected one.
+
+  `drop_rate` (dropout on the pooled features, before the head) and `drop_path_rate` (stochastic
+  depth: block i of N drops its residual branch with probability drop_path_rate * i / (N - 1),
+  timm's rule) act in training only, where they need a 'dropout' rng:
+  `apply(..., train=True, rngs={"dropout": key})`. Evaluation is unchanged by them.
+
   BatchNorm trains (normalises with the batch's statistics and updates the running ones) when
   the call can update them: `apply(variables, x, mutable=["batch_stats"])` trains,
   `apply(variables, x)` evaluates. An explicit `train=True` or `train=False` overrides that.
   """
 
   depth: int | None = None
-  num_classes: int | None = 1000
+  num_classes: int | None = 1000      # 0 (or None, the same): no head
   family: str = "imagenet"
   stage_sizes: Sequence[int] | None = None
   block: str | None = None             # 'basic' | 'bottleneck'; default from depth
@@ -106,8 +120,25 @@ class ResNet(nn.Module):
   # 'torch': symmetric, as torchvision; 'same': XLA's 'SAME' on the 3x3 convolutions and the
   # max-pool (the extra row and column after, on even sizes), as flax's examples/imagenet.
   padding: str = "torch"
+  drop_rate: float = 0.0               # dropout before the head, in training
+  drop_path_rate: float = 0.0          # stochastic depth of the last block; earlier: less
+  features_only: bool = False          # timm's backbone: a list of feature maps, no head
+  out_indices: Sequence[int] | int | None = None  # features_only: timm's levels (int n: last n)
 
   def __post_init__(self):
+    if self.num_classes is None or self.features_only:
+      self.num_classes = 0  # one spelling of "no head", as timm's
+    if not isinstance(self.num_classes, int) or self.num_classes < 0:
+      raise ValueError(f"num_classes must be a class count, or 0 for no head; "
+                       f"got {self.num_classes!r}")
+    for rate in ("drop_rate", "drop_path_rate"):
+      if not 0.0 <= getattr(self, rate) < 1.0:
+        raise ValueError(f"{rate} must be in [0, 1); got {getattr(self, rate)}")
+    if self.drop_path_rate and self.scan_blocks:
+      raise ValueError("drop_path_rate needs unrolled blocks (scan_blocks=False): timm's rule "
+                       "gives every block its own rate, scanned blocks share one module")
+    if self.out_indices is not None and not self.features_only:
+      raise ValueError("out_indices selects the feature maps of features_only=True; set both")
     self.architecture  # noqa: B018 (a bad depth fails here, at construction, not at trace time)
     if self.output_stride not in (8, 16, 32):
       raise ValueError(f"output_stride must be 8, 16 or 32; got {self.output_stride}")
@@ -116,6 +147,8 @@ class ResNet(nn.Module):
     if self.padding not in PADDINGS:
       raise ValueError(f"padding must be 'torch' (torchvision's) or 'same' (XLA's, flax's "
                        f"examples/imagenet's); got {self.padding!r}")
+    if self.features_only:
+      self.feature_info()  # out-of-range out_indices fail here, at construction
     super().__post_init__()
 
   @property
@@ -156,9 +189,48 @@ class ResNet(nn.Module):
     return out
 
   def feature_info(self) -> list[dict]:
-    """Each feature map that `return_features=True` returns: its key (`name`), channels and
-    stride, and the same as timm's `feature_info` describes them (`num_chs`, `reduction`, and
-    `module`, the timm ResNet module the map is the output of)."""
+    """Each feature map that `return_features=True` returns (with `features_only=True`: those
+    the call returns, timm's levels at `out_indices`): its key (`name`), channels and stride, and
+    the same as timm's `feature_info` describes them (`num_chs`, `reduction`, and `module`, the
+    timm ResNet module the map is the output of)."""
+    maps = self._feature_maps()
+    if not self.features_only:
+      return maps
+    levels = [f for f in maps if f["module"] != "maxpool"]  # timm's: act1, layer1, layer2, ...
+    indices = range(len(levels)) if self.out_indices is None else self.out_indices
+    if isinstance(indices, int):  # the last n levels, as in timm
+      indices = range(-indices, 0)
+    if not indices or any(not -len(levels) <= i < len(levels) for i in indices):
+      raise ValueError(f"out_indices must index this model's {len(levels)} feature levels "
+                       f"({', '.join(f['name'] for f in levels)}); got {self.out_indices}")
+    return [levels[i] for i in sorted({i % len(levels) for i in indices})]
+
+  def num_built_stages(self) -> int:
+    """The stages the model has: all, or with `features_only` up to the last selected map."""
+    if not self.features_only:
+      return len(self.architecture.stage_sizes)
+    last = self.feature_info()[-1]["name"]
+    return int(last.removeprefix("layer")) if last.startswith("layer") else 0
+
+  def left_out_modules(self) -> tuple[str, ...]:
+    """The top-level modules of the full network (timm's and torchvision's names) that this
+    model does not build: the head `fc` without classes, and with `features_only` the stages
+    after the last selected map (and a v2 network's final BatchNorm)."""
+    num_stages = len(self.architecture.stage_sizes)
+    later = tuple(f"layer{i + 1}" for i in range(self.num_built_stages(), num_stages))
+    final_bn = ("bn_final",) if later and self.architecture.preact else ()
+    return (("fc",) if not self.num_classes else ()) + later + final_bn
+
+  def drop_path_rates(self) -> list[tuple[float, ...]]:
+    """Each built stage's per-block stochastic-depth rates: block i of the network's N gets
+    `drop_path_rate * i / (N - 1)` (timm's linear rule; the first block 0, the last the rate)."""
+    sizes = self.architecture.stage_sizes
+    last = max(sum(sizes) - 1, 1)
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return [tuple(self.drop_path_rate * (start + j) / last for j in range(n))
+            for start, n in zip(starts[:self.num_built_stages()], sizes)]
+
+  def _feature_maps(self) -> list[dict]:
     arch = self.architecture
     expansion = 4 if arch.block == "bottleneck" else 1
     stride = self.stem_stride
@@ -202,21 +274,26 @@ class ResNet(nn.Module):
         BLOCKS[arch.block, arch.preact], conv=conv, norm=norm, groups=self.groups,
         width_per_group=self.width_per_group, shortcut=arch.shortcut,
         zero_init_residual=self.zero_init_residual, stride_in_1x1=arch.stride_in_1x1,
-        padding=self.padding)
-    for i, ((strides, dilation, first_dilation), num_blocks, width) in enumerate(
-        zip(self.stage_strides(), arch.stage_sizes, arch.widths)):
+        padding=self.padding, deterministic=not train)
+    num_stages = self.num_built_stages()
+    for i, ((strides, dilation, first_dilation), num_blocks, width, rates) in enumerate(
+        zip(self.stage_strides(), arch.stage_sizes, arch.widths, self.drop_path_rates())):
       x = Stage(functools.partial(block, features=width), num_blocks, strides=strides,
                 scan=self.scan_blocks, remat=self.remat, dilation=dilation,
-                first_dilation=first_dilation, name=f"layer{i + 1}")(x)
+                first_dilation=first_dilation, drop_path_rates=rates, name=f"layer{i + 1}")(x)
       features[f"layer{i + 1}"] = x
-    if arch.preact:  # v2 ends with the BN-ReLU that no later block applies
+    if arch.preact and num_stages == len(arch.stage_sizes):  # the BN-ReLU no block applies
       x = nn.relu(norm(name="bn_final")(x))
-      features[f"layer{len(arch.stage_sizes)}"] = x
+      features[f"layer{num_stages}"] = x
+    if self.features_only:
+      return [features[f["name"]] for f in self.feature_info()]
     if return_features:
       return features
 
     x = global_avg_pool(x)
-    if self.num_classes is not None:
+    if self.drop_rate:
+      x = nn.Dropout(self.drop_rate, deterministic=not train, name="head_drop")(x)
+    if self.num_classes:
       x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
                    kernel_init=dense_kernel_init, name="fc")(x)
       chex.assert_shape(x, (features["stem"].shape[0], self.num_classes))

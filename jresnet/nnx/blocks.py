@@ -91,9 +91,14 @@ class Shortcut(nnx.Module):
 
 
 class ResidualBlock(nnx.Module):
-  """What all blocks share: the shortcut rule. `features` is the stage's base width."""
+  """What all blocks share: the shortcut rule and stochastic depth. `features` is the stage's
+  base width; `drop_path` is the block's `nnx.Dropout` over whole examples (or None)."""
 
   expansion = 1
+
+  def branch(self, y: jax.Array) -> jax.Array:
+    """The residual branch, dropped per example in training where the block has `drop_path`."""
+    return y if self.drop_path is None else self.drop_path(y)
 
   def _shortcut(self, in_features: int, features: int, strides: int, kind: str,
                 conv: ModuleDef, norm: ModuleDef | None, dilation: int) -> None:
@@ -115,17 +120,19 @@ class BasicBlock(ResidualBlock):
 
   def __init__(self, in_features: int, features: int, conv: ModuleDef, norm: ModuleDef, *,
                strides: int = 1, dilation: int = 1, first_dilation: int | None = None,
-               shortcut: str = "B", zero_init_residual: bool = True):
+               shortcut: str = "B", zero_init_residual: bool = True,
+               drop_path: nnx.Dropout | None = None):
     self.conv1 = conv3x3(conv, in_features, features, strides, first_dilation or dilation)
     self.bn1 = norm(features)
     self.conv2 = conv3x3(conv, features, features, 1, dilation)
     self.bn2 = _last_bn(norm, features, zero_init_residual)
     self._shortcut(in_features, features, strides, shortcut, conv, norm, dilation)
+    self.drop_path = drop_path
 
   def __call__(self, x: jax.Array) -> jax.Array:
     y = nnx.relu(self.bn1(self.conv1(x)))
     y = self.bn2(self.conv2(y))
-    return nnx.relu(y + self.project(x))
+    return nnx.relu(self.branch(y) + self.project(x))
 
 
 class BottleneckBlock(ResidualBlock):
@@ -137,7 +144,8 @@ class BottleneckBlock(ResidualBlock):
   def __init__(self, in_features: int, features: int, conv: ModuleDef, norm: ModuleDef, *,
                strides: int = 1, dilation: int = 1, first_dilation: int | None = None,
                groups: int = 1, width_per_group: int = 64, shortcut: str = "B",
-               zero_init_residual: bool = True, stride_in_1x1: bool = False):
+               zero_init_residual: bool = True, stride_in_1x1: bool = False,
+               drop_path: nnx.Dropout | None = None):
     s1, s3 = (strides, 1) if stride_in_1x1 else (1, strides)
     width, out = bottleneck_width(features, groups, width_per_group), features * self.expansion
     self.conv1 = conv1x1(conv, in_features, width, s1)
@@ -147,12 +155,13 @@ class BottleneckBlock(ResidualBlock):
     self.conv3 = conv1x1(conv, width, out, 1)
     self.bn3 = _last_bn(norm, out, zero_init_residual)
     self._shortcut(in_features, features, strides, shortcut, conv, norm, dilation)
+    self.drop_path = drop_path
 
   def __call__(self, x: jax.Array) -> jax.Array:
     y = nnx.relu(self.bn1(self.conv1(x)))
     y = nnx.relu(self.bn2(self.conv2(y)))
     y = self.bn3(self.conv3(y))
-    return nnx.relu(y + self.project(x))
+    return nnx.relu(self.branch(y) + self.project(x))
 
 
 class PreActBasicBlock(ResidualBlock):
@@ -161,17 +170,19 @@ class PreActBasicBlock(ResidualBlock):
 
   def __init__(self, in_features: int, features: int, conv: ModuleDef, norm: ModuleDef, *,
                strides: int = 1, dilation: int = 1, first_dilation: int | None = None,
-               shortcut: str = "B", zero_init_residual: bool = True):
+               shortcut: str = "B", zero_init_residual: bool = True,
+               drop_path: nnx.Dropout | None = None):
     self.bn1 = norm(in_features)
     self.conv1 = conv3x3(conv, in_features, features, strides, first_dilation or dilation)
     self.bn2 = _last_bn(norm, features, zero_init_residual)
     self.conv2 = conv3x3(conv, features, features, 1, dilation)
     self._shortcut(in_features, features, strides, shortcut, conv, None, dilation)
+    self.drop_path = drop_path
 
   def __call__(self, x: jax.Array) -> jax.Array:
     preact = nnx.relu(self.bn1(x))
     y = self.conv2(nnx.relu(self.bn2(self.conv1(preact))))
-    return y + self.project(x, preact)
+    return self.branch(y) + self.project(x, preact)
 
 
 class PreActBottleneckBlock(ResidualBlock):
@@ -182,7 +193,8 @@ class PreActBottleneckBlock(ResidualBlock):
   def __init__(self, in_features: int, features: int, conv: ModuleDef, norm: ModuleDef, *,
                strides: int = 1, dilation: int = 1, first_dilation: int | None = None,
                groups: int = 1, width_per_group: int = 64, shortcut: str = "B",
-               zero_init_residual: bool = True, stride_in_1x1: bool = False):
+               zero_init_residual: bool = True, stride_in_1x1: bool = False,
+               drop_path: nnx.Dropout | None = None):
     s1, s3 = (strides, 1) if stride_in_1x1 else (1, strides)
     width, out = bottleneck_width(features, groups, width_per_group), features * self.expansion
     self.bn1 = norm(in_features)
@@ -192,12 +204,13 @@ class PreActBottleneckBlock(ResidualBlock):
     self.bn3 = _last_bn(norm, width, zero_init_residual)
     self.conv3 = conv1x1(conv, width, out, 1)
     self._shortcut(in_features, features, strides, shortcut, conv, None, dilation)
+    self.drop_path = drop_path
 
   def __call__(self, x: jax.Array) -> jax.Array:
     preact = nnx.relu(self.bn1(x))
     y = self.conv2(nnx.relu(self.bn2(self.conv1(preact))))
     y = self.conv3(nnx.relu(self.bn3(y)))
-    return y + self.project(x, preact)
+    return self.branch(y) + self.project(x, preact)
 
 
 BLOCKS = {

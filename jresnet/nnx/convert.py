@@ -21,8 +21,12 @@ COLLECTIONS = {"params": nnx.Param, "batch_stats": nnx.BatchStat}
 
 
 def abstract_model(spec: linen_resnet.ResNet) -> ResNet:
-  """The NNX twin of a linen model with shapes for values: nothing is initialised."""
-  return nnx.eval_shape(lambda: ResNet(spec=spec.clone(scan_blocks=False), rngs=nnx.Rngs(0)))
+  """The NNX twin of a linen model with shapes for its variables: nothing is initialised. The
+  random streams of its dropout (`drop_rate`, `drop_path_rate`) are real, seeded with 0
+  (`nnx.reseed(model, default=seed)` reseeds them)."""
+  model = nnx.eval_shape(lambda: ResNet(spec=spec.clone(scan_blocks=False), rngs=nnx.Rngs(0)))
+  nnx.reseed(model, default=0)
+  return model
 
 
 def from_linen(variables: Mapping, model: ResNet | linen_resnet.ResNet) -> ResNet:
@@ -37,7 +41,7 @@ def from_linen(variables: Mapping, model: ResNet | linen_resnet.ResNet) -> ResNe
     model = abstract_model(model)
   given = {(collection, *path): value for collection, tree in to_unrolled(variables).items()
            for path, value in traverse_util.flatten_dict(tree).items()}
-  state = nnx.state(model)
+  state = nnx.state(model, nnx.Any(*COLLECTIONS.values()))  # not dropout's rng state
   problems, pure = [], {}
   for path, variable in nnx.to_flat_state(state):
     collection = next((c for c, t in COLLECTIONS.items() if isinstance(variable, t)), None)

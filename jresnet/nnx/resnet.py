@@ -58,7 +58,9 @@ class ResNet(nnx.Module):
   Like every NNX module it is built in training mode (BatchNorm on batch statistics, which it
   updates); `model.eval()` switches to the running statistics, `model.train()` back.
   `model(x)` takes NHWC images and returns float32 logits, or with `return_features=True` a dict
-  of the stem's and every stage's feature map (`feature_info()` names them).
+  of the stem's and every stage's feature map (`feature_info()` names them); `features_only`,
+  `out_indices`, `drop_rate` and `drop_path_rate` are linen's (dropout draws from `rngs`, in
+  training mode only). `model.reset_classifier(num_classes, rngs=...)` replaces the head.
   """
 
   def __init__(self, depth: int | None = None, *, rngs: nnx.Rngs,
@@ -92,21 +94,36 @@ class ResNet(nnx.Module):
       block_kwargs.update(groups=spec.groups, width_per_group=spec.width_per_group,
                           stride_in_1x1=arch.stride_in_1x1)
     features = arch.stem_features
-    for i, ((strides, dilation, first_dilation), num_blocks, width) in enumerate(
-        zip(spec.stage_strides(), arch.stage_sizes, arch.widths)):
+    for i, ((strides, dilation, first_dilation), num_blocks, width, rates) in enumerate(
+        zip(spec.stage_strides(), arch.stage_sizes, arch.widths, spec.drop_path_rates())):
       blocks = []
       for j in range(num_blocks):
+        drop_path = (nnx.Dropout(rates[j], broadcast_dims=(1, 2, 3), rngs=rngs) if rates[j]
+                     else None)
         blocks.append(block_cls(features, width, conv, norm, strides=strides if j == 0 else 1,
                                 dilation=dilation,
                                 first_dilation=first_dilation if j == 0 else None,
-                                **block_kwargs))
+                                drop_path=drop_path, **block_kwargs))
         features = width * block_cls.expansion
       setattr(self, f"layer{i + 1}", Stage(blocks, remat=spec.remat))
-    self.bn_final = norm(features) if arch.preact else None
-    self.fc = (None if spec.num_classes is None else
-               nnx.Linear(features, spec.num_classes, dtype=spec.dtype,
-                          param_dtype=spec.param_dtype, kernel_init=dense_kernel_init,
-                          rngs=rngs))
+    built_all = spec.num_built_stages() == len(arch.stage_sizes)
+    self.bn_final = norm(features) if arch.preact and built_all else None
+    self.head_drop = nnx.Dropout(spec.drop_rate, rngs=rngs) if spec.drop_rate else None
+    self.fc = self._head(spec.num_classes, rngs)
+
+  def _head(self, num_classes: int, rngs: nnx.Rngs) -> nnx.Linear | None:
+    spec = self.spec
+    return (nnx.Linear(spec.feature_info()[-1]["channels"], num_classes, dtype=spec.dtype,
+                       param_dtype=spec.param_dtype, kernel_init=dense_kernel_init, rngs=rngs)
+            if num_classes else None)
+
+  def reset_classifier(self, num_classes: int, *, rngs: nnx.Rngs) -> None:
+    """A fresh head for `num_classes` drawn from `rngs` (timm's `reset_classifier`), or none for
+    `num_classes=0`, in place; everything else is kept."""
+    if self.spec.features_only:
+      raise ValueError("a features_only model has no classifier to reset")
+    self.spec = self.spec.clone(num_classes=num_classes)
+    self.fc = self._head(self.spec.num_classes, rngs)
 
   @property
   def architecture(self):
@@ -130,16 +147,20 @@ class ResNet(nnx.Module):
       features["act1"] = x
       x = max_pool_3x3_s2(x)
     features["stem"] = x
-    num_stages = len(spec.architecture.stage_sizes)
+    num_stages = spec.num_built_stages()
     for i in range(num_stages):
       x = getattr(self, f"layer{i + 1}")(x)
       features[f"layer{i + 1}"] = x
     if self.bn_final is not None:  # v2 ends with the BN-ReLU that no later block applies
       x = nnx.relu(self.bn_final(x))
       features[f"layer{num_stages}"] = x
+    if spec.features_only:
+      return [features[f["name"]] for f in spec.feature_info()]
     if return_features:
       return features
     x = global_avg_pool(x)
+    if self.head_drop is not None:
+      x = self.head_drop(x)
     if self.fc is not None:
       x = self.fc(x)
     return x.astype(jnp.float32)

@@ -39,12 +39,19 @@ def _mean(x, axis_name):
 
 
 def train_step(state: TrainState, batch: dict, cfg: StepConfig) -> tuple[TrainState, dict]:
-  """One optimiser update on `batch` ({'image', 'label', 'mask'}); returns the state and metrics."""
+  """One optimiser update on `batch` ({'image', 'label', 'mask'}); returns the state and metrics.
+
+  The model's dropout (`drop_rate`, `drop_path_rate`) draws from the state's key folded with the
+  step (and under pmap the device), so a resumed run drops exactly what it would have.
+  """
+  dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+  if cfg.axis_name is not None:
+    dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(cfg.axis_name))
 
   def loss_fn(params):
     logits, updates = cfg.model.apply(
         {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
-        mutable=["batch_stats"])
+        mutable=["batch_stats"], rngs={"dropout": dropout_key})
     loss = cross_entropy(logits, batch["label"], cfg.num_classes, cfg.label_smoothing).mean()
     return loss, (logits, updates["batch_stats"])
 

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from jresnet import interop
-from jresnet.models import ResNet, init_variables
+from jresnet.models import ResNet, reset_classifier
 from jresnet.weights import download
 from jresnet.weights.download import (
                                       ChecksumError,
@@ -31,8 +31,8 @@ from jresnet.weights.registry import IMAGENET_CLASSES, REGISTRY, EvalTransform, 
 
 __all__ = ["IMAGENET_CLASSES", "REGISTRY", "ChecksumError", "CorruptWeightsError",
            "EvalTransform", "Pretrained", "UnreadableWeightsError", "Weights",
-           "WeightsUnavailableError", "cache_dir", "fetch", "get", "pretrained", "read_registered",
-           "read_state_dict", "save_safetensors", "sha256_of"]
+           "WeightsUnavailableError", "adapt_input_conv", "cache_dir", "fetch", "get",
+           "pretrained", "read_registered", "read_state_dict", "save_safetensors", "sha256_of"]
 
 
 HEAD = "fc"
@@ -128,17 +128,49 @@ def _head_size(state_dict: dict) -> int | None:
   return None if weight is None else int(np.shape(weight)[0])
 
 
+def adapt_input_conv(weight, in_chans: int) -> np.ndarray:
+  """A first convolution's (O, 3, kH, kW) kernel for `in_chans` input channels, by timm's rule
+  (`timm.models.adapt_input_conv`): one channel sums the three; more repeat them cyclically,
+  scaled by 3 / in_chans to keep the response's scale."""
+  weight = np.asarray(weight)
+  if weight.shape[1] != 3:
+    raise ValueError(f"only a 3-channel first convolution adapts to {in_chans} channels; this "
+                     f"one has {weight.shape[1]}")
+  as_float = weight.astype(np.float32)
+  if in_chans == 1:
+    adapted = as_float.sum(axis=1, keepdims=True)
+  else:
+    adapted = np.tile(as_float, (1, -(-in_chans // 3), 1, 1))[:, :in_chans] * (3 / in_chans)
+  return adapted.astype(weight.dtype)
+
+
+def _fit_to(state_dict: dict, model: ResNet, name: str) -> dict:
+  """The state dict without what `model` leaves out (no head, `features_only`'s later stages),
+  its first convolution adapted to the model's `input_channels` where they differ."""
+  left_out = model.left_out_modules()
+  state_dict = {k: v for k, v in state_dict.items() if k.split(".", 1)[0] not in left_out}
+  first_conv = "conv1.0.weight" if "conv1.0.weight" in state_dict else "conv1.weight"
+  weight = state_dict.get(first_conv)
+  if weight is not None and np.shape(weight)[1] != model.input_channels:
+    state_dict[first_conv] = adapt_input_conv(weight, model.input_channels)
+    logging.getLogger("jresnet").info("%s: %s adapted from %d to %d input channels (timm's rule)",
+                                      name, first_conv, np.shape(weight)[1], model.input_channels)
+  return state_dict
+
+
 def pretrained(name_or_path: str, model: ResNet | None = None, *, cache: str | None = None,
                progress: bool = True, transform: EvalTransform | None = None,
                key: jax.Array | int = 0, **model_overrides) -> Pretrained:
   """A registry entry (downloaded into the cache once) or a local weights file.
 
   For a registry name the architecture comes from the entry (`model_overrides` such as
-  `dtype=jnp.bfloat16`, `output_stride=16` or `frozen_bn=True` apply to it); a local file
-  needs `model`. The state dict must fit the model exactly (see `interop.from_torch`), except
-  for the classifier: with another `num_classes` everything else loads and the head `fc` is
-  initialised from `key` (logged, and listed in `fresh`); `num_classes=None` drops it (a
-  backbone).
+  `dtype=jnp.bfloat16`, `output_stride=16`, `frozen_bn=True` or `features_only=True` apply to
+  it); a local file needs `model`. The state dict must fit the model exactly (see
+  `interop.from_torch`), except where the model differs as timm allows: with another
+  `num_classes` everything else loads and the head `fc` is initialised from `key` (logged, and
+  listed in `fresh`); `num_classes=0` (or None) drops it, as `features_only` does with the
+  stages after the last selected map; another `input_channels` adapts the first convolution as
+  timm's `adapt_input_conv` does (summed for 1 channel, else repeated and scaled by 3 / n).
   """
   if name_or_path in REGISTRY:
     entry = REGISTRY[name_or_path]
@@ -155,15 +187,14 @@ def pretrained(name_or_path: str, model: ResNet | None = None, *, cache: str | N
   else:
     get(name_or_path)  # raises KeyError listing the known names
   file_classes = _head_size(state_dict)
-  if file_classes is None or file_classes == model.num_classes:
+  state_dict = _fit_to(state_dict, model, name_or_path)
+  if not model.num_classes or file_classes is None or file_classes == model.num_classes:
     return Pretrained(model, interop.from_torch(state_dict, model), transform, entry)
   headless = {k: v for k, v in state_dict.items() if not k.startswith(HEAD + ".")}
-  variables = interop.from_torch(headless, model.clone(num_classes=None))
-  if model.num_classes is None:
-    return Pretrained(model, variables, transform, entry)
-  head = init_variables(model, key)["params"][HEAD]
-  variables = {**variables, "params": {**variables["params"], HEAD: head}}
-  fresh = tuple(f"params/{HEAD}/{name}" for name in head)
+  backbone = model.clone(num_classes=0)
+  _, variables = reset_classifier(backbone, interop.from_torch(headless, backbone),
+                                  model.num_classes, key)
+  fresh = tuple(f"params/{HEAD}/{name}" for name in variables["params"][HEAD])
   logging.getLogger("jresnet").warning(
       "%s: loaded all but the classifier; %s freshly initialised for %d classes (the file's "
       "head has %d)", name_or_path, ", ".join(fresh), model.num_classes, file_classes)
