@@ -299,4 +299,8 @@ class Checkpoints:
     self.manager.wait_until_finished()
 
   def close(self) -> None:
+    # Orbax awaits its start-up clean-up of unfinished saves only at the next save: a run that
+    # stops before saving (SIGTERM in start-up, a finished workdir) must not leave it running
+    # into the interpreter's exit, where its thread pool is gone.
+    getattr(self.manager, "_maybe_await_cleanup_tmp_directory", lambda: None)()
     self.manager.close()
