@@ -58,15 +58,17 @@ def describe_model(model: ResNet) -> str:
   """The model line of a run: what its fields build. A CIFAR-family depth says that it builds a
   three-stage 6n+2 (9n+2) network, not the ImageNet ResNet of that depth."""
   arch = model.architecture
-  line = (f"model: {arch.block} blocks, stages {arch.stage_sizes}, widths {arch.widths}, "
-          f"stem {arch.stem}, {model.num_classes} classes")
-  if model.depth is not None and model.family == "cifar" and model.stage_sizes is None:
-    rule = f"{3 * LAYERS_PER_BLOCK[arch.block]}n+2"
-    line = (f"model: depth {model.depth}, family cifar: the CIFAR ResNet of depth {rule} "
-            f"(n={arch.stage_sizes[0]}), " + line.removeprefix("model: "))
-    if model.depth in IMAGENET_DEPTHS:
-      line += (f" (not the ImageNet ResNet-{model.depth}: --config.model.family=imagenet "
-               "builds that)")
+  built = (f"{arch.block} blocks, stages {arch.stage_sizes}, widths {arch.widths}, stem "
+           f"{arch.stem}, {model.num_classes} classes")
+  if model.depth is None:
+    return f"model: {built}"
+  if model.family != "cifar":
+    return f"model: depth {model.depth}, family {model.family}: {built}"
+  rule = f"{3 * LAYERS_PER_BLOCK[arch.block]}n+2"
+  line = (f"model: depth {model.depth}, family cifar: the CIFAR ResNet of depth {rule} "
+          f"(n={arch.stage_sizes[0]}), {built}")
+  if model.depth in IMAGENET_DEPTHS:
+    line += f" (not the ImageNet ResNet-{model.depth}: --config.model.family=imagenet builds that)"
   return line
 
 
