@@ -299,4 +299,10 @@ class Checkpoints:
     self.manager.wait_until_finished()
 
   def close(self) -> None:
+    # Orbax's close does not wait for the clean-up of temporary directories that opening the
+    # manager starts in a thread: a process that exits soon after opening would see that thread
+    # fail at interpreter shutdown ("cannot schedule new futures after interpreter shutdown").
+    cleanup = getattr(self.manager, "_cleanup_tmp_directory_future", None)
+    if cleanup is not None:
+      cleanup.result()
     self.manager.close()
