@@ -104,6 +104,7 @@ EXPLAINED_ERRORS = (
 
 
 def _fail(message: str):
+  """One line on stderr, and exit 1."""
   print(f"error: {message}", file=sys.stderr, flush=True)
   sys.exit(1)
 
@@ -144,12 +145,11 @@ def _config(mode: str, workdir: str | None):
 
 
 def print_config(config) -> None:
-  """Every field of `config`, one `key = value` a line, in the config's order."""
+  """Every field of `config`, one `key = value` a line, by name."""
   for key, value in traverse_util.flatten_dict(config.to_dict(), sep=".").items():
     print(f"{key} = {value!r}")
 
 
-@distributed.exits_when_a_process_is_lost  # a job that lost a process: one line, exit 1
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -159,7 +159,9 @@ def main(argv):
     _fail(str(error))
 
 
+@distributed.exits_when_a_process_is_lost  # a job that lost a process: one line, exit 1
 def run(mode: str, workdir: str | None) -> None:
+  """`--mode` on the run's config: train, evaluate, write a copy of the data or print the config."""
   if FLAGS.config is not None and flax_imagenet.is_example_config(FLAGS.config):
     sys.exit(flax_imagenet.translation_hint(config_flags.get_config_filename(
         FLAGS["config"])))
