@@ -76,18 +76,22 @@ def unset_paths(config: ConfigDict) -> ConfigDict:
     return config
   config = ConfigDict(config.to_dict())
   for field, value in changes.items():
-    *parents, leaf = field.split(".")
-    target = config
-    for parent in parents:
-      target = target[parent]
-    target[leaf] = value
+    _set(config, field, value)
   return config
 
 
 def _get(config: ConfigDict, field: str):
+  """The value of the dotted `field`."""
   for key in field.split("."):
     config = config[key]
   return config
+
+
+def _set(config: ConfigDict, field: str, value) -> None:
+  """Sets the dotted `field`."""
+  *parents, leaf = field.split(".")
+  target = _get(config, ".".join(parents)) if parents else config
+  target[leaf] = value
 
 
 def _flat(tree: dict) -> dict:
@@ -140,11 +144,7 @@ def for_eval(config: ConfigDict, workdir: str, overrides: dict) -> ConfigDict:
   known = _flat(config.to_dict())
   for key, value in _flat(values).items():
     if key in known and key not in overrides and key not in MACHINE_FIELDS:
-      *parents, leaf = key.split(".")
-      target = config
-      for parent in parents:
-        target = target[parent]
-      target[leaf] = _value(value)
+      _set(config, key, _value(value))
   return config
 
 
