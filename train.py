@@ -162,6 +162,9 @@ def main(argv):
 @distributed.exits_when_a_process_is_lost  # a job that lost a process: one line, exit 1
 def run(mode: str, workdir: str | None) -> None:
   """`--mode` on the run's config: train, evaluate, write a copy of the data or print the config."""
+  # Orbax and TFDS narrate every file at INFO, and JAX its backends (also where a failed command
+  # asks for the process count, to tell a lost process).
+  logging.set_verbosity(logging.WARNING)
   if FLAGS.config is not None and flax_imagenet.is_example_config(FLAGS.config):
     sys.exit(flax_imagenet.translation_hint(config_flags.get_config_filename(
         FLAGS["config"])))
@@ -171,7 +174,6 @@ def run(mode: str, workdir: str | None) -> None:
   if mode == "print_config":
     print_config(config)
     return
-  logging.set_verbosity(logging.WARNING)  # orbax and tfds narrate every file at INFO
   distributed.initialize(config.distributed.initialization_timeout_s,
                          config.distributed.heartbeat_timeout_s)
   distributed.check_one_job({"mode": mode, **config.to_dict()})
