@@ -3,9 +3,9 @@
     python train.py --config configs/digits.py --workdir runs/digits [--config.key=value ...]
     python train.py --workdir runs/digits --mode=eval [--config.eval_checkpoint=best]
     python train.py --config configs/digits.py --mode=print_config   # every key, with its value
-    python train.py --config configs/cifar10_resnet20_budget.py --workdir runs/cifar10_arrays \
+    python train.py --config configs/cifar10_resnet20_budget.py --workdir runs/cifar10_arrays \\
         --mode=write_arrays [--arrays_encoding=jpeg]   # the config's two splits, one file
-    python train.py --config configs/imagenet_resnet50.py --workdir runs/imagenet_small \
+    python train.py --config configs/imagenet_resnet50.py --workdir runs/imagenet_small \\
         --mode=write_resized --resized_side=256   # an image folder, shorter sides <= 256 px
 
 Eval mode starts from the workdir's config.json (the training run's values); fields given on the
