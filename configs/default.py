@@ -2,6 +2,8 @@
 
 Every field can be overridden on the command line, e.g. `--config.batch_size=256`
 `--config.model.depth=56` `--config.optimizer.name=adamw`; an unknown key is an error.
+`python train.py --config <file> --mode=print_config` lists every field with its value. An
+optional path (init_from, data.path, data.data_dir, data.manual_dir) given as None or '' is unset.
 """
 
 from ml_collections import ConfigDict, config_dict
@@ -54,7 +56,8 @@ def get_config() -> ConfigDict:
   c.grad_clip_norm = config_dict.placeholder(float)
   c.ema_decay = config_dict.placeholder(float)       # evaluate an EMA of the weights
 
-  c.precision = "auto"                               # auto: bf16 on GPU/TPU, fp32 on CPU
+  c.precision = "auto"                               # auto: bf16 on GPU/TPU, fp32 on CPU |
+                                                     # bfloat16 (bf16) | float32 (fp32)
   c.parallel = "jit"                                 # jit (mesh, NamedSharding) | pmap
   c.compilation_cache_dir = "~/.cache/jresnet/xla"   # JAX's persistent cache: a repeated or
                                                      # resumed run loads its compiled steps

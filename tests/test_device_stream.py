@@ -187,7 +187,7 @@ def test_config_json_of_an_array_file_run_keeps_the_file():
   cfg = default.get_config()
   cfg.data.update(source="arrays", path="/runs/cifar10_arrays/arrays.npz")
   info = types.SimpleNamespace(eval_transform=None, image_shape=(32, 32, 3), preset="cifar",
-                               eval_split="test")
+                               eval_split="test", class_names=None)
   data = run_config.resolved(cfg, info).data
   assert data.path == "/runs/cifar10_arrays/arrays.npz"
   assert not {"name", "data_dir", "num_examples", "synthetic_seed"} & set(data)

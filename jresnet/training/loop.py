@@ -117,6 +117,10 @@ class WorkdirLostError(RuntimeError):
   """The workdir was deleted or replaced while the run was writing into it."""
 
 
+class NoCheckpointError(FileNotFoundError):
+  """Eval mode: the workdir holds no checkpoint of the kind asked for; the message says which."""
+
+
 def _identity(workdir: str) -> tuple[int, int] | None:
   """What tells this workdir from another at the same path (None: there is none)."""
   try:
@@ -149,12 +153,20 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
 
 
 def _train(p: recipe_lib.Recipe, workdir: str) -> dict:
+  checkpoints = checkpoint_lib.Checkpoints(os.path.join(workdir, "checkpoints"),
+                                           keep=p.config.keep_checkpoints,
+                                           async_save=p.config.async_checkpoints)
+  try:
+    return _train_with(p, workdir, checkpoints)
+  except BaseException:
+    checkpoints.close()  # an error before the loop leaves no Orbax thread to fail at exit
+    raise
+
+
+def _train_with(p: recipe_lib.Recipe, workdir: str, checkpoints: checkpoint_lib.Checkpoints):
   from jresnet import data  # noqa: PLC0415
 
   cfg = p.config
-  checkpoints = checkpoint_lib.Checkpoints(os.path.join(workdir, "checkpoints"),
-                                           keep=cfg.keep_checkpoints,
-                                           async_save=cfg.async_checkpoints)
   meta = {"model": model_meta(p.model)}
   if jax.process_index() == 0:  # this run holds the workdir: nobody else writes its export
     for leftover in export.remove_temporaries(os.path.join(workdir, EXPORT_FILE)):
@@ -164,6 +176,8 @@ def _train(p: recipe_lib.Recipe, workdir: str) -> dict:
   if latest:
     checkpoints.check_model(latest, meta)
     run_config.check_same_run(run_config.resolved(cfg, p.info), workdir)
+  elif cfg.init_from:
+    pretrained.check_source(cfg.init_from)  # unavailable weights: before data and compiling
   restored = None
   if latest and latest >= p.total_steps:
     problem = _export_problem(workdir, checkpoints.meta(latest), p.use_ema)
@@ -198,7 +212,8 @@ def _train(p: recipe_lib.Recipe, workdir: str) -> dict:
   eval_every = _every(cfg.eval_every_steps, epoch_steps)
   save_every = _every(cfg.checkpoint_every_steps, eval_every)
 
-  writer = MetricWriter(workdir, p.total_steps, start, cfg.batch_size)
+  writer = MetricWriter(workdir, p.total_steps, start, cfg.batch_size,
+                        steps_per_epoch=p.steps_per_epoch, schedule=p.schedule)
   identity = _identity(workdir)
   if not restored or run_config.saved(workdir) is None:  # a resumed run keeps its record
     writer.write_config(run_config.resolved(cfg, p.info))
@@ -206,7 +221,7 @@ def _train(p: recipe_lib.Recipe, workdir: str) -> dict:
     writer.note(note)
   if start:
     writer.note(f"resumed from {workdir}/checkpoints/{start} at step {start} of {p.total_steps}")
-  writer.note(f"{p.model.architecture}\n{p.info}\ntraining for {p.total_steps} steps "
+  writer.note(f"{recipe_lib.describe_model(p.model)}\n{p.info}\ntraining for {p.total_steps} steps "
               f"({p.steps_per_epoch:.1f} per epoch) from step {start} on {jax.device_count()} "
               f"device(s), {cfg.parallel}, {cfg.precision}; records in {workdir}")
   writer.note(input_line)
@@ -289,8 +304,8 @@ def _saved_text(step: int | None, workdir: str) -> str:
 def _metrics_text(metrics: dict | None) -> str:
   if not metrics:
     return "no evaluation recorded"
-  return "eval " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
-                             if isinstance(v, float))
+  return "eval " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                             for k, v in metrics.items() if isinstance(v, (int, float)))
 
 
 def _export(p: recipe_lib.Recipe, state, workdir: str) -> str:
@@ -347,7 +362,7 @@ def _restore_for_eval(p: recipe_lib.Recipe, workdir: str) -> tuple[dict, str]:
   cfg = p.config
   directory = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(directory):
-    raise FileNotFoundError(f"no checkpoints in {workdir}: nothing to evaluate (train there "
+    raise NoCheckpointError(f"no checkpoints in {workdir}: nothing to evaluate (train there "
                             "first, or set --config.eval_checkpoint to an exported .msgpack)")
   checkpoints = checkpoint_lib.Checkpoints(directory, read_only=True)
   which = str(cfg.eval_checkpoint)
@@ -355,7 +370,7 @@ def _restore_for_eval(p: recipe_lib.Recipe, workdir: str) -> tuple[dict, str]:
           "best": checkpoints.best_step}.get(which, lambda: int(which))()
   saved = ", ".join(map(str, checkpoints.all_steps()))
   if step is None or str(step) not in saved.split(", "):
-    raise FileNotFoundError(
+    raise NoCheckpointError(
         f"no evaluated checkpoint in {directory} (saved without an evaluation: steps {saved}); "
         "use --config.eval_checkpoint=latest or a step" if saved and which == "best" else
         f"no checkpoint ({which}) in {directory}" + (f"; it holds steps {saved}" if saved else ""))

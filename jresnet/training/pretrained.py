@@ -25,6 +25,31 @@ HEAD = "fc"
 WEIGHT_FILES = (".pth", ".pt", ".bin", ".safetensors")
 
 
+class InitFromError(ValueError):
+  """init_from's weights do not fit the model; the message names the tensors."""
+
+
+class InitFromNotFoundError(FileNotFoundError):
+  """init_from names no run, weights file or registered name; the message says what it takes."""
+
+
+def check_source(path: str) -> None:
+  """Raises, saying what is missing and what to do, unless `path` (init_from) is there to load:
+  a registered name's file is downloaded into the cache now (WeightsUnavailableError if it cannot
+  be), a weights file or a run's workdir must exist."""
+  if path in weights.REGISTRY:
+    weights.REGISTRY[path].download(progress=False)
+  elif path.endswith(WEIGHT_FILES) and not os.path.isfile(path):
+    raise InitFromNotFoundError(f"init_from={path}: no such weights file")
+  elif not path.endswith(WEIGHT_FILES) and not os.path.isdir(path):
+    raise InitFromNotFoundError(_not_a_directory(path))
+
+
+def _not_a_directory(path: str) -> str:
+  return (f"init_from={path}: no such directory; give a run's workdir, a weights file "
+          f"({', '.join(WEIGHT_FILES)}) or a jresnet.weights name")
+
+
 def _load_weights(path: str, model: ResNet) -> dict:
   """A weights file or registry entry as `model`'s variables, unrolled and without the head."""
   state_dict = (weights.read_registered(weights.REGISTRY[path]) if path in weights.REGISTRY
@@ -36,16 +61,14 @@ def _load_weights(path: str, model: ResNet) -> dict:
 def _load_checkpoint(path: str) -> dict:
   """The newest checkpoint of a run's workdir (or of a checkpoints directory), read-only."""
   if not os.path.isdir(path):
-    raise FileNotFoundError(
-        f"init_from={path}: no such directory; give a run's workdir, a weights file "
-        f"({', '.join(WEIGHT_FILES)}) or a jresnet.weights name")
+    raise InitFromNotFoundError(_not_a_directory(path))
   directory = os.path.join(path, "checkpoints") if os.path.isdir(
       os.path.join(path, "checkpoints")) else path
   checkpoints = Checkpoints(directory, read_only=True)
   try:
     step = checkpoints.latest_step()
     if step is None:
-      raise FileNotFoundError(f"init_from={path}: no checkpoint there (nor in {directory})")
+      raise InitFromNotFoundError(f"init_from={path}: no checkpoint there (nor in {directory})")
     raw = checkpoints.saved_state(step)
   except CorruptCheckpointError as e:
     raise CorruptCheckpointError(
@@ -72,7 +95,7 @@ def _merge(loaded: dict, fresh: dict, source: str) -> tuple[dict, list[str]]:
       problems.append(f"{path}: model {value.shape}, {source} "
                       f"{'missing' if old is None else np.shape(old)}")
   if problems:
-    raise ValueError(f"init_from={source} does not fit the model:\n  " + "\n  ".join(problems))
+    raise InitFromError(f"init_from={source} does not fit the model:\n  " + "\n  ".join(problems))
   return traverse_util.unflatten_dict(merged, sep="/"), kept_fresh
 
 

@@ -15,19 +15,28 @@ import optax
 from ml_collections import ConfigDict
 
 from jresnet.models import ResNet
+from jresnet.models.architecture import IMAGENET_DEPTHS, LAYERS_PER_BLOCK
 from jresnet.training import optim, parallel
 from jresnet.training import step as step_lib
 from jresnet.training.state import TrainState, create_train_state
 
 ACCELERATOR_BACKENDS = ("gpu", "cuda", "rocm", "tpu")
+PRECISION_ALIASES = {"bf16": "bfloat16", "fp32": "float32"}
+
+
+class ConfigError(ValueError):
+  """A config value that no run can use; the message names the field and what it accepts."""
 
 
 def resolve_precision(precision: str) -> str:
-  """'auto': bfloat16 computation on GPU and TPU, float32 on CPU (where bf16 rarely pays)."""
+  """'auto': bfloat16 computation on GPU and TPU, float32 on CPU (where bf16 rarely pays); 'bf16'
+  and 'fp32' are the short names of the other two."""
+  precision = PRECISION_ALIASES.get(precision, precision)
   if precision == "auto":
     return "bfloat16" if jax.default_backend() in ACCELERATOR_BACKENDS else "float32"
   if precision not in ("float32", "bfloat16"):
-    raise ValueError(f"precision must be auto, float32 or bfloat16; got {precision!r}")
+    raise ConfigError(f"precision must be auto, float32 (fp32) or bfloat16 (bf16); "
+                      f"got {precision!r}")
   return precision
 
 
@@ -37,9 +46,30 @@ def build_model(config: ConfigDict, num_classes: int, input_channels: int) -> Re
   kwargs = config.model.to_dict()
   unknown = set(kwargs) - fields
   if unknown:
-    raise ValueError(f"unknown model option(s) {sorted(unknown)}; ResNet takes {sorted(fields)}")
-  return ResNet(**kwargs, num_classes=num_classes, input_channels=input_channels,
-                dtype=config.precision)
+    raise ConfigError(f"unknown model option(s) {sorted(unknown)}; ResNet takes {sorted(fields)}")
+  try:
+    return ResNet(**kwargs, num_classes=num_classes, input_channels=input_channels,
+                  dtype=config.precision)
+  except ValueError as error:  # the architecture's own check of the model fields
+    raise ConfigError(f"config.model: {error}") from None
+
+
+def describe_model(model: ResNet) -> str:
+  """The model line of a run: what its fields build. A CIFAR-family depth says that it builds a
+  three-stage 6n+2 (9n+2) network, not the ImageNet ResNet of that depth."""
+  arch = model.architecture
+  built = (f"{arch.block} blocks, stages {arch.stage_sizes}, widths {arch.widths}, stem "
+           f"{arch.stem}, {model.num_classes} classes")
+  if model.depth is None:
+    return f"model: {built}"
+  if model.family != "cifar":
+    return f"model: depth {model.depth}, family {model.family}: {built}"
+  rule = f"{3 * LAYERS_PER_BLOCK[arch.block]}n+2"
+  line = (f"model: depth {model.depth}, family cifar: the CIFAR ResNet of depth {rule} "
+          f"(n={arch.stage_sizes[0]}), {built}")
+  if model.depth in IMAGENET_DEPTHS:
+    line += f" (not the ImageNet ResNet-{model.depth}: --config.model.family=imagenet builds that)"
+  return line
 
 
 @dataclasses.dataclass
@@ -134,7 +164,7 @@ def check_values(config: ConfigDict) -> None:
       words = "positive, in" if interval[:3] == (0, math.inf, False) else "in"
       bad.append(f"{field}={value!r} must be {words} {_interval(*interval)}")
   if bad:
-    raise ValueError(f"{'; '.join(bad)} (config fields out of range)")
+    raise ConfigError(f"{'; '.join(bad)} (config fields out of range)")
 
 
 def build(config: ConfigDict, num_classes: int, image_shape: tuple[int, ...],
@@ -153,12 +183,15 @@ def build(config: ConfigDict, num_classes: int, image_shape: tuple[int, ...],
     model = build_model(config, num_classes, image_shape[-1])
   else:
     config.precision = jax.numpy.dtype(model.dtype).name
-  parallel.check_batch_size(config.batch_size)
-  parallel.check_batch_size(config.eval_batch_size or config.batch_size)
+  try:
+    parallel.check_batch_size(config.batch_size)
+    parallel.check_batch_size(config.eval_batch_size or config.batch_size)
+  except ValueError as error:
+    raise ConfigError(str(error)) from None
   steps_per_epoch = train_examples / config.batch_size
   total_steps = config.num_train_steps or math.ceil(config.num_epochs * steps_per_epoch)
   if total_steps < 1:
-    raise ValueError(f"the train split has {train_examples} examples: nothing to train on")
+    raise ConfigError(f"the train split has {train_examples} examples: nothing to train on")
   config.num_train_steps = total_steps
   config.learning_rate_resolved = optim.base_learning_rate(config)
   config.num_classes = num_classes

@@ -11,6 +11,7 @@ import os
 import time
 
 import jax
+import numpy as np
 from tqdm import tqdm
 
 METRICS_FILE = "metrics.jsonl"
@@ -21,10 +22,14 @@ class MetricWriter:
   """A run's scalars (TensorBoard, metrics.jsonl, the progress bar), its config.json and its
   notes; inactive on every process but 0."""
 
-  def __init__(self, workdir: str, total_steps: int, start_step: int, batch_size: int):
+  def __init__(self, workdir: str, total_steps: int, start_step: int, batch_size: int,
+               steps_per_epoch: float | None = None, schedule=None):
+    """`steps_per_epoch` shows the epoch on the bar; `schedule` (step -> learning rate) is drawn
+    whole in curves.png."""
     self.active = jax.process_index() == 0
     self.workdir = workdir
     self.batch_size = batch_size
+    self.total_steps, self.steps_per_epoch, self.schedule = total_steps, steps_per_epoch, schedule
     if not self.active:
       return
     os.makedirs(workdir, exist_ok=True)
@@ -32,6 +37,7 @@ class MetricWriter:
     self.jsonl = open(os.path.join(workdir, METRICS_FILE), "a")
     self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                     mininterval=1.0)
+    self._show_epoch(start_step)
     if torn_note:
       self.note(torn_note)
     self.last_time, self.last_step = time.perf_counter(), start_step
@@ -48,7 +54,7 @@ class MetricWriter:
     """Records {name: value} of `split` ('train' or 'eval') at `step`."""
     if not self.active:
       return
-    values = {k: float(v) for k, v in metrics.items()}
+    values = {k: v if isinstance(v, int) else float(v) for k, v in metrics.items()}
     if split == "train":
       now = time.perf_counter()
       rate = ((step - self.last_step) * self.batch_size / (now - self.last_time)
@@ -59,7 +65,8 @@ class MetricWriter:
                            lr=f"{values['learning_rate']:.3g}",
                            img_s="-" if rate is None else f"{rate:.0f}", refresh=False)
     else:
-      self.bar.write(f"step {step}: eval " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+      self.bar.write(f"step {step}: eval " + ", ".join(
+          f"{k} {v}" if isinstance(v, int) else f"{k} {v:.4f}" for k, v in values.items()))
     if self.writer is not None:
       for name, value in values.items():
         if value is not None:
@@ -80,7 +87,15 @@ class MetricWriter:
 
   def advance(self, steps: int) -> None:
     if self.active:
+      self._show_epoch(self.bar.n + steps)
       self.bar.update(steps)
+
+  def _show_epoch(self, step: int) -> None:
+    """'epoch 2.5/20' before the bar: the epochs done after `step`, of the run's."""
+    if self.steps_per_epoch:
+      epochs = round(self.total_steps / self.steps_per_epoch, 1)
+      self.bar.set_description(f"epoch {step / self.steps_per_epoch:.1f}/{epochs:g}",
+                               refresh=False)
 
   def close(self) -> None:
     if not self.active:
@@ -89,7 +104,11 @@ class MetricWriter:
     if self.writer is not None:
       self.writer.close()
     self.jsonl.close()
-    plot_curves(os.path.join(self.workdir, METRICS_FILE), os.path.join(self.workdir, CURVES_FILE))
+    learning_rates = None
+    if self.schedule is not None:  # the rate of each step s, as its record logs it: schedule(s-1)
+      learning_rates = np.asarray(jax.vmap(self.schedule)(np.arange(self.total_steps)))
+    plot_curves(os.path.join(self.workdir, METRICS_FILE), os.path.join(self.workdir, CURVES_FILE),
+                learning_rates)
 
 
 def _tensorboard_writer(directory: str):
@@ -167,8 +186,10 @@ def read_metrics(path: str) -> list[dict]:
   return _read_records(path)[0]
 
 
-def plot_curves(metrics_path: str, out_path: str) -> None:
-  """Loss, accuracy and learning rate against step, train and eval, from metrics.jsonl."""
+def plot_curves(metrics_path: str, out_path: str, learning_rates=None) -> None:
+  """Loss, accuracy and learning rate against step, train and eval, from metrics.jsonl; with
+  `learning_rates` (the rate of steps 1, 2, ...), the learning-rate panel draws that schedule
+  whole, so a warm-up shorter than the logging interval shows."""
   import matplotlib  # noqa: PLC0415 (only at the end of a run)
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # noqa: PLC0415
@@ -176,7 +197,10 @@ def plot_curves(metrics_path: str, out_path: str) -> None:
   rows = read_metrics(metrics_path)
   fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
   for ax, key in zip(axes, ["loss", "accuracy", "learning_rate"]):
-    for split, style in [("train", "-"), ("eval", "o-")]:
+    drawn = key == "learning_rate" and learning_rates is not None  # the records: dots on it
+    if drawn:
+      ax.plot(np.arange(1, len(learning_rates) + 1), learning_rates, "-", label="schedule")
+    for split, style in [("train", "o" if drawn else "-"), ("eval", "o-")]:
       points = [(r["step"], r[key]) for r in rows if r["split"] == split and key in r]
       if points:
         ax.plot(*zip(*points), style, label=split, markersize=3)

@@ -2,12 +2,14 @@
 evaluation of that run.
 
 `resolved` is what a training run writes: the recipe's resolved values (precision, steps, learning
-rate, classes), the data preset as applied (image size, mean, std, preset, eval split), and of the
-data fields that only one source reads, only those of the run's source. A run writes it when it
-starts from step 0, and a resume keeps it: `check_same_run` refuses a resume that would change a
-field of the computation (all but FREE_FIELDS). `for_eval` starts `--mode=eval` from that file, so
-that the training run's overrides need not be given again; the fields given on the command line
-still win, and the machine's own (MACHINE_FIELDS) are not taken.
+rate, number of classes), the dataset's class names, the data preset as applied (image size, mean,
+std, preset, eval split), and of the data fields that only one source reads, only those of the
+run's source. A run writes it when it starts from step 0, and a resume keeps it:
+`check_same_run` refuses a resume that would change a field of the computation (all but
+FREE_FIELDS). `for_eval` starts `--mode=eval` from that file, so that the training run's overrides
+need not be given again; the fields given on the command line still win, and the machine's own
+(MACHINE_FIELDS) are not taken. `from_workdir` is that file alone, for an evaluation given no
+config file.
 """
 
 import json
@@ -35,6 +37,10 @@ FREE_FIELDS = (
     "compilation_cache_dir", "model.remat", *MACHINE_FIELDS, "data.prefetch", "data.path",
     "data.data_dir", "data.manual_dir", "data.download", "data.cache_dir",
     "distributed.initialization_timeout_s", "distributed.heartbeat_timeout_s")
+# Paths a run may leave unset; on the command line 'None' and '' both mean unset (None), or, for
+# those whose '' means "off", both mean off.
+OPTIONAL_PATHS = ("init_from", "data.path", "data.data_dir", "data.manual_dir")
+OFF_PATHS = ("compilation_cache_dir", "data.cache_dir")
 
 
 class RunConfigError(ValueError):
@@ -56,7 +62,36 @@ def resolved(config: ConfigDict, info) -> ConfigDict:
   if info.preset:
     data["preprocess"] = info.preset
   data["eval_split"] = info.eval_split or data["eval_split"]
+  if info.class_names:
+    values["class_names"] = list(info.class_names)
   return ConfigDict(values)
+
+
+def unset_paths(config: ConfigDict) -> ConfigDict:
+  """`config` (a copy, where it changes) with each of OPTIONAL_PATHS and OFF_PATHS given as
+  'None' or '' on the command line as unset, or off."""
+  changes = {field: None if field in OPTIONAL_PATHS else ""
+             for field in OPTIONAL_PATHS + OFF_PATHS if _get(config, field) in ("None", "")}
+  if not changes:
+    return config
+  config = ConfigDict(config.to_dict())
+  for field, value in changes.items():
+    _set(config, field, value)
+  return config
+
+
+def _get(config: ConfigDict, field: str):
+  """The value of the dotted `field`."""
+  for key in field.split("."):
+    config = config[key]
+  return config
+
+
+def _set(config: ConfigDict, field: str, value) -> None:
+  """Sets the dotted `field`."""
+  *parents, leaf = field.split(".")
+  target = _get(config, ".".join(parents)) if parents else config
+  target[leaf] = value
 
 
 def _flat(tree: dict) -> dict:
@@ -109,12 +144,18 @@ def for_eval(config: ConfigDict, workdir: str, overrides: dict) -> ConfigDict:
   known = _flat(config.to_dict())
   for key, value in _flat(values).items():
     if key in known and key not in overrides and key not in MACHINE_FIELDS:
-      *parents, leaf = key.split(".")
-      target = config
-      for parent in parents:
-        target = target[parent]
-      target[leaf] = _value(value)
+      _set(config, key, _value(value))
   return config
+
+
+def from_workdir(base: ConfigDict, workdir: str) -> ConfigDict:
+  """The config of the run in `workdir` (its config.json over `base`, the defaults), for an
+  evaluation given no config file; RunConfigError if the workdir has no config.json."""
+  if saved(workdir) is None:
+    raise RunConfigError(f"{os.path.join(workdir, CONFIG_FILE)} does not exist: without --config, "
+                         "eval mode reads the run's config from there. Give --workdir of a run, "
+                         "or --config (the run's config file)")
+  return for_eval(base, workdir, {})
 
 
 def differing_fields(config: ConfigDict, workdir: str) -> list[str]:

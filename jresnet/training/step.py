@@ -76,7 +76,8 @@ def train_step(state: TrainState, batch: dict, cfg: StepConfig) -> tuple[TrainSt
 
 def eval_step(variables: dict, batch: dict, model: nn.Module, num_classes: int,
               axis_name: str | None = None) -> dict:
-  """Sums over the real (mask True) examples of a batch: loss, top-1 and top-5 hits, count."""
+  """Sums over the real (mask True) examples of a batch: loss, top-1 hits, top-5 hits (only with
+  more than 5 classes, where they say something) and count."""
   logits = model.apply(variables, batch["image"], train=False)
   mask = batch["mask"].astype(jnp.float32)
   loss = cross_entropy(logits, batch["label"], num_classes)
@@ -84,17 +85,20 @@ def eval_step(variables: dict, batch: dict, model: nn.Module, num_classes: int,
   sums = {
       "loss": jnp.sum(loss * mask),
       "top1": jnp.sum((top5[:, 0] == batch["label"]) * mask),
-      "top5": jnp.sum(jnp.any(top5 == batch["label"][:, None], axis=-1) * mask),
       "count": jnp.sum(mask),
   }
+  if num_classes > 5:
+    sums["top5"] = jnp.sum(jnp.any(top5 == batch["label"][:, None], axis=-1) * mask)
   return sums if axis_name is None else jax.lax.psum(sums, axis_name)
 
 
 def summarise_eval(sums: dict) -> dict:
-  """Totals over a split -> loss, accuracy (top-1) and top-5 accuracy, plus the example count."""
+  """Totals over a split -> loss, accuracy (top-1), top-5 accuracy (where there are more than 5
+  classes), and the example count."""
   n = float(sums["count"])
-  return {"loss": float(sums["loss"]) / n, "accuracy": float(sums["top1"]) / n,
-          "top5_accuracy": float(sums["top5"]) / n, "count": int(n)}
+  top5 = {"top5_accuracy": float(sums["top5"]) / n} if "top5" in sums else {}
+  return {"loss": float(sums["loss"]) / n, "accuracy": float(sums["top1"]) / n, **top5,
+          "count": int(n)}
 
 
 StepFn = Callable[[TrainState, dict], tuple[TrainState, dict]]
