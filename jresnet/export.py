@@ -160,9 +160,8 @@ def load(path: str) -> Exported:
       raise ExportError(f"{path} is damaged: {len(changed)} part(s) differ from the sha256 "
                         f"recorded at export ({', '.join(changed[:3])}"
                         f"{' ...' if len(changed) > 3 else ''}); {_REEXPORT}")
-  for key in ("stage_sizes", "widths"):
-    if kwargs.get(key) is not None:
-      kwargs[key] = tuple(kwargs[key])
+  kwargs = {key: tuple(value) if isinstance(value, list) else value  # (JSON has no tuples)
+            for key, value in kwargs.items()}
   if transform is not None:
     transform = EvalTransform(**{k: tuple(v) if isinstance(v, list) else v
                                  for k, v in transform.items()})
