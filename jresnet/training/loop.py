@@ -62,22 +62,23 @@ def plan(config: ConfigDict) -> recipe_lib.Recipe:
   return dataclasses.replace(recipe, info=info)
 
 
-def evaluate_split(p: recipe_lib.Recipe, variables, split: str, on_device=None) -> dict:
+def evaluate_split(recipe: recipe_lib.Recipe, variables, split: str, on_device=None) -> dict:
   """Loss, top-1 and top-5 accuracy over every example of `split`, each counted once; from the
   devices where `on_device` holds the split ({split: DeviceSplit}), else from the host."""
   from jresnet import data  # noqa: PLC0415
 
-  batch_size = p.config.eval_batch_size or p.config.batch_size
+  batch_size = recipe.config.eval_batch_size or recipe.config.batch_size
   if on_device:
-    return p.metrics_over(variables, on_device[split].eval_batches(global_batch_size=batch_size))
-  batches = data.eval_batches(p.config.data, split, global_batch_size=batch_size)
-  return p.metrics_over(variables, feed_host_batches(p, batches))
+    return recipe.metrics_over(variables,
+                               on_device[split].eval_batches(global_batch_size=batch_size))
+  batches = data.eval_batches(recipe.config.data, split, global_batch_size=batch_size)
+  return recipe.metrics_over(variables, feed_host_batches(recipe, batches))
 
 
-def feed_host_batches(p: recipe_lib.Recipe, batches):
+def feed_host_batches(recipe: recipe_lib.Recipe, batches):
   """The host stream's batches on the devices, normalised there (the host sends uint8)."""
-  return p.runner.feed(batches, p.config.data.prefetch,
-                       on_device=_normalizer(tuple(p.info.mean), tuple(p.info.std)))
+  return recipe.runner.feed(batches, recipe.config.data.prefetch,
+                       on_device=_normalizer(tuple(recipe.info.mean), tuple(recipe.info.std)))
 
 
 @functools.cache
@@ -88,12 +89,12 @@ def _normalizer(mean: tuple, std: tuple):
   return functools.partial(device_transforms.normalize_batch, mean=mean, std=std)
 
 
-def open_input(p: recipe_lib.Recipe, splits: tuple[str, ...]) -> tuple[dict | None, str]:
+def open_input(recipe: recipe_lib.Recipe, splits: tuple[str, ...]) -> tuple[dict | None, str]:
   """The device path's splits where config.data.on_device chooses it (else None: the host
   path), and a line saying which and why."""
   from jresnet import data  # noqa: PLC0415
 
-  opened, why = data.open_device_splits(p.config.data, p.runner.batch_sharding, splits)
+  opened, why = data.open_device_splits(recipe.config.data, recipe.runner.batch_sharding, splits)
   return opened, f"input: {'batched on the devices' if opened else 'tf.data on the host'} ({why})"
 
 
@@ -147,27 +148,27 @@ def _every(n: int | None, default: int) -> int:
 def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
   """Trains (resuming from `workdir` if it holds checkpoints); returns the final eval metrics.
   Another live run on `workdir` is an error (workdir_lock)."""
-  p = plan(config)
+  recipe = plan(config)
   with workdir_lock.held(workdir):
-    return _train(p, workdir)
+    return _train(recipe, workdir)
 
 
-def _train(p: recipe_lib.Recipe, workdir: str) -> dict:
+def _train(recipe: recipe_lib.Recipe, workdir: str) -> dict:
   checkpoints = checkpoint_lib.Checkpoints(os.path.join(workdir, "checkpoints"),
-                                           keep=p.config.keep_checkpoints,
-                                           async_save=p.config.async_checkpoints)
+                                           keep=recipe.config.keep_checkpoints,
+                                           async_save=recipe.config.async_checkpoints)
   try:
-    return _train_with(p, workdir, checkpoints)
+    return _train_with(recipe, workdir, checkpoints)
   except BaseException:
     checkpoints.close()  # an error before the loop leaves no Orbax thread to fail at exit
     raise
 
 
-def _train_with(p: recipe_lib.Recipe, workdir: str, checkpoints: checkpoint_lib.Checkpoints):
+def _train_with(recipe: recipe_lib.Recipe, workdir: str, checkpoints: checkpoint_lib.Checkpoints):
   from jresnet import data  # noqa: PLC0415
 
-  cfg = p.config
-  meta = {"model": model_meta(p.model)}
+  cfg = recipe.config
+  meta = {"model": model_meta(recipe.model)}
   if jax.process_index() == 0:  # this run holds the workdir: nobody else writes its export
     for leftover in export.remove_temporaries(os.path.join(workdir, EXPORT_FILE)):
       logging.info("removed %s, left by an export that did not finish", leftover)
@@ -175,17 +176,17 @@ def _train_with(p: recipe_lib.Recipe, workdir: str, checkpoints: checkpoint_lib.
   records.check_metrics_file(workdir)  # before anything is compiled
   if latest:
     checkpoints.check_model(latest, meta)
-    run_config.check_same_run(run_config.resolved(cfg, p.info), workdir)
+    run_config.check_same_run(run_config.resolved(cfg, recipe.info), workdir)
   elif cfg.init_from:
     pretrained.check_source(cfg.init_from)  # unavailable weights: before data and compiling
   restored = None
-  if latest and latest >= p.total_steps:
-    problem = _export_problem(workdir, checkpoints.meta(latest), p.use_ema)
+  if latest and latest >= recipe.total_steps:
+    problem = _export_problem(workdir, checkpoints.meta(latest), recipe.use_ema)
     if not problem:
       return _already_finished(checkpoints, latest, workdir)
-    restored = checkpoints.restore_newest(p.runner.get_state(p.create_state()), meta)
+    restored = checkpoints.restore_newest(recipe.runner.get_state(recipe.create_state()), meta)
     if restored[0] == latest:  # else: it does not restore, and training resumes before it
-      path = _export(p, p.runner.put_state(restored[1]), workdir)
+      path = _export(recipe, recipe.runner.put_state(restored[1]), workdir)
       _say(f"{path} was {problem}: rewrote it from the final checkpoint (step {latest})")
       return _already_finished(checkpoints, latest, workdir)
   # train.py's SIGTERM handler in start-up (a job of several processes stops together, in the loop)
@@ -193,43 +194,45 @@ def _train_with(p: recipe_lib.Recipe, workdir: str, checkpoints: checkpoint_lib.
     checkpoints.close()
     _say(f"SIGTERM during start-up: stopped before training; {_saved_text(latest, workdir)}")
     return {}
-  on_device, input_line = open_input(p, (cfg.data.train_split, cfg.data.eval_split))
+  on_device, input_line = open_input(recipe, (cfg.data.train_split, cfg.data.eval_split))
   if not on_device:  # (the device path has decoded both splits already)
     data.check_split(cfg.data, cfg.data.eval_split)  # a broken eval image: now, not in an epoch
-  state, loaded_note = p.create_state(), None
+  state, loaded_note = recipe.create_state(), None
   if latest and not restored:
-    restored = checkpoints.restore_newest(p.runner.get_state(state), meta)
+    restored = checkpoints.restore_newest(recipe.runner.get_state(state), meta)
   start = restored[0] if restored else 0
   if restored:
-    state = p.runner.put_state(restored[1])
+    state = recipe.runner.put_state(restored[1])
   elif cfg.init_from:
     initialised, loaded_note = pretrained.initialise_from(
-        cfg.init_from, p.model, p.runner.get_state(state), p.tx)
-    state = p.runner.put_state(initialised)
+        cfg.init_from, recipe.model, recipe.runner.get_state(state), recipe.tx)
+    state = recipe.runner.put_state(initialised)
 
-  epoch_steps = round(p.steps_per_epoch)
+  epoch_steps = round(recipe.steps_per_epoch)
   log_every = _every(cfg.log_every_steps, 100)
   eval_every = _every(cfg.eval_every_steps, epoch_steps)
   save_every = _every(cfg.checkpoint_every_steps, eval_every)
 
-  writer = MetricWriter(workdir, p.total_steps, start, cfg.batch_size,
-                        steps_per_epoch=p.steps_per_epoch, schedule=p.schedule)
+  writer = MetricWriter(workdir, recipe.total_steps, start, cfg.batch_size,
+                        steps_per_epoch=recipe.steps_per_epoch, schedule=recipe.schedule)
   identity = _identity(workdir)
   if not restored or run_config.saved(workdir) is None:  # a resumed run keeps its record
-    writer.write_config(run_config.resolved(cfg, p.info))
-  for note in p.info.notes + ((loaded_note,) if loaded_note else ()):
+    writer.write_config(run_config.resolved(cfg, recipe.info))
+  for note in recipe.info.notes + ((loaded_note,) if loaded_note else ()):
     writer.note(note)
   if start:
-    writer.note(f"resumed from {workdir}/checkpoints/{start} at step {start} of {p.total_steps}")
-  writer.note(f"{recipe_lib.describe_model(p.model)}\n{p.info}\ntraining for {p.total_steps} steps "
-              f"({p.steps_per_epoch:.1f} per epoch) from step {start} on {jax.device_count()} "
-              f"device(s), {cfg.parallel}, {cfg.precision}; records in {workdir}")
+    writer.note(f"resumed from {workdir}/checkpoints/{start} at step {start} of "
+                f"{recipe.total_steps}")
+  writer.note(f"{recipe_lib.describe_model(recipe.model)}\n{recipe.info}\ntraining for "
+              f"{recipe.total_steps} steps ({recipe.steps_per_epoch:.1f} per epoch) from step "
+              f"{start} on {jax.device_count()} device(s), {cfg.parallel}, {cfg.precision}; "
+              f"records in {workdir}")
   writer.note(input_line)
   if on_device:
     batches = on_device[cfg.data.train_split].train_batches(
         global_batch_size=cfg.batch_size, seed=cfg.seed, start_step=start)
   else:
-    batches = feed_host_batches(p, data.train_batches(
+    batches = feed_host_batches(recipe, data.train_batches(
         cfg.data, global_batch_size=cfg.batch_size, seed=cfg.seed, start_step=start))
   preemption, agreed_stop = _Preemption(), distributed.AgreedStop()
   sigterm = agreed_stop.now(preemption.requested)  # on any process: every process stops
@@ -239,29 +242,29 @@ def _train_with(p: recipe_lib.Recipe, workdir: str, checkpoints: checkpoint_lib.
   best_step = checkpoints.best_step()
   best_accuracy = checkpoints.meta(best_step)["metrics"]["accuracy"] if best_step else -1.0
   try:
-    for step in range(start + 1, (start if sigterm else p.total_steps) + 1):
-      state, metrics = p.runner.train_step(state, next(batches))
+    for step in range(start + 1, (start if sigterm else recipe.total_steps) + 1):
+      state, metrics = recipe.runner.train_step(state, next(batches))
       if step == start + 1:
         writer.restart_clock(step)  # images/s: not the compilation
       writer.advance(1)
-      last = step == p.total_steps
+      last = step == recipe.total_steps
       sigterm = agreed_stop(preemption.requested)
       stop = sigterm or (cfg.stop_after_steps and step - start >= cfg.stop_after_steps)
-      evaluated = eval_schedule.is_eval_step(step, eval_every, p.total_steps)
+      evaluated = eval_schedule.is_eval_step(step, eval_every, recipe.total_steps)
       save = last or step % save_every == 0 or stop
       if step % log_every == 0 or save or evaluated:  # every state that may be saved
-        host = p.runner.to_host(metrics)
+        host = recipe.runner.to_host(metrics)
         guard.check_update(step, host, checkpoints.latest_step(), workdir)
         _check_workdir(workdir, identity, step)
         writer.scalars(step, "train", host)
       if evaluated:
-        eval_metrics = evaluate_split(p, state.eval_variables(p.use_ema), cfg.data.eval_split,
-                                      on_device)
+        eval_metrics = evaluate_split(recipe, state.eval_variables(recipe.use_ema),
+                                      cfg.data.eval_split, on_device)
         writer.scalars(step, "eval", eval_metrics)
         save = save or eval_metrics["accuracy"] > best_accuracy  # the best is always kept
         best_accuracy = max(best_accuracy, eval_metrics["accuracy"])
       if save:
-        checkpoints.save(p.runner.get_state(state), meta, eval_metrics if evaluated else None)
+        checkpoints.save(recipe.runner.get_state(state), meta, eval_metrics if evaluated else None)
       if evaluated or save:
         writer.restart_clock(step)  # images/s: training only
       if stop:
@@ -277,12 +280,12 @@ def _train_with(p: recipe_lib.Recipe, workdir: str, checkpoints: checkpoint_lib.
       if _identity(workdir) == identity:
         raise  # (else the workdir is gone, which is the error to report)
   _check_workdir(workdir, identity, step)
-  if step == p.total_steps:
-    path = _export(p, state, workdir)
-    _say(f"finished: step {step} of {p.total_steps}; {_metrics_text(eval_metrics)}; exported "
+  if step == recipe.total_steps:
+    path = _export(recipe, state, workdir)
+    _say(f"finished: step {step} of {recipe.total_steps}; {_metrics_text(eval_metrics)}; exported "
          f"to {path}")
-  elif step < p.total_steps:
-    _say(f"stopped after {step - start} steps, at step {step} of {p.total_steps} "
+  elif step < recipe.total_steps:
+    _say(f"stopped after {step - start} steps, at step {step} of {recipe.total_steps} "
          f"({'SIGTERM' if sigterm else 'stop_after_steps'}); "
          f"{_saved_text(saved, workdir)}")
   return eval_metrics or {}
@@ -308,12 +311,12 @@ def _metrics_text(metrics: dict | None) -> str:
                              for k, v in metrics.items() if isinstance(v, (int, float)))
 
 
-def _export(p: recipe_lib.Recipe, state, workdir: str) -> str:
+def _export(recipe: recipe_lib.Recipe, state, workdir: str) -> str:
   """Writes the inference export of `state` into `workdir` (process 0); returns its path."""
   path = os.path.join(workdir, EXPORT_FILE)
   if jax.process_index() == 0:
-    export.save(path, p.model, p.runner.to_host(state.eval_variables(p.use_ema)),
-                class_names=p.info.class_names, transform=p.info.eval_transform)
+    export.save(path, recipe.model, recipe.runner.to_host(state.eval_variables(recipe.use_ema)),
+                class_names=recipe.info.class_names, transform=recipe.info.eval_transform)
   return path
 
 
@@ -356,10 +359,10 @@ def _already_finished(checkpoints, step: int, workdir: str) -> dict:
   return metrics
 
 
-def _restore_for_eval(p: recipe_lib.Recipe, workdir: str) -> tuple[dict, str]:
+def _restore_for_eval(recipe: recipe_lib.Recipe, workdir: str) -> tuple[dict, str]:
   """Variables of checkpoint `eval_checkpoint` of `workdir`: 'latest' (the newest that reads
   back intact), 'best' or a step. The checkpoints are only read: a run may be training there."""
-  cfg = p.config
+  cfg = recipe.config
   directory = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(directory):
     raise NoCheckpointError(f"no checkpoints in {workdir}: nothing to evaluate (train there "
@@ -374,16 +377,16 @@ def _restore_for_eval(p: recipe_lib.Recipe, workdir: str) -> tuple[dict, str]:
         f"no evaluated checkpoint in {directory} (saved without an evaluation: steps {saved}); "
         "use --config.eval_checkpoint=latest or a step" if saved and which == "best" else
         f"no checkpoint ({which}) in {directory}" + (f"; it holds steps {saved}" if saved else ""))
-  meta = {"model": model_meta(p.model)}
+  meta = {"model": model_meta(recipe.model)}
   checkpoints.check_model(step, meta)
-  target = p.runner.get_state(p.create_state())
+  target = recipe.runner.get_state(recipe.create_state())
   if which == "latest":
     step, state = checkpoints.restore_newest(target, meta)
   else:
     state = checkpoints.restore(step, target, meta)
   checkpoints.close()
   _say(f"evaluating checkpoint {step} of {directory}")
-  return p.runner.put_state(state).eval_variables(p.use_ema), str(step)
+  return recipe.runner.put_state(state).eval_variables(recipe.use_ema), str(step)
 
 
 def _eval_advice(message: str, cfg: ConfigDict, workdir: str) -> str:
@@ -401,24 +404,26 @@ def evaluate_checkpoint(config: ConfigDict, workdir: str) -> dict:
   """Eval mode: `config.eval_checkpoint` ('latest', 'best', a step of `workdir`'s checkpoints,
   or an exported `.msgpack` file, whose own architecture is used) on `config.data.eval_split`;
   writes eval_<split>_<checkpoint>.json into the workdir."""
-  p = plan(config)
-  cfg = p.config
+  recipe = plan(config)
+  cfg = recipe.config
   if str(cfg.eval_checkpoint).endswith(".msgpack"):
     model, variables = export.load(cfg.eval_checkpoint)
-    if model.num_classes != p.info.num_classes:
+    if model.num_classes != recipe.info.num_classes:
       raise ValueError(f"{cfg.eval_checkpoint} has {model.num_classes} classes, the data "
-                       f"{p.info.num_classes}")
-    recipe = recipe_lib.build(cfg, p.info.num_classes, p.image_shape,
-                              p.info.split_sizes[cfg.data.train_split], model=model)
-    p = dataclasses.replace(recipe, info=p.info)
-    variables, which = p.runner.put_state(variables), os.path.basename(cfg.eval_checkpoint)
+                       f"{recipe.info.num_classes}")
+    planned = recipe
+    recipe = dataclasses.replace(
+        recipe_lib.build(cfg, planned.info.num_classes, planned.image_shape,
+                         planned.info.split_sizes[cfg.data.train_split], model=model),
+        info=planned.info)
+    variables, which = recipe.runner.put_state(variables), os.path.basename(cfg.eval_checkpoint)
   else:
     try:
-      variables, which = _restore_for_eval(p, workdir)
+      variables, which = _restore_for_eval(recipe, workdir)
     except checkpoint_lib.CheckpointMismatchError as e:
       raise checkpoint_lib.CheckpointMismatchError(_eval_advice(str(e), cfg, workdir)) from None
-  on_device, _ = open_input(p, (cfg.data.eval_split,))
-  metrics = evaluate_split(p, variables, cfg.data.eval_split, on_device)
+  on_device, _ = open_input(recipe, (cfg.data.eval_split,))
+  metrics = evaluate_split(recipe, variables, cfg.data.eval_split, on_device)
   metrics["checkpoint"] = which
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
