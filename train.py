@@ -94,10 +94,10 @@ HELP_FLAGS = ("--help", "-?", "--helpshort", "--helpfull")
 # each, without a traceback. Any other exception is a bug, and keeps its traceback.
 EXPLAINED_ERRORS = (
     recipe.ConfigError, run_config.RunConfigError, records.MetricsFileError,
-    loop.WorkdirLostError, loop.NoCheckpointError, checkpoint.CheckpointMismatchError,
-    checkpoint.CorruptCheckpointError, checkpoint.NonFiniteStateError,
-    workdir_lock.WorkdirLockedError, export.ExportError, pretrained.InitFromError,
-    pretrained.InitFromNotFoundError, download.WeightsUnavailableError,
+    loop.WorkdirLostError, loop.NoCheckpointError, loop.NonFiniteUpdateError,
+    checkpoint.CheckpointMismatchError, checkpoint.CorruptCheckpointError,
+    checkpoint.NonFiniteStateError, workdir_lock.WorkdirLockedError, export.ExportError,
+    pretrained.InitFromError, pretrained.InitFromNotFoundError, download.WeightsUnavailableError,
     download.CorruptWeightsError, download.UnreadableWeightsError,
     data_errors.DatasetNotFoundError, data_errors.UndecodableImageError,
     data_errors.ArrayFileError)

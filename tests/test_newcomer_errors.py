@@ -71,6 +71,15 @@ def test_bad_values_are_one_line_naming_the_field(tmp_path, args, expected):
   assert not (tmp_path / "run" / "config.json").exists()
 
 
+def test_a_diverging_run_ends_in_one_error_line(tmp_path):
+  """The non-finite guard's stop is an explained error: its last line says what and what to do,
+  with no traceback."""
+  run = train_py("--config", TINY, "--workdir", str(tmp_path / "run"),
+                 "--config.optimizer.learning_rate=1e30", idle_seconds=20)
+  assert run.returncode == 1 and "Traceback" not in run.stdout, run.stdout
+  assert run.stdout.strip().splitlines()[-1].startswith("error: non-finite "), run.stdout
+
+
 def test_an_unparsable_flag_value_is_absl_two_lines(tmp_path):
   run = train_py("--config", TINY, "--workdir", str(tmp_path), "--config.batch_size=abc")
   assert run.returncode == 1 and len(run.stdout.strip().splitlines()) <= 2, run.stdout

@@ -192,13 +192,13 @@ def test_a_finished_run_rewrites_a_missing_damaged_or_foreign_export(finished, t
 def test_a_workdir_deleted_during_training_stops_the_run_at_the_next_log_step(
     tmp_path, monkeypatch):
   workdir = tmp_path / "run"
-  check_update = loop.guard.check_update
+  check_finite = loop.check_finite
 
   def deleting_at_step_2(step, *args):
     if step == 2:
       shutil.rmtree(workdir)
-    return check_update(step, *args)
-  monkeypatch.setattr(loop.guard, "check_update", deleting_at_step_2)
+    return check_finite(step, *args)
+  monkeypatch.setattr(loop, "check_finite", deleting_at_step_2)
   with pytest.raises(RuntimeError, match=rf"^{workdir} was deleted or replaced during "
                      r"training \(noticed at step 2\): stopped"):
     loop.train_and_evaluate(tiny_config(), str(workdir))

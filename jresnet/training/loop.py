@@ -21,8 +21,6 @@ from jresnet.models import ResNet
 from jresnet.training import checkpoint as checkpoint_lib
 from jresnet.training import (
   distributed,
-  eval_schedule,
-  guard,
   pretrained,
   records,
   run_config,
@@ -141,6 +139,43 @@ def _check_workdir(workdir: str, identity: tuple[int, int], step: int) -> None:
         "or run again to train from the start.")
 
 
+def is_eval_step(step: int, every: int, total: int) -> bool:
+  """When a run evaluates: at every multiple of `every` steps and at the last step, leaving out a
+  multiple closer than half an interval to the end (the final evaluation stands for it), so that
+  no two evaluations fall one step apart."""
+  if step == total:
+    return True
+  return step % every == 0 and total - step >= every / 2
+
+
+class NonFiniteUpdateError(FloatingPointError):
+  """A step's loss, gradient, update or parameter norm is NaN or infinite."""
+
+
+# What the non-finite guard reads: numbers the step computes anyway, fetched at the steps whose
+# metrics go to the host (every log, evaluation and save step), so it adds no device work and no
+# synchronisation. A non-finite state stays non-finite (NaN spreads through every later update),
+# so a check at each save step keeps it out of every checkpoint.
+GUARDED = ("loss", "grad_norm", "update_norm", "param_norm")
+
+
+def check_finite(step: int, metrics: dict, last_saved: int | None, workdir: str) -> None:
+  """Raises NonFiniteUpdateError if any of `metrics`' GUARDED values (host numbers) is not
+  finite: training stops before that state can be saved."""
+  bad = {k: float(metrics[k]) for k in GUARDED if k in metrics and not np.isfinite(metrics[k])}
+  if not bad:
+    return
+  remedy = ("lower the learning rate (--config.optimizer.learning_rate) or set "
+            "--config.grad_clip_norm")
+  advice = (f"The last good checkpoint (step {last_saved}) is kept in {workdir}; resuming would "
+            f"repeat the same steps. Train anew in another --workdir: {remedy}, with "
+            f"--config.init_from={workdir} to start from this run's weights." if last_saved else
+            f"No checkpoint was saved: {remedy}.")
+  raise NonFiniteUpdateError(
+      f"non-finite {', '.join(f'{k}={v}' for k, v in bad.items())} at step {step}: training "
+      f"stopped before saving. {advice}")
+
+
 def _every(n: int | None, default: int) -> int:
   return max(int(n) if n else default, 1)
 
@@ -250,11 +285,11 @@ def _train_with(recipe: recipe_lib.Recipe, workdir: str, checkpoints: checkpoint
       last = step == recipe.total_steps
       sigterm = agreed_stop(preemption.requested)
       stop = sigterm or (cfg.stop_after_steps and step - start >= cfg.stop_after_steps)
-      evaluated = eval_schedule.is_eval_step(step, eval_every, recipe.total_steps)
+      evaluated = is_eval_step(step, eval_every, recipe.total_steps)
       save = last or step % save_every == 0 or stop
       if step % log_every == 0 or save or evaluated:  # every state that may be saved
         host = recipe.runner.to_host(metrics)
-        guard.check_update(step, host, checkpoints.latest_step(), workdir)
+        check_finite(step, host, checkpoints.latest_step(), workdir)
         _check_workdir(workdir, identity, step)
         writer.scalars(step, "train", host)
       if evaluated:
