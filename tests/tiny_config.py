@@ -5,6 +5,7 @@ command line.
 """
 
 from configs import default
+from jresnet.training import run_config
 
 
 def tiny_config(**overrides):
@@ -24,12 +25,8 @@ def tiny_config(**overrides):
   c.log_every_steps = 1
   c.eval_every_steps = 3
   c.async_checkpoints = False
-  for key, value in overrides.items():
-    target = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
+  for field, value in overrides.items():
+    run_config.set_field(c, field, value)
   return c
 
 

@@ -88,6 +88,14 @@ def initialize(initialization_timeout_s: int = 300, heartbeat_timeout_s: int = 1
                jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
+def _client():
+  """JAX's client of the job's coordination service (its key-value store, the live processes),
+  which JAX has no public handle for."""
+  from jax._src import distributed as jax_distributed  # noqa: PLC0415
+
+  return jax_distributed.global_state.client
+
+
 def code_version() -> str:
   """A digest of jresnet's source files and the JAX and Flax versions: what a job's processes must
   share to compute the same steps."""
@@ -107,9 +115,7 @@ def check_one_job(settings: dict, timeout_s: int = 60) -> None:
   that differ and the processes that differ from process 0."""
   if jax.process_count() == 1:
     return
-  from jax._src import distributed as jax_distributed  # noqa: PLC0415 (its key-value store)
-
-  client = jax_distributed.global_state.client
+  client = _client()
   ours = {k: v for k, v in traverse_util.flatten_dict(settings, sep=".").items()
           if k not in PER_PROCESS_FIELDS}
   ours["code version"] = code_version()
@@ -132,11 +138,9 @@ def lost_processes() -> list[int] | None:
   """The ids of the job's processes that stopped sending heartbeats ([] when none did), or None
   when the coordinator itself (process 0) cannot be reached. Blocks up to about the heartbeat
   timeout while a lost process is still being detected."""
-  from jax._src import distributed as jax_distributed  # noqa: PLC0415 (the client has no public handle)
-
   ids = list(range(jax.process_count()))
   try:
-    live = jax_distributed.global_state.client.get_live_nodes(ids)
+    live = _client().get_live_nodes(ids)
   except Exception:  # noqa: BLE001 (any failure to ask means the coordinator is gone)
     return None
   return [i for i in ids if i not in live]

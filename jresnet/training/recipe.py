@@ -16,7 +16,7 @@ from ml_collections import ConfigDict
 
 from jresnet.models import ResNet
 from jresnet.models.architecture import IMAGENET_DEPTHS, LAYERS_PER_BLOCK
-from jresnet.training import optim, parallel
+from jresnet.training import optim, parallel, run_config
 from jresnet.training import step as step_lib
 from jresnet.training.state import TrainState, create_train_state
 
@@ -156,9 +156,7 @@ def check_values(config: ConfigDict) -> None:
     ranges["num_epochs"] = POSITIVE
   bad = []
   for field, interval in ranges.items():
-    value = config
-    for key in field.split("."):
-      value = value[key]
+    value = run_config.field_value(config, field)
     values = value if isinstance(value, (tuple, list)) else (value,)
     if value is not None and not all(_inside(v, *interval) for v in values):
       words = "positive, in" if interval[:3] == (0, math.inf, False) else "in"

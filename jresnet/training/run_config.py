@@ -71,26 +71,26 @@ def unset_paths(config: ConfigDict) -> ConfigDict:
   """`config` (a copy, where it changes) with each of OPTIONAL_PATHS and OFF_PATHS given as
   'None' or '' on the command line as unset, or off."""
   changes = {field: None if field in OPTIONAL_PATHS else ""
-             for field in OPTIONAL_PATHS + OFF_PATHS if _get(config, field) in ("None", "")}
+             for field in OPTIONAL_PATHS + OFF_PATHS if field_value(config, field) in ("None", "")}
   if not changes:
     return config
   config = ConfigDict(config.to_dict())
   for field, value in changes.items():
-    _set(config, field, value)
+    set_field(config, field, value)
   return config
 
 
-def _get(config: ConfigDict, field: str):
-  """The value of the dotted `field`."""
+def field_value(config: ConfigDict, field: str):
+  """The value of the dotted `field` ('data.image_size')."""
   for key in field.split("."):
     config = config[key]
   return config
 
 
-def _set(config: ConfigDict, field: str, value) -> None:
+def set_field(config: ConfigDict, field: str, value) -> None:
   """Sets the dotted `field`."""
   *parents, leaf = field.split(".")
-  target = _get(config, ".".join(parents)) if parents else config
+  target = field_value(config, ".".join(parents)) if parents else config
   target[leaf] = value
 
 
@@ -144,7 +144,7 @@ def for_eval(config: ConfigDict, workdir: str, overrides: dict) -> ConfigDict:
   known = _flat(config.to_dict())
   for key, value in _flat(values).items():
     if key in known and key not in overrides and key not in MACHINE_FIELDS:
-      _set(config, key, _value(value))
+      set_field(config, key, _value(value))
   return config
 
 
