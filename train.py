@@ -25,26 +25,15 @@ import os
 import signal
 import sys
 
-
-class _SigtermDuringStartup:
-  """Notes a SIGTERM that arrives before the training loop's own handler is installed; that
-  handler takes the note over, and the run stops before training, with nothing new to save."""
-
-  requested = False
-
-  def __call__(self, signum, frame):
-    self.requested = True
-
-
 if __name__ == "__main__":  # first: the imports take seconds
   # Held (pending) until the huge-pages exec is done or skipped: one sent meanwhile survives the
   # exec, and the threads that the imports start never take it.
   signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-  signal.signal(signal.SIGTERM, _SigtermDuringStartup())
 
-from jresnet.training import huge_pages  # noqa: E402
+from jresnet.training import distributed, huge_pages  # noqa: E402
 
-if __name__ == "__main__":  # an exec starts over: before the slow imports below (TensorFlow)
+if __name__ == "__main__":  # an exec starts over: before the slow imports below
+  distributed.listen()  # a SIGTERM from now on stops the run cleanly, saying what it saved
   huge_pages.exec_with_huge_pages()
   signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # the handler takes a held one
 
@@ -54,15 +43,13 @@ from flax import traverse_util  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from configs import default  # noqa: E402
-from jresnet import export  # noqa: E402
+from jresnet import data, export  # noqa: E402
 from jresnet.compat import flax_imagenet  # noqa: E402
-from jresnet.data import errors as data_errors  # noqa: E402
 from jresnet.training import (  # noqa: E402
   checkpoint,
-  distributed,
+  evaluate,
   loop,
   pretrained,
-  recipe,
   records,
   run_config,
   workdir_lock,
@@ -93,14 +80,15 @@ HELP_FLAGS = ("--help", "-?", "--helpshort", "--helpfull")
 # The errors jresnet raises on purpose, whose message says what is wrong and what to do: one line
 # each, without a traceback. Any other exception is a bug, and keeps its traceback.
 EXPLAINED_ERRORS = (
-    recipe.ConfigError, run_config.RunConfigError, records.MetricsFileError,
-    loop.WorkdirLostError, loop.NoCheckpointError, loop.NonFiniteUpdateError,
+    run_config.ConfigError, run_config.RunConfigError, records.MetricsFileError,
+    loop.WorkdirLostError, evaluate.NoCheckpointError, loop.NonFiniteUpdateError,
     checkpoint.CheckpointMismatchError, checkpoint.CorruptCheckpointError,
     checkpoint.NonFiniteStateError, workdir_lock.WorkdirLockedError, export.ExportError,
     pretrained.InitFromError, pretrained.InitFromNotFoundError, download.WeightsUnavailableError,
     download.CorruptWeightsError, download.UnreadableWeightsError,
-    data_errors.DatasetNotFoundError, data_errors.UndecodableImageError,
-    data_errors.ArrayFileError)
+    data.DatasetNotFoundError, data.UndecodableImageError, data.ArrayFileError)
+ARRAYS_FILE = "arrays.npz"  # --mode=write_arrays
+RESIZED_DIR = "resized{side}"  # --mode=write_resized
 
 
 def _fail(message: str):
@@ -140,7 +128,7 @@ def _config(mode: str, workdir: str | None):
     return FLAGS.config
   if mode in ("eval", "print_config") and workdir:
     return run_config.from_workdir(default.get_config(), workdir)
-  raise recipe.ConfigError("give --config, a config file (e.g. configs/digits.py); only "
+  raise run_config.ConfigError("give --config, a config file (e.g. configs/digits.py); only "
                            "--mode=eval can do without, reading <workdir>/config.json")
 
 
@@ -169,7 +157,7 @@ def run(mode: str, workdir: str | None) -> None:
     sys.exit(flax_imagenet.translation_hint(config_flags.get_config_filename(
         FLAGS["config"])))
   if workdir is None and mode != "print_config":
-    raise recipe.ConfigError(f"--mode={mode} needs --workdir, the run's directory")
+    raise run_config.ConfigError(f"--mode={mode} needs --workdir, the run's directory")
   config = run_config.unset_paths(_config(mode, workdir))
   if mode == "print_config":
     print_config(config)
@@ -180,16 +168,46 @@ def run(mode: str, workdir: str | None) -> None:
   if config.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(config.compilation_cache_dir))
   if mode == "write_arrays":
-    metrics = loop.write_arrays(config, workdir, FLAGS.arrays_encoding)
+    metrics = write_arrays(config, workdir, FLAGS.arrays_encoding)
   elif mode == "write_resized":
-    metrics = loop.write_resized(config, workdir, FLAGS.resized_side, FLAGS.resized_quality)
+    metrics = write_resized(config, workdir, FLAGS.resized_side, FLAGS.resized_quality)
   elif mode == "train":
     metrics = loop.train_and_evaluate(config, workdir)
   else:
-    metrics = loop.evaluate_checkpoint(config, workdir)
+    metrics = evaluate.evaluate_checkpoint(config, workdir)
   if jax.process_index() == 0:
     print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                    for k, v in metrics.items()))
+
+
+def write_arrays(config, workdir: str, encoding: str = "raw") -> dict:
+  """The config's train and eval splits to <workdir>/arrays.npz, which
+  `--config.data.source=arrays --config.data.path=<that file>` reads with the same split names.
+  Returns the examples written per split."""
+  dataset = data.open(config.data)  # a missing dataset or split fails here, in seconds
+  path = os.path.join(workdir, ARRAYS_FILE)
+  if jax.process_index() != 0:  # one file per job
+    return {}
+  counts = dataset.write_arrays(path, encoding)
+  print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB, {encoding}); train from it "
+        f"with --config.data.source=arrays --config.data.path={path}")
+  return counts
+
+
+def write_resized(config, workdir: str, side: int, quality: int | None = None) -> dict:
+  """Every split of the config's dataset to <workdir>/resized<side>/, an image folder with the
+  shorter sides capped at `side` pixels, JPEG at `quality` (None: the copy's default). Returns
+  the images per split."""
+  from jresnet.data import resized_copy  # noqa: PLC0415 (TensorFlow)
+
+  out = os.path.join(workdir, RESIZED_DIR.format(side=side))
+  if jax.process_index() != 0:  # one copy per job
+    return {}
+  quality = resized_copy.QUALITY if quality is None else quality
+  counts = data.open(config.data).write_resized(out, side, quality)
+  print(f"wrote {sum(counts.values())} images to {out} (shorter side <= {side}, JPEG quality "
+        f"{quality}); train from it with --config.data.source=folder --config.data.path={out}")
+  return counts
 
 
 if __name__ == "__main__":

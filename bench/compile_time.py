@@ -48,9 +48,9 @@ def compile_row(name: str, scan: bool, batch: int, repeats: int) -> dict:
 def memory_child(remat: bool, batch: int) -> dict:
   """One ResNet-1001 train step in this (fresh) process: planned bytes, peak RSS, step time."""
   model = jresnet.CifarPreActResNet1001(scan_blocks=True, remat=remat)
-  r = project_step.build(model, batch, 32)
-  state, data = r.create_state(), project_step.batch(r, batch)
-  executable, compile_s = project_step.compiled(r.runner.train_step, state, data)
+  runner = project_step.build(model, batch, 32)
+  state, data = project_step.initial_state(runner, 32), project_step.batch(runner, batch, 32)
+  executable, compile_s = project_step.compiled(runner.train_step, state, data)
   m = executable.memory_analysis()
   planned = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
   with open("/proc/meminfo") as f:

@@ -92,7 +92,7 @@ def cifar(depth: int, args, env: dict) -> dict:
   command = [sys.executable, "train.py", "--config", f"configs/cifar10_resnet{depth}.py",
              "--workdir", workdir, "--config.data.source=arrays",
              f"--config.data.path={args.arrays or os.path.join(args.carry, ARRAYS)}",
-             "--config.data.on_device=True", "--config.compilation_cache_dir="]
+             "--config.compilation_cache_dir="]
   command += SMOKE_OVERRIDES if args.smoke else []
   rc, wall = run_part(f"cifar{depth}", command, args.out, env)
   row = {"part": f"cifar{depth}", "command": " ".join(command[1:]), "returncode": rc,

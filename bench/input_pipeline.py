@@ -19,8 +19,9 @@ bytes, so smooth, upsampled small images (CIFAR-10 at 500x375 is ~20 KB a file) 
 what a real dataset decodes.
 
 jpeg: on those files, one core and all cores: the raw decode, jresnet's train and eval streams
-(`data.train_batches` / `eval_batches`, folder source, imagenet preset, streamed) on the full-size
-files and on resized copies (`resized_copy.write`, as `--mode=write_resized`), and a PyTorch
+(`Dataset.host_train_batches` / `host_eval_batches`, folder source, imagenet preset, streamed) on
+the full-size files and on resized copies (`Dataset.write_resized`, as `--mode=write_resized`),
+and a PyTorch
 DataLoader worker (PIL decode, RandomResizedCrop(224), flip, ToTensor and Normalize, or uint8
 out). Every row is timed once in each of ROUNDS rounds over all rows, so that a slow spell of the
 machine does not hit every measurement of one row; a row's figure is its best round, printed
@@ -64,10 +65,23 @@ def folder_config(root: str, split: str, threads: int | None, cache_dir: str, pr
   return cfg
 
 
+def train_batches(cfg, batch: int, seed: int):
+  """What the train step takes from config.data's train split: tf.data's rows of a streamed
+  split, or a split held in memory batched on the first device (each batch waited for)."""
+  dataset = jd.open(cfg)
+  if not dataset.in_memory(cfg.train_split):
+    return dataset.host_train_batches(global_batch_size=batch, seed=seed)
+  import jax  # noqa: PLC0415
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: PLC0415
+
+  sharding = NamedSharding(Mesh(jax.devices()[:1], ("data",)), PartitionSpec("data"))
+  return map(jax.block_until_ready, dataset.train_batches(sharding, batch_size=batch, seed=seed))
+
+
 def first_load(cfg, batch: int, seed: int = 0):
   """The train iterator after its first batch, and how long that took."""
   start = time.perf_counter()
-  batches = jd.train_batches(cfg, global_batch_size=batch, seed=seed)
+  batches = train_batches(cfg, batch, seed)
   next(batches)
   return batches, {"first_load_s": round(time.perf_counter() - start, 3)}
 
@@ -201,12 +215,12 @@ def stream_rate(batches, images: int) -> float:
 
 def train_stream_rate(root: str, threads: int, images: int) -> float:
   cfg = stream_config(root, threads)
-  return stream_rate(jd.train_batches(cfg, global_batch_size=BATCH, seed=0), images)
+  return stream_rate(jd.open(cfg).host_train_batches(global_batch_size=BATCH, seed=0), images)
 
 
 def eval_stream_rate(root: str, threads: int, images: int) -> float:
   cfg = stream_config(root, threads)
-  return stream_rate(iter(jd.eval_batches(cfg, global_batch_size=BATCH)), images)
+  return stream_rate(iter(jd.open(cfg).host_eval_batches(global_batch_size=BATCH)), images)
 
 
 def torchvision_loader(files: list[str], workers: int, uint8: bool):
@@ -318,7 +332,7 @@ def jpeg(args) -> dict | None:
     copies = {}
     for side in sides:
       name, out = copy_name(side), os.path.join(scratch, f"resized{side}")
-      resized_copy.write(stream_config(root, len(cores)), out, side)
+      jd.open(stream_config(root, len(cores))).write_resized(out, side, resized_copy.QUALITY)
       copied = describe(glob.glob(os.path.join(out, "*", "*", "*")))
       print(f"{name}: mean {copied['mean_kb']} KB, mean "
             f"{copied['mean_width']}x{copied['mean_height']}")

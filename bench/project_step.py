@@ -1,6 +1,6 @@
 """train.py's own jitted train and eval steps on one device, for the benchmarks.
 
-`recipe.build` over configs/default.py (SGD with momentum, weight decay masked off BatchNorm and
+`loop.build` over configs/default.py (SGD with momentum, weight decay masked off BatchNorm and
 biases, the JitMesh runner with the state donated) for a given model, on a one-device mesh, with
 a synthetic batch already on the device, so that only the step is measured.
 """
@@ -11,24 +11,30 @@ import jax
 import jax.numpy as jnp
 
 from configs import default
-from jresnet.training import recipe
+from jresnet.data import DatasetInfo
+from jresnet.training import loop, parallel
 
 
-def build(model, batch_size: int, image_size: int) -> recipe.Recipe:
-  """The default recipe for `model`, `batch_size` and square images of `image_size`."""
+def build(model, batch_size: int, image_size: int) -> parallel.Runner:
+  """The default run's runner for `model`, `batch_size` and square images of `image_size`."""
   config = default.get_config()
   config.batch_size = batch_size
   config.num_train_steps = 1000
-  return recipe.build(config, model.num_classes, (image_size, image_size, 3), 1000 * batch_size,
-                      model=model, devices=jax.devices()[:1])
+  info = DatasetInfo(model.num_classes, (image_size, image_size, 3), {"train": 1000 * batch_size},
+                     None)
+  return loop.build(config, info, model=model, devices=jax.devices()[:1])[1]
 
 
-def batch(r: recipe.Recipe, size: int) -> dict:
-  """A synthetic batch of `size` images in the recipe's placement."""
-  images = jax.random.normal(jax.random.key(1), (size, *r.image_shape), jnp.float32)
-  labels = jax.random.randint(jax.random.key(2), (size,), 0, r.model.num_classes)
+def initial_state(runner: parallel.Runner, image_size: int):
+  return runner.init_state((image_size, image_size, 3), seed=0)
+
+
+def batch(runner: parallel.Runner, size: int, image_size: int) -> dict:
+  """A synthetic batch of `size` images in the runner's placement."""
+  images = jax.random.normal(jax.random.key(1), (size, image_size, image_size, 3), jnp.float32)
+  labels = jax.random.randint(jax.random.key(2), (size,), 0, runner.model.num_classes)
   return jax.device_put({"image": images, "label": labels, "mask": jnp.ones((size,), bool)},
-                        r.runner.data)
+                        runner.batch_sharding)
 
 
 def compiled(fn, *args):
@@ -40,9 +46,9 @@ def compiled(fn, *args):
 
 def train(model, size: int, image_size: int):
   """(compile seconds, step(), sync()) for the train step on a synthetic batch."""
-  r = build(model, size, image_size)
-  state, data = r.create_state(), batch(r, size)
-  executable, seconds = compiled(r.runner.train_step, state, data)
+  runner = build(model, size, image_size)
+  state, data = initial_state(runner, image_size), batch(runner, size, image_size)
+  executable, seconds = compiled(runner.train_step, state, data)
   holder = [state]
 
   def step():
@@ -53,9 +59,10 @@ def train(model, size: int, image_size: int):
 
 def evaluate(model, size: int, image_size: int):
   """(compile seconds, step(), sync()) for the eval step on a synthetic batch."""
-  r = build(model, size, image_size)
-  variables, data = r.create_state().eval_variables(), batch(r, size)
-  executable, seconds = compiled(r.runner.eval_step, variables, data)
+  runner = build(model, size, image_size)
+  variables = initial_state(runner, image_size).eval_variables()
+  data = batch(runner, size, image_size)
+  executable, seconds = compiled(runner.eval_step, variables, data)
   out = []
 
   def step():

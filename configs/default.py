@@ -115,8 +115,9 @@ def data_config() -> ConfigDict:
   # Encoded records in the shuffle buffer of streamed splits (imagenet: ~110 KB each); in-memory
   # splits are fully permuted instead.
   c.shuffle_buffer = 10_000
-  # Keep the decoded split in memory (random access, full permutation per epoch).
-  # None = when images have one fixed size and the split needs at most max_cache_mb.
+  # Hold the decoded split in memory and on the devices, where it is batched and augmented (a
+  # full permutation per epoch); else stream it through tf.data. None = when its images have one
+  # size and it needs at most max_cache_mb and a quarter of a device's memory.
   c.cache = config_dict.placeholder(bool)
   c.max_cache_mb = 4096
   # Decoded image folders are saved here so the next run does not decode them again ('' = never).
@@ -126,10 +127,6 @@ def data_config() -> ConfigDict:
   c.threads = config_dict.placeholder(int)
   # Batches kept in flight to the devices.
   c.prefetch = 2
-  # In-memory splits batched and augmented on the accelerators (jresnet/data/device_stream.py):
-  # 'auto' (where they fit; presets cifar, digits, mnist, none; the jit runner) | 'true' |
-  # 'false' (`--config.data.on_device=True` on the command line).
-  c.on_device = "auto"
   # source='synthetic': random uint8 images and labels (benchmarks, smoke tests), splits
   # 'train' and 'test' of num_examples each, fixed by synthetic_seed.
   c.num_classes = 10

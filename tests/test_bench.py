@@ -94,11 +94,12 @@ def test_input_pipeline_streams_imagenet_like_jpegs(tmp_path):
 def test_gpu_session_script_at_tiny_sizes_without_tensorflow(tmp_path):
   """bench.gpu_run as on the GPU machines, where TensorFlow is not installed (blocked here in
   every process it starts): CIFAR through train.py on an array file, then the GPU table."""
-  from jresnet.data import arrays, sources  # noqa: PLC0415
+  from jresnet import data  # noqa: PLC0415
 
   cfg = default.data_config()
-  cfg.update(source="synthetic", image_shape=(32, 32, 3), num_examples=20)
-  arrays.write(str(tmp_path / "tiny.npz"), sources.get(cfg), ["train", "test"])
+  cfg.update(source="synthetic", image_shape=(32, 32, 3), num_examples=20, train_split="train",
+             eval_split="test")
+  data.open(cfg).write_arrays(str(tmp_path / "tiny.npz"))
   (tmp_path / "site").mkdir()
   (tmp_path / "site" / "sitecustomize.py").write_text(
       "import sys\nsys.modules['tensorflow'] = sys.modules['tensorflow_datasets'] = None\n")
@@ -112,7 +113,7 @@ def test_gpu_session_script_at_tiny_sizes_without_tensorflow(tmp_path):
   assert cifar["returncode"] == 0, (out / "logs" / "cifar20.log").read_text()[-2000:]
   assert cifar["steps"] == 4 and cifar["val_count"] == 20 and cifar["paper_test_error"] == 8.75
   assert (out / "cifar" / "resnet20" / "model.msgpack").exists()
-  assert "batched on the devices" in (out / "logs" / "cifar20.log").read_text()
+  assert "train on the devices; test on the devices" in (out / "logs" / "cifar20.log").read_text()
   assert table["returncode"] == 0, (out / "logs" / "throughput.log").read_text()[-2000:]
   _check_throughput_rows(read_jsonl(out / "throughput.jsonl"), [
       ("jresnet", "bf16"), ("pytorch", "bf16 autocast channels_last"),

@@ -21,7 +21,8 @@ from flax.training import train_state
 
 import jresnet
 from jresnet.compat import flax_imagenet
-from jresnet.training import recipe
+from jresnet.data import DatasetInfo
+from jresnet.training import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -366,14 +367,15 @@ def test_translated_config_follows_the_example_schedule_step_for_step(example_co
   example = flax_imagenet.load_example_config(str(example_configs / f"{name}.py"))
   text, not_mapped = flax_imagenet.translate_config(example, IMAGENET_TRAIN_EXAMPLES)
   config = _load_translated(text, tmp_path / "translated.py")
-  built = recipe.build(config, 1000, (224, 224, 3), IMAGENET_TRAIN_EXAMPLES)
+  resolved, runner = loop.build(config, DatasetInfo(1000, (224, 224, 3),
+                                                    {"train": IMAGENET_TRAIN_EXAMPLES}, None))
   steps_per_epoch = IMAGENET_TRAIN_EXAMPLES // example.batch_size
-  assert built.total_steps == int(steps_per_epoch * example.num_epochs)
-  steps = jnp.arange(built.total_steps + 1)
-  ours = jax.jit(jax.vmap(built.schedule))(steps)
+  assert resolved.num_train_steps == int(steps_per_epoch * example.num_epochs)
+  steps = jnp.arange(resolved.num_train_steps + 1)
+  ours = jax.jit(jax.vmap(runner.step_config.schedule))(steps)
   theirs = jax.jit(jax.vmap(_example_schedule(example, steps_per_epoch)))(steps)
   assert float(jnp.max(jnp.abs(ours - theirs))) <= 1e-6
-  assert built.model.padding == "same" and built.model.depth == 50
+  assert runner.model.padding == "same" and runner.model.depth == 50
   assert config.precision == ("bfloat16" if example.half_precision else "float32")
   assert config.stop_after_steps == (5000 if name == "half" else None)
   assert ("fp16 loss scaling is not offered" in text) == example.half_precision
@@ -386,15 +388,16 @@ def test_translated_optimiser_takes_the_example_steps(example_configs, tmp_path)
   example.warmup_epochs = 0.0  # full steps from the first, so that the L2 term counts
   config = _load_translated(flax_imagenet.translate_config(example, 256 * 1000)[0],
                             tmp_path / "translated.py")
-  built = recipe.build(config, 10, (32, 32, 3), 256 * 1000)
+  _, runner = loop.build(config, DatasetInfo(10, (32, 32, 3), {"train": 256 * 1000}, None))
   theirs_tx = optax.sgd(_example_schedule(example, 2000), momentum=0.9, nesterov=True)
   params = _randomised(jresnet.interop.variable_shapes(SMALL)["params"], 6)
-  ours, theirs = built.tx.init(params), theirs_tx.init(params)
+  ours, theirs = runner.step_config.tx.init(params), theirs_tx.init(params)
 
   @jax.jit
   def both_updates(grads, ours, theirs):
     l2 = jax.tree.map(lambda g, p: g + 1e-4 * p if p.ndim > 1 else g, grads, params)
-    return built.tx.update(grads, ours, params), theirs_tx.update(l2, theirs, params)
+    return (runner.step_config.tx.update(grads, ours, params),
+            theirs_tx.update(l2, theirs, params))
 
   for step in range(3):
     (update, ours), (want, theirs) = both_updates(_randomised(params, 7 + step), ours, theirs)

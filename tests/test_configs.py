@@ -6,7 +6,8 @@ import pathlib
 import jax
 import pytest
 
-from jresnet.training import optim, recipe
+from jresnet.training import optim
+from jresnet.training.model import build_model
 
 CONFIGS = sorted(p.stem for p in pathlib.Path("configs").glob("*.py")
                  if p.stem not in ("__init__", "default"))
@@ -18,7 +19,7 @@ def test_config_builds_and_documents_its_command(name):
   assert f"python train.py --config configs/{name}.py" in module.__doc__
   config = module.get_config()
   config.precision = "float32"
-  model = recipe.build_model(config, num_classes=10, input_channels=3)
+  model = build_model(config, num_classes=10, input_channels=3)
   assert model.architecture  # valid depth and stages
   schedule = optim.create_schedule(config, 1000, 100.0)
   tx = optim.create_optimizer(config, schedule)

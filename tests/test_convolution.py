@@ -14,7 +14,7 @@ from jax import lax
 
 import jresnet
 from jresnet.models import convolution
-from jresnet.training import compiler
+from jresnet.training import parallel
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 # (batch, size, in, out, kernel, stride, padding, dilation)
@@ -124,11 +124,11 @@ def test_resnet_gradients_match_the_plain_formulation():
 def test_cpu_compiler_options_apply_and_keep_the_gradients():
   """The steps' XLA:CPU options (convolutions off YNNPACK) are known to this jaxlib and change
   no ResNet-20 gradient beyond float32 tolerance."""
-  assert compiler.options("cpu") == compiler.CPU_OPTIONS
-  assert compiler.options("gpu") is None
+  assert parallel.compiler_options("cpu") == parallel.CPU_OPTIONS
+  assert parallel.compiler_options("gpu") is None
   x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
   model = jresnet.CifarResNet20(zero_init_residual=False)
   variables = model.init(jax.random.key(1), x)
-  grads = [_resnet_gradient(model, variables, x, compiler.CPU_OPTIONS),
+  grads = [_resnet_gradient(model, variables, x, parallel.CPU_OPTIONS),
            _resnet_gradient(model, variables, x)]
   assert_close(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1]), rtol=1e-4)

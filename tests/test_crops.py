@@ -55,7 +55,7 @@ def test_a_window_decoded_from_the_file_is_the_decoded_image_s_window(fmt):
   """The same seed gives the same crop whatever the storage; a JPEG window decode differs from
   the whole decode only by the decoder's chroma upsampling at the window's edges."""
   encoded = _encoded(_photo(), fmt)
-  whole = encoded.decode(encoded.data)
+  whole = _encoded(encoded.decode(encoded.data), "png")  # decoded whole, then cropped
   for i in range(20):
     streamed = T.train_image(IMAGENET, encoded, _seed(i)).numpy().astype(int)
     in_memory = T.train_image(IMAGENET, whole, _seed(i)).numpy().astype(int)
@@ -109,22 +109,23 @@ def _imagenet_config(path, **overrides):
 
 
 def test_streamed_jpeg_and_png_folder_resumes_exactly(photo_folder):
-  cfg = _imagenet_config(photo_folder)
-  stream = jd.train_batches(cfg, global_batch_size=4, seed=1)
+  dataset = jd.open(_imagenet_config(photo_folder))
+  stream = dataset.host_train_batches(global_batch_size=4, seed=1)
   batches = [next(stream) for _ in range(7)]  # 2.3 epochs
   assert all(b["image"].shape == (4, 32, 32, 3) and b["image"].dtype == np.uint8 for b in batches)
-  resumed = jd.train_batches(cfg, global_batch_size=4, seed=1, start_step=4)
+  resumed = dataset.host_train_batches(global_batch_size=4, seed=1, start_step=4)
   for expected in batches[4:]:
     got = next(resumed)
     np.testing.assert_array_equal(got["image"], expected["image"])
     np.testing.assert_array_equal(got["label"], expected["label"])
-  evaluated = list(jd.eval_batches(cfg, global_batch_size=5))
+  evaluated = list(dataset.host_eval_batches(global_batch_size=5))
   assert sum(b["mask"].sum() for b in evaluated) == 12
 
 
 def test_resized_copy_of_a_folder_keeps_names_and_caps_the_shorter_side(photo_folder, tmp_path):
   out = tmp_path / "copy"
-  counts = resized_copy.write(_imagenet_config(photo_folder), str(out), max_side=24)
+  original = jd.open(_imagenet_config(photo_folder))
+  counts = original.write_resized(str(out), 24, resized_copy.QUALITY)
   assert counts == {"train": 12}
   for c in ("c0", "c1"):
     names = sorted(os.listdir(out / "train" / c))
@@ -132,56 +133,60 @@ def test_resized_copy_of_a_folder_keeps_names_and_caps_the_shorter_side(photo_fo
     for name in names:
       shape = tf.io.extract_jpeg_shape(tf.io.read_file(str(out / "train" / c / name))).numpy()
       assert min(shape[:2]) == 24 and max(shape[:2]) == 32  # 64x48 -> 32x24, aspect kept
-  copy = _imagenet_config(out)
-  assert jd.load_info(copy).split_sizes == {"train": 12}
-  labels = lambda cfg: [int(y) for b in jd.eval_batches(cfg, global_batch_size=12)
-                        for y in b["label"][b["mask"]]]
-  assert labels(copy) == labels(_imagenet_config(photo_folder))  # the same order
+  copy = jd.open(_imagenet_config(out))
+  assert copy.info.split_sizes == {"train": 12}
+  labels = lambda dataset: [int(y) for b in dataset.host_eval_batches(global_batch_size=12)
+                            for y in b["label"][b["mask"]]]
+  assert labels(copy) == labels(original)  # the same order
   with pytest.raises(FileExistsError, match="exists"):
-    resized_copy.write(_imagenet_config(photo_folder), str(out), max_side=24)
+    original.write_resized(str(out), 24, resized_copy.QUALITY)
 
 
 def test_resized_copy_writes_its_jpeg_quality_and_refuses_one_under_90(photo_folder, tmp_path):
-  from jresnet.training import loop  # noqa: PLC0415 (what --mode=write_resized runs)
+  import train  # noqa: PLC0415 (what --mode=write_resized runs)
 
   config = default.get_config()
   config.data = _imagenet_config(photo_folder)
-  loop.write_resized(config, str(tmp_path / "q90"), 24)  # the default quality
-  loop.write_resized(config, str(tmp_path / "q100"), 24, quality=100)
+  train.write_resized(config, str(tmp_path / "q90"), 24)  # the default quality
+  train.write_resized(config, str(tmp_path / "q100"), 24, quality=100)
   sizes = {q: [os.path.getsize(f) for f in sorted(tmp_path.glob(f"q{q}/resized24/*/*/*.jpg"))]
            for q in (90, 100)}
   assert resized_copy.QUALITY == 90 and len(sizes[90]) == len(sizes[100]) == 12
   assert all(a < b for a, b in zip(sizes[90], sizes[100]))
   with pytest.raises(ValueError, match="JPEG quality 85"):
-    loop.write_resized(config, str(tmp_path / "q85"), 24, quality=85)
+    train.write_resized(config, str(tmp_path / "q85"), 24, quality=85)
   assert not any(tmp_path.glob("q85*"))  # refused before anything was written
 
 
 def test_resized_copy_of_an_array_source_is_refused_before_writing(tmp_path):
   cfg = default.data_config()
   cfg.update(source="digits")
-  with pytest.raises(ValueError, match="source='digits' holds its images as arrays"):
-    resized_copy.write(cfg, str(tmp_path / "copy"), max_side=16)
+  with pytest.raises(ValueError, match="data.source='digits' holds its images as arrays"):
+    jd.open(cfg).write_resized(str(tmp_path / "copy"), 16, resized_copy.QUALITY)
   assert not os.listdir(tmp_path)
 
 
 def test_resized_copy_of_a_tfds_dataset(mock_tfds, tmp_path):
   cfg = default.data_config()
   cfg.update(source="tfds", name="cifar10", data_dir=mock_tfds, threads=2)
-  counts = resized_copy.write(cfg, str(tmp_path / "copy"), max_side=16)
+  dataset = jd.open(cfg)
+  counts = dataset.write_resized(str(tmp_path / "copy"), 16, resized_copy.QUALITY)
   assert counts == {"train": 24, "test": 24}
   copy = _imagenet_config(tmp_path / "copy", eval_split="test", preprocess="none",
                           image_size=None, cache=None)
-  info = jd.load_info(copy)
+  info = jd.open(copy).info
   assert info.image_shape == (16, 16, 3) and info.split_sizes == {"train": 24, "test": 24}
-  named = [f"{i}_{name}" for i, name in enumerate(jd.load_info(cfg).class_names)]
+  named = [f"{i}_{name}" for i, name in enumerate(dataset.info.class_names)]
   assert set(info.class_names) <= set(named)  # the classes the mocked examples hold
   assert list(info.class_names) == sorted(info.class_names, key=named.index)  # in label order
 
 
 def test_tf_data_threads_default_by_where_the_step_runs(monkeypatch):
-  from jresnet.data import host_threads  # noqa: PLC0415
+  import jax  # noqa: PLC0415
+
+  from jresnet.data import dataset  # noqa: PLC0415
 
   monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
-  assert host_threads.default(accelerator=False) == 8  # a CPU host: half for XLA
-  assert host_threads.default(accelerator=True) == 16 - host_threads.ACCELERATOR_HOST_RESERVE
+  assert jax.default_backend() == "cpu" and dataset.default_threads() == 8  # half for XLA
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert dataset.default_threads() == 16 - dataset.ACCELERATOR_HOST_RESERVE

@@ -4,18 +4,24 @@ Everything is offline: TFDS through `tfds.testing.mock_data` (on metadata writte
 folders written into tmp_path, scikit-learn's bundled digits, and synthetic data.
 """
 
+import functools
 import os
 import time
+from unittest import mock
 
+import jax
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from conftest import MOCK_N
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from tiny_config import tiny_config
 
 import jresnet.data as jd
 from configs import default
-from jresnet.data import sources
+from jresnet.data import device_stream, process_shard, sources
 
 COLOURS = {"zebra": 2, "ant": 0, "mole": 1}  # class -> the RGB channel it is coloured in
 
@@ -28,8 +34,30 @@ def _config(**overrides):
   return cfg
 
 
+# Where a batch lives: its rows split over the 8 (virtual) devices, as train.py places them.
+SHARDING = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), P("data"))
+
+
 def _take(iterator, n):
-  return [next(iterator) for _ in range(n)]
+  """The next `n` batches, as numpy arrays."""
+  return [jax.tree.map(np.asarray, next(iterator)) for _ in range(n)]
+
+
+def _train(cfg, n, *, batch_size=8, seed=0, start_step=0):
+  """Global batches start_step .. start_step + n - 1 of a run on `cfg`, as the devices get them."""
+  batches = jd.open(cfg).train_batches(SHARDING, batch_size=batch_size, seed=seed,
+                                       start_step=start_step)
+  return _take(batches, n)
+
+
+def _eval(cfg, split=None, batch_size=8):
+  batches = jd.open(cfg).eval_batches(SHARDING, batch_size=batch_size, split=split)
+  return [jax.tree.map(np.asarray, batch) for batch in batches]
+
+
+def _pixels(images):
+  """Preset-'none' images (x / 255) back to their uint8 pixels."""
+  return np.round(np.asarray(images) * 255).astype(np.uint8)
 
 
 def _assert_same_batches(a, b):
@@ -41,8 +69,8 @@ def _assert_same_batches(a, b):
 
 
 def _fingerprints(batches):
-  """Unmasked rows as hashable identities (bytes of the image)."""
-  return [img.tobytes() for batch in batches for img in batch["image"][batch["mask"]]]
+  """Unmasked rows of preset-'none' batches as hashable identities (bytes of the pixels)."""
+  return [img.tobytes() for batch in batches for img in _pixels(batch["image"][batch["mask"]])]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,7 +116,7 @@ def _identities(batches):
   ids = []
   for batch in batches:
     for image, label in zip(batch["image"][batch["mask"]], batch["label"][batch["mask"]]):
-      mean = image.reshape(-1, 3).mean(0)
+      mean = image.reshape(-1, 3).mean(0) * 255
       channel = int(np.argmax(mean))
       assert channel == COLOURS[sorted(COLOURS)[label]], "label does not match the colour"
       ids.append((int(label), int(round(mean[channel] / 10))))
@@ -98,23 +126,23 @@ def _identities(batches):
 def test_folder_classes_sizes_and_colours(mixed_folder):
   cfg = _config(source="folder", path=str(mixed_folder), preprocess="none", image_size=16,
                 train_split="train[:75%]", eval_split="test")
-  info = jd.load_info(cfg)
+  info = jd.open(cfg).info
   assert info.class_names == ("ant", "mole", "zebra")  # sorted directory names
   assert info.num_classes == 3
   assert info.image_shape == (16, 16, 3)
   assert info.split_sizes == {"train[:75%]": 9, "test": 6}
   for split, n in [("train", 12), ("test", 6)]:
-    ids = _identities(jd.eval_batches(cfg, split, global_batch_size=5))
+    ids = _identities(_eval(cfg, split))
     assert len(ids) == len(set(ids)) == n
     assert sorted({label for label, _ in ids}) == [0, 1, 2]
 
 
 def test_folder_slices_are_disjoint_and_complete(mixed_folder):
   cfg = _config(source="folder", path=str(mixed_folder), preprocess="none", image_size=16)
-  whole = set(_identities(jd.eval_batches(cfg, "train", global_batch_size=4)))
-  head = _identities(jd.eval_batches(cfg, "train[:75%]", global_batch_size=4))
-  tail = _identities(jd.eval_batches(cfg, "train[75%:]", global_batch_size=4))
-  middle = _identities(jd.eval_batches(cfg, "train[25%:50%]", global_batch_size=4))
+  whole = set(_identities(_eval(cfg, "train")))
+  head = _identities(_eval(cfg, "train[:75%]"))
+  tail = _identities(_eval(cfg, "train[75%:]"))
+  middle = _identities(_eval(cfg, "train[25%:50%]"))
   assert (len(head), len(tail), len(middle)) == (9, 3, 3)
   assert not set(head) & set(tail)
   assert set(head) | set(tail) == whole
@@ -122,38 +150,40 @@ def test_folder_slices_are_disjoint_and_complete(mixed_folder):
 
 
 def test_folder_slices_are_balanced_and_cached(uniform_folder, tmp_path):
-  cfg = _config(source="folder", path=str(uniform_folder), preprocess="none",
+  cfg = _config(source="folder", path=str(uniform_folder), preprocess="none", eval_split="train",
                 cache_dir=str(tmp_path))
-  split = sources.get(cfg).load("train", None, 100)
+  split = sources.get(cfg, 2).load("train", None, 100)
   assert isinstance(split, sources.ArraySplit)  # one size, small: decoded into memory
   assert len(os.listdir(tmp_path)) == 1  # ... and saved
-  again = sources.get(cfg).load("train", None, 100)
+  again = sources.get(cfg, 2).load("train", None, 100)
   np.testing.assert_array_equal(split.images, again.images)
-  first_half = sources.get(cfg).load("train[:50%]", None, 100)
+  first_half = sources.get(cfg, 2).load("train[:50%]", None, 100)
   counts = np.bincount(first_half.labels, minlength=3)
   assert counts.sum() == 30 and counts.min() >= 5  # a class-sorted folder, shuffled
-  ids = _identities(jd.eval_batches(cfg, "train", global_batch_size=7))
+  ids = _identities(_eval(cfg, "train", batch_size=16))
   assert len(set(ids)) == 60
 
 
-def test_decoded_split_is_the_split_in_memory(uniform_folder):
-  cfg = _config(source="folder", path=str(uniform_folder), preprocess="none")
-  images, labels = jd.decoded_split(cfg, "train[:50%]")
-  split = sources.get(cfg).load("train[:50%]", True, cfg.max_cache_mb)
-  assert images.dtype == np.uint8 and labels.dtype == np.int32 and len(labels) == 30
-  np.testing.assert_array_equal(images, split.images)
-  np.testing.assert_array_equal(labels, split.labels)
+def test_a_small_uniform_split_is_held_in_memory_as_decoded(uniform_folder):
+  cfg = _config(source="folder", path=str(uniform_folder), preprocess="none", eval_split="train")
+  dataset = jd.open(cfg)
+  held = dataset.split("train[:50%]")
+  assert dataset.in_memory("train[:50%]") and dataset.split("train[:50%]") is held  # loaded once
+  split = sources.get(cfg, 2).load("train[:50%]", True, cfg.max_cache_mb)
+  assert held.images.dtype == np.uint8 and held.labels.dtype == np.int32 and len(held) == 30
+  np.testing.assert_array_equal(held.images, split.images)
+  np.testing.assert_array_equal(held.labels, split.labels)
 
 
 def test_folder_errors(tmp_path, mixed_folder):
   with pytest.raises(jd.DatasetNotFoundError, match="does not exist"):
-    jd.load_info(_config(source="folder", path=str(tmp_path / "absent")))
+    jd.open(_config(source="folder", path=str(tmp_path / "absent")))
   (tmp_path / "empty" / "train" / "cat").mkdir(parents=True)
   with pytest.raises(jd.DatasetNotFoundError, match="No images"):
-    jd.load_info(_config(source="folder", path=str(tmp_path / "empty")))
+    jd.open(_config(source="folder", path=str(tmp_path / "empty")))
+  dataset = jd.open(_config(source="folder", path=str(mixed_folder), cache=True))
   with pytest.raises(ValueError, match="differ in size"):
-    jd.train_batches(_config(source="folder", path=str(mixed_folder), cache=True),
-                     global_batch_size=4, seed=0)
+    dataset.train_batches(SHARDING, batch_size=8, seed=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,27 +191,28 @@ def test_folder_errors(tmp_path, mixed_folder):
 # come from mock_data.
 
 def _check_batch(batch, b, shape, num_classes, mask=True):
-  assert batch["image"].shape == (b, *shape) and batch["image"].dtype == np.uint8
+  assert batch["image"].shape == (b, *shape) and batch["image"].dtype == np.float32
   assert batch["label"].shape == (b,) and batch["label"].dtype == np.int32
   assert batch["mask"].dtype == np.bool_
   if mask:
     assert batch["mask"].all()
-  assert batch["image"].std() > 10  # pixels, not all zeros (normalised on the device)
+  assert batch["image"].std() > 0.1  # pixels, not all zeros (normalised on the device)
   assert 0 <= batch["label"].min() and batch["label"].max() < num_classes
 
 
 def test_tfds_cifar10(mock_tfds):
   cfg = _config(name="cifar10", data_dir=mock_tfds)
-  info = jd.load_info(cfg)
+  dataset = jd.open(cfg)
+  info = dataset.info
   assert (info.num_classes, info.image_shape) == (10, (32, 32, 3))
   assert info.split_sizes == {"train": MOCK_N, "test": MOCK_N}
   assert len(info.class_names) == 10
-  for batch in _take(jd.train_batches(cfg, global_batch_size=8, seed=0), 4):
+  for batch in _take(dataset.train_batches(SHARDING, batch_size=8, seed=0), 4):
     _check_batch(batch, 8, (32, 32, 3), 10)
-  batches = list(jd.eval_batches(cfg, global_batch_size=10))
-  assert len(batches) == jd.num_eval_batches(cfg, global_batch_size=10) == 3
+  batches = _eval(cfg, batch_size=16)
+  assert len(batches) == 2  # ceil(24 / 16)
   assert sum(b["mask"].sum() for b in batches) == MOCK_N
-  _check_batch(batches[0], 10, (32, 32, 3), 10)
+  _check_batch(batches[0], 16, (32, 32, 3), 10)
 
 
 def test_mock_tfds_leaves_the_file_system_real(mock_tfds, tmp_path):
@@ -206,15 +237,13 @@ def test_mock_tfds_leaves_the_file_system_real(mock_tfds, tmp_path):
 
 def test_tfds_imagenet_variable_size_streamed(mock_tfds):
   cfg = _config(name="imagenet2012", data_dir=mock_tfds, eval_split="validation")
-  info = jd.load_info(cfg)
+  info = jd.open(cfg).info
   assert (info.num_classes, info.image_shape) == (1000, (224, 224, 3))
-  train = jd.train_batches(cfg, global_batch_size=8, seed=0)
-  batches = _take(train, 5)  # 40 > 24 examples: across an epoch boundary
+  batches = _train(cfg, 5)  # 40 > 24 examples: across an epoch boundary
   for batch in batches:
     _check_batch(batch, 8, (224, 224, 3), 1000)
-  _assert_same_batches(batches[3:], _take(jd.train_batches(cfg, global_batch_size=8, seed=0,
-                                                           start_step=3), 2))
-  evals = list(jd.eval_batches(cfg, global_batch_size=16))
+  _assert_same_batches(batches[3:], _train(cfg, 2, start_step=3))
+  evals = _eval(cfg, batch_size=16)
   assert [b["mask"].sum() for b in evals] == [16, MOCK_N - 16]
   _check_batch(evals[0], 16, (224, 224, 3), 1000)
 
@@ -244,24 +273,25 @@ def test_tfds_prepared_files(tiny_tfds, cache):
   cfg = _config(name="tiny_images", data_dir=tiny_tfds, preprocess="none", cache=cache,
                 train_split="train[:40]", eval_split="train[40:]", shuffle_buffer=8)
   ids = lambda batches: [int(img[0, 0, 0]) for img in
-                         np.concatenate([b["image"][b["mask"]] for b in batches])]
-  assert jd.load_info(cfg).split_sizes == {"train[:40]": 40, "train[40:]": 10}
-  train = _take(jd.train_batches(cfg, global_batch_size=8, seed=0), 11)  # 2.2 epochs
+                         _pixels(np.concatenate([b["image"][b["mask"]] for b in batches]))]
+  dataset = jd.open(cfg)
+  assert dataset.info.split_sizes == {"train[:40]": 40, "train[40:]": 10}
+  assert dataset.in_memory("train[:40]") == cache
+  train = _train(cfg, 11)  # 2.2 epochs
   seen = ids(train)
   assert sorted(seen[:40]) == sorted(seen[40:80]) and seen[:40] != seen[40:80]
-  _assert_same_batches(train[7:], _take(jd.train_batches(cfg, global_batch_size=8, seed=0,
-                                                         start_step=7), 4))
-  held_out = ids(jd.eval_batches(cfg, global_batch_size=6))
+  _assert_same_batches(train[7:], _train(cfg, 4, start_step=7))
+  held_out = ids(_eval(cfg))
   assert len(held_out) == 10 and not set(held_out) & set(seen)
   assert sorted(set(held_out) | set(seen)) == list(range(50))
-  assert sorted(ids(jd.eval_batches(cfg, "test", global_batch_size=6))) == list(range(100, 120))
+  assert sorted(ids(_eval(cfg, "test"))) == list(range(100, 120))
 
 
 def test_tfds_missing_fails_fast_with_advice(tmp_path):
   cfg = _config(name="cifar10", data_dir=str(tmp_path))
   start = time.time()
   with pytest.raises(jd.DatasetNotFoundError) as e:
-    jd.load_info(cfg)
+    jd.open(cfg)
   assert time.time() - start < 10
   assert isinstance(e.value, FileNotFoundError)
   message = str(e.value)
@@ -271,7 +301,7 @@ def test_tfds_missing_fails_fast_with_advice(tmp_path):
   assert not any(tmp_path.iterdir())  # nothing downloaded, no debris
   cfg.name = "imagenet2012"
   with pytest.raises(jd.DatasetNotFoundError, match="manual_dir"):
-    jd.train_batches(cfg, global_batch_size=8, seed=0)
+    jd.open(cfg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,24 +310,25 @@ def test_tfds_missing_fails_fast_with_advice(tmp_path):
 
 def test_digits():
   cfg = _config(source="digits", eval_split="test")
-  info = jd.load_info(cfg)
+  info = jd.open(cfg).info
   assert info.split_sizes == {"train": 1437, "test": 360}
   assert (info.num_classes, info.image_shape) == (10, (32, 32, 1))
   raw = _config(source="digits", preprocess="none")  # the 8x8 images, scaled to [0, 1]
-  train = _fingerprints(jd.eval_batches(raw, "train", global_batch_size=500))
-  test = _fingerprints(jd.eval_batches(raw, "test", global_batch_size=500))
+  train = _fingerprints(_eval(raw, "train", batch_size=504))
+  test = _fingerprints(_eval(raw, "test", batch_size=504))
   assert len(set(train)) == 1437 and len(set(test)) == 360  # the 1797 digits are distinct
   assert not set(train) & set(test)
-  batches = list(jd.eval_batches(cfg, global_batch_size=100))
+  batches = _eval(cfg, batch_size=104)
   labels = np.concatenate([b["label"][b["mask"]] for b in batches])
   assert set(np.bincount(labels, minlength=10)) <= {35, 36, 37}  # stratified
-  batch = next(jd.train_batches(cfg, global_batch_size=64, seed=0))
+  (batch,) = _train(cfg, 1, batch_size=64)
   _check_batch(batch, 64, (32, 32, 1), 10)
 
 
 # ---------------------------------------------------------------------------------------------
-# The train stream: determinism, resumption, sharding. Synthetic data (in memory) and a folder
-# read with cache=False (streamed) take the two code paths.
+# The train stream: determinism, resumption, sharding. Synthetic data (in memory: batched on the
+# devices) and a folder read with cache=False (streamed: decoded by tf.data, augmented on the
+# devices) take the two code paths.
 
 N = 37  # examples; with B = 8 the epoch boundary falls inside batch 4
 
@@ -306,32 +337,76 @@ def _synthetic(**overrides):
   return _config(source="synthetic", num_examples=N, image_shape=(8, 8, 3), **overrides)
 
 
+def _streamed_folder(folder, **overrides):
+  """An image folder with a train split only, streamed."""
+  return _config(**{"source": "folder", "path": str(folder), "cache": False, "image_size": 8,
+                    "shuffle_buffer": 16, "eval_split": "train", **overrides})
+
+
 @pytest.fixture(scope="module", params=["in_memory", "streamed"])
 def train_cfg(request, uniform_folder):
   if request.param == "in_memory":
     return _synthetic(preprocess="cifar", image_size=8)
-  return _config(source="folder", path=str(uniform_folder), cache=False, preprocess="cifar",
-                 image_size=8, shuffle_buffer=16, train_split="train[:37]")
+  return _streamed_folder(uniform_folder, preprocess="cifar", train_split="train[:37]")
 
 
 def test_train_deterministic_and_resumable(train_cfg):
-  stream = lambda **kw: jd.train_batches(train_cfg, global_batch_size=8, **kw)
-  reference = _take(stream(seed=1), 11)
-  _assert_same_batches(reference, _take(stream(seed=1), 11))
+  reference = _train(train_cfg, 11, seed=1)
+  _assert_same_batches(reference, _train(train_cfg, 11, seed=1))
   for k in (3, 4, 5, 9):  # batch 4 straddles the first epoch boundary, 9 the second
-    _assert_same_batches(reference[k:], _take(stream(seed=1, start_step=k), 11 - k))
-  other = _take(stream(seed=2), 2)
+    _assert_same_batches(reference[k:], _train(train_cfg, 11 - k, seed=1, start_step=k))
+  other = _train(train_cfg, 2, seed=2)
   assert not np.array_equal(other[0]["image"], reference[0]["image"])
 
 
+def _process_rows(dataset, seed, start_step, n, process_index, process_count):
+  """Batches of this process's rows of global batches of 16: the devices' for a split in memory,
+  the host stream's for a streamed one."""
+  if dataset.in_memory(dataset.cfg.train_split):
+    placed = device_stream.DeviceSplit(dataset.split(dataset.cfg.train_split), dataset.preset,
+                                       SHARDING)
+    rows = process_shard.Shard(16, process_index, process_count)
+    return _take(placed.train_batches(seed, start_step, rows), n)
+  return _take(dataset.host_train_batches(global_batch_size=16, seed=seed, start_step=start_step,
+                                          process_index=process_index,
+                                          process_count=process_count), n)
+
+
 def test_train_process_shards_concatenate_to_global_batch(train_cfg):
-  whole = _take(jd.train_batches(train_cfg, global_batch_size=8, seed=3), 6)
-  shards = [_take(jd.train_batches(train_cfg, global_batch_size=8, seed=3, start_step=1,
-                                   process_index=p, process_count=2), 5) for p in (0, 1)]
+  dataset = jd.open(train_cfg)
+  whole = _process_rows(dataset, 3, 0, 6, 0, 1)
+  shards = [_process_rows(dataset, 3, 1, 5, p, 2) for p in (0, 1)]
   for k in range(5):
-    for key in ("image", "label", "mask"):
+    assert whole[k + 1].keys() == shards[0][k].keys()
+    for key in whole[k + 1]:
       np.testing.assert_array_equal(
           np.concatenate([shards[0][k][key], shards[1][k][key]]), whole[k + 1][key])
+
+
+def test_streamed_cifar_batches_are_augmented_on_the_devices_and_resume_exactly(uniform_folder):
+  """tf.data decodes the rows; the devices pad-crop and flip them, keyed by (seed, epoch, row):
+  batch k of a resumed run is batch k of a run from 0, bit for bit, and another seed augments
+  the very same rows differently."""
+  cfg = _streamed_folder(uniform_folder, preprocess="cifar", train_split="train[:37]")
+  dataset = jd.open(cfg)
+  assert not dataset.in_memory("train[:37]")
+  run = _take(dataset.train_batches(SHARDING, batch_size=8, seed=1), 6)
+  for k in (1, 4, 5):  # 4 straddles the epoch boundary
+    _assert_same_batches(run[k:k + 1], _take(dataset.train_batches(SHARDING, batch_size=8, seed=1,
+                                                                   start_step=k), 1))
+  rows = _take(dataset.host_train_batches(global_batch_size=8, seed=1), 6)
+  augment = lambda batch, seed: jax.tree.map(np.asarray, jax.jit(functools.partial(
+      device_stream.finish_streamed_train, preset=dataset.preset,
+      key_data=device_stream.seed_key_data(seed)), out_shardings=SHARDING)(
+          jax.device_put(batch, SHARDING)))
+  for k in (0, 4):
+    assert rows[k]["image"].dtype == np.uint8
+    _assert_same_batches([augment(rows[k], 1)], run[k:k + 1])  # these rows, augmented
+    plain = device_stream.finish_eval(rows[k], preset=dataset.preset)["image"]
+    assert not np.allclose(run[k]["image"], plain)  # ... and augmentation did something
+    other = augment(rows[k], 2)
+    np.testing.assert_array_equal(other["label"], run[k]["label"])
+    assert not np.array_equal(other["image"], run[k]["image"])
 
 
 @pytest.mark.parametrize("source", ["synthetic", "folder"])
@@ -339,9 +414,8 @@ def test_train_epochs_are_permutations(source, uniform_folder):
   if source == "synthetic":
     cfg, n = _synthetic(preprocess="none"), N
   else:
-    cfg, n = _config(source="folder", path=str(uniform_folder), cache=False, preprocess="none",
-                     shuffle_buffer=16), 60
-  batches = _take(jd.train_batches(cfg, global_batch_size=8, seed=0), -(-2 * n // 8))
+    cfg, n = _streamed_folder(uniform_folder, preprocess="none"), 60
+  batches = _train(cfg, -(-2 * n // 8))
   seen = _fingerprints(batches)
   epoch0, epoch1 = seen[:n], seen[n:2 * n]
   assert len(set(epoch0)) == len(set(epoch1)) == n  # every example once per epoch
@@ -354,17 +428,41 @@ def test_train_epochs_are_permutations(source, uniform_folder):
 
 @pytest.mark.parametrize("process_count", [1, 2])
 def test_eval_each_example_exactly_once(process_count):
+  """In memory, on the devices: each process's rows of 16-row global batches."""
   cfg = _synthetic(preprocess="none")
-  expected = sorted(img.tobytes()
-                    for img in sources.get(cfg).load("test", None, 1).images)
-  per_process = [list(jd.eval_batches(cfg, global_batch_size=8, process_index=p,
-                                      process_count=process_count))
+  dataset = jd.open(cfg)
+  expected = sorted(img.tobytes() for img in sources.get(cfg, 2).load("test", None, 1).images)
+  placed = device_stream.DeviceSplit(dataset.split("test"), dataset.preset, SHARDING)
+  per_process = [[jax.tree.map(np.asarray, batch) for batch in
+                  placed.eval_batches(process_shard.Shard(16, p, process_count))]
                  for p in range(process_count)]
-  steps = jd.num_eval_batches(cfg, global_batch_size=8)
-  assert steps == -(-N // 8)
-  assert all(len(batches) == steps for batches in per_process)  # same number of steps
+  assert all(len(batches) == -(-N // 16) for batches in per_process)  # same number of steps
   seen = [_fingerprints(batches) for batches in per_process]
   assert sorted(sum(seen, [])) == expected  # disjoint, complete, once each
+  for batches in per_process:
+    for batch in batches:
+      assert batch["image"].shape == (16 // process_count, 8, 8, 3)
+      assert (batch["label"][~batch["mask"]] == 0).all()
+      assert (batch["image"][~batch["mask"]] == 0).all()
+  whole = _eval(cfg, batch_size=16)  # what Dataset.eval_batches gives: the same batches
+  if process_count == 1:
+    _assert_same_batches(whole, per_process[0])
+
+
+@pytest.mark.parametrize("process_count", [1, 2])
+def test_streamed_eval_each_example_exactly_once(uniform_folder, process_count):
+  """Streamed, the host stream: each process's rows, padding rows zero."""
+  cfg = _streamed_folder(uniform_folder, preprocess="none", eval_split="train[:37]")
+  dataset = jd.open(cfg)
+  expected = sorted(img.tobytes() for img in
+                    sources.get(cfg, 2).load("train[:37]", True, 100).images)
+  per_process = [list(dataset.host_eval_batches(global_batch_size=8, process_index=p,
+                                                process_count=process_count))
+                 for p in range(process_count)]
+  assert all(len(batches) == -(-N // 8) for batches in per_process)  # same number of steps
+  seen = [img.tobytes() for batches in per_process for batch in batches
+          for img in batch["image"][batch["mask"]]]
+  assert sorted(seen) == expected  # disjoint, complete, once each
   for batches in per_process:
     for batch in batches:
       assert batch["image"].shape == (8 // process_count, 8, 8, 3)
@@ -376,19 +474,48 @@ def test_eval_each_example_exactly_once(process_count):
 # Errors and devices
 
 
-def test_bad_configs_raise_before_any_work():
+def test_bad_configs_raise_before_any_work(uniform_folder):
+  streamed = jd.open(_streamed_folder(uniform_folder, preprocess="none"))
   with pytest.raises(ValueError, match="multiple of process_count=3"):
-    jd.train_batches(_synthetic(), global_batch_size=8, seed=0, process_count=3,
-                     process_index=0)
+    streamed.host_train_batches(global_batch_size=8, seed=0, process_count=3, process_index=0)
   with pytest.raises(ValueError, match="multiple"):
-    jd.eval_batches(_synthetic(), global_batch_size=5, process_count=2, process_index=1)
+    streamed.host_eval_batches(global_batch_size=5, process_count=2, process_index=1)
+  with pytest.raises(ValueError, match="split 'train' is held in memory: it is batched on the "
+                                       "devices"):
+    jd.open(_synthetic()).host_train_batches(global_batch_size=8, seed=0)
+  with pytest.raises(ValueError, match="start_step=-1 must be >= 0"):
+    jd.open(_synthetic()).train_batches(SHARDING, batch_size=8, seed=0, start_step=-1)
   with pytest.raises(ValueError, match="Unknown data source 'tfrecords'.*'digits'"):
-    jd.load_info(_config(source="tfrecords"))
+    jd.open(_config(source="tfrecords"))
   with pytest.raises(ValueError, match="Unknown preprocess preset 'resnet'.*'imagenet'"):
-    jd.load_info(_synthetic(preprocess="resnet"))
+    jd.open(_synthetic(preprocess="resnet"))
   with pytest.raises(ValueError, match="data.eval_split='validation' is not a split of this "
                                        "dataset, whose splits are 'train', 'test'"):
-    jd.load_info(_synthetic(eval_split="validation"))
+    jd.open(_synthetic(eval_split="validation"))
+
+
+# ---------------------------------------------------------------------------------------------
+# One run opens its source once.
+
+
+def test_a_run_opens_its_source_and_image_folder_once(uniform_folder, tmp_path):
+  get, image_folder = sources.get, tfds.folder_dataset.ImageFolder
+  with mock.patch.object(sources, "get", wraps=get) as opened, \
+      mock.patch.object(tfds.folder_dataset, "ImageFolder", wraps=image_folder) as listed:
+    dataset = jd.open(_config(source="folder", path=str(uniform_folder), preprocess="none",
+                              eval_split="train[:25%]"))
+    _take(dataset.train_batches(SHARDING, batch_size=8, seed=0), 2)
+    list(dataset.eval_batches(SHARDING, batch_size=8))
+    dataset.describe_input()
+    assert dataset.write_arrays(str(tmp_path / "arrays.npz")) == {"train": 60, "train[:25%]": 15}
+    assert (opened.call_count, listed.call_count) == (1, 1)
+    from jresnet.training import loop  # noqa: PLC0415
+
+    config = tiny_config(**{"data.source": "folder", "data.path": str(uniform_folder),
+                            "data.eval_split": "train[:25%]", "data.cache_dir": "",
+                            "num_train_steps": 2, "eval_every_steps": 2})
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
+    assert (opened.call_count, listed.call_count) == (2, 2)
 
 
 @pytest.mark.parametrize("spec", [
@@ -423,14 +550,15 @@ def test_undecodable_images_are_named(tmp_path, cache):
   """In memory: when the split is decoded. Streamed: the stream stops at the first batch that
   holds one (nothing is skipped), and the error lists every undecodable file of the split."""
   bad = _with_bad_images(tmp_path)
-  cfg = _config(source="folder", path=str(tmp_path), preprocess="none", cache=cache)
+  cfg = _config(source="folder", path=str(tmp_path), preprocess="none", cache=cache,
+                eval_split="train")
   with pytest.raises(ValueError, match="cannot be decoded") as error:
-    _take(jd.train_batches(cfg, global_batch_size=4, seed=0), 3)
+    _train(cfg, 3)
   assert isinstance(error.value, jd.UndecodableImageError)
   assert sorted(error.value.paths) == sorted(bad)
   assert all(path in str(error.value) for path in bad)
   with pytest.raises(ValueError, match="random.jpg"):
-    list(jd.eval_batches(cfg, "train", global_batch_size=4))
+    _eval(cfg, "train")
 
 
 def test_empty_class_directory_and_a_single_class_are_refused(tmp_path):
@@ -438,10 +566,9 @@ def test_empty_class_directory_and_a_single_class_are_refused(tmp_path):
   (tmp_path / "empty_class" / "train" / "yak").mkdir()
   (tmp_path / "empty_class" / "train" / "yak" / "notes.txt").write_text("not an image")
   with pytest.raises(ValueError, match=rf"Empty class directory {tmp_path}/empty_class/train/yak"):
-    jd.load_info(_config(source="folder", path=str(tmp_path / "empty_class"),
-                         eval_split="train"))
+    jd.open(_config(source="folder", path=str(tmp_path / "empty_class"), eval_split="train"))
   one = tmp_path / "one_class" / "train" / "cat"
   one.mkdir(parents=True)
   tf.io.write_file(str(one / "0.png"), tf.io.encode_png(np.zeros((8, 8, 3), np.uint8)))
   with pytest.raises(ValueError, match=r"has 1 class \(cat\).*two or more"):
-    jd.load_info(_config(source="folder", path=str(tmp_path / "one_class"), eval_split="train"))
+    jd.open(_config(source="folder", path=str(tmp_path / "one_class"), eval_split="train"))

@@ -17,6 +17,7 @@ from PIL import Image
 from tiny_config import tiny_config
 
 import jresnet
+import train
 from configs import default
 from jresnet import data as jd
 from jresnet import export, predict
@@ -109,7 +110,7 @@ def test_bad_array_files_are_refused_naming_file_split_and_index(tmp_path, case)
   splits, message = BAD_ARRAY_FILES[case]
   path = _write_array_file(tmp_path / "arrays.npz", splits)
   with pytest.raises(jd.ArrayFileError, match=rf"^{path}(, |: ){message}") as error:
-    jd.load_info(_data_config(source="arrays", path=path))  # what train.py's plan reads first
+    jd.open(_data_config(source="arrays", path=path))  # what train.py's plan reads first
   assert "\n" not in str(error.value)
 
 
@@ -118,7 +119,7 @@ def test_good_array_files_pass_the_checks(tmp_path):
   train, test = _split(12, dtype=np.float32), _split(4, dtype=np.float32)
   train = (train[0], train[1].astype(np.int64))
   path = _write_array_file(tmp_path / "arrays.npz", {"train": train, "test": test})
-  source = sources.get(_data_config(source="arrays", path=path))
+  source = sources.get(_data_config(source="arrays", path=path), 1)
   got = source.load("train", True, 1)
   np.testing.assert_array_equal(got.images, train[0])
   assert got.labels.dtype == np.int32 and list(got.labels) == list(train[1])
@@ -157,7 +158,7 @@ def test_array_file_check_cost_on_a_cifar_sized_split():
 def good_array_file(tmp_path_factory):
   cfg = _data_config(source="synthetic", image_shape=(8, 8, 3), num_examples=24, num_classes=3)
   path = str(tmp_path_factory.mktemp("arrays") / "arrays.npz")
-  arrays.write(path, sources.get(cfg), ["train", "test"])
+  arrays.write(path, sources.get(cfg, 1), ["train", "test"])
   return open(path, "rb").read()
 
 
@@ -176,7 +177,7 @@ def test_a_damaged_array_file_is_named_and_left_as_it_is(tmp_path, good_array_fi
   path.write_bytes(damaged)
   with pytest.raises(jd.ArrayFileError, match=rf"^{path} is damaged \(.*\); it is left as it is: "
                                               r"write the file again with .*--mode=write_arrays"):
-    jd.load_info(_data_config(source="arrays", path=str(path)))
+    jd.open(_data_config(source="arrays", path=str(path)))
   assert path.read_bytes() == damaged and os.listdir(tmp_path) == ["arrays.npz"]
 
 
@@ -196,13 +197,13 @@ def test_a_damaged_decode_cache_is_moved_aside_and_rebuilt(tmp_path, caplog):
   _write_folder(tmp_path / "images", splits=(("train", 6),))
   cfg = _data_config(source="folder", path=str(tmp_path / "images"), cache=True,
                      cache_dir=str(tmp_path / "cache"))
-  expected = sources.get(cfg).load("train", True, 1)
+  expected = sources.get(cfg, 1).load("train", True, 1)
   (cache,) = (tmp_path / "cache").iterdir()
   good = cache.read_bytes()
   for damaged in (good[:len(good) // 2], good[:100]):  # twice: still one '.corrupt' copy
     cache.write_bytes(damaged)
     with caplog.at_level(logging.WARNING):
-      got = sources.get(cfg).load("train", True, 1)
+      got = sources.get(cfg, 1).load("train", True, 1)
     np.testing.assert_array_equal(got.images, expected.images)
     np.testing.assert_array_equal(got.labels, expected.labels)
     assert f"The decode cache {cache} is damaged (BadZipFile" in caplog.text
@@ -226,15 +227,15 @@ def test_write_arrays_jpeg_decodes_every_image_and_names_a_broken_one(tmp_path):
                           "data.cache_dir": ""})
   with pytest.raises(jd.ArrayFileError, match=rf"^{broken} does not decode \(OSError: image file "
                                               r"is truncated.*\): replace or remove that image"):
-    loop.write_arrays(config, str(tmp_path / "run"), "jpeg")
+    train.write_arrays(config, str(tmp_path / "run"), "jpeg")
   assert not (tmp_path / "run").exists()  # nothing written
   broken.write_bytes(_jpeg(0, shape=(8, 8)))  # decodes, but to one channel
   with pytest.raises(jd.ArrayFileError, match=rf"^{broken} is \(8, 8, 1\) but .* is \(8, 8, 3\)"):
-    loop.write_arrays(config, str(tmp_path / "run"), "jpeg")
+    train.write_arrays(config, str(tmp_path / "run"), "jpeg")
   Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(broken, format="PNG")  # named '.jpg'
   with pytest.raises(ValueError, match=rf"needs JPEG files; {broken} in split 'train' of folder "
                                        "is not one: use encoding 'raw'"):
-    loop.write_arrays(config, str(tmp_path / "run"), "jpeg")
+    train.write_arrays(config, str(tmp_path / "run"), "jpeg")
   assert not (tmp_path / "run").exists()
 
 
@@ -242,13 +243,13 @@ def test_reading_a_jpeg_array_file_names_the_file_split_and_index_of_a_broken_im
   files = [_jpeg(i) for i in range(5)]
   labels = np.arange(5, dtype=np.int32) % 2
   good = _write_array_file(tmp_path / "good.npz", {"train": (files, labels)}, 2, "jpeg")
-  got = sources.get(_data_config(source="arrays", path=good, eval_split="train"))
+  got = sources.get(_data_config(source="arrays", path=good, eval_split="train"), 1)
   assert got.load("train", True, 1).images.shape == (5, 8, 8, 3)
   files[2] = files[2][:len(files[2]) // 2]
   path = _write_array_file(tmp_path / "arrays.npz", {"train": (files, labels)}, 2, "jpeg")
   with pytest.raises(jd.ArrayFileError, match=rf"^{path}, split 'train', image 2 does not decode "
                                               r"\(OSError: .*\): write the file again with"):
-    jd.load_info(_data_config(source="arrays", path=path, eval_split="train"))
+    jd.open(_data_config(source="arrays", path=path, eval_split="train"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,6 +309,6 @@ def test_write_resized_names_an_undecodable_image(tmp_path):
                      eval_split="train")
   with pytest.raises(jd.UndecodableImageError, match=rf"1 image file\(s\) cannot be decoded: "
                                                      rf"{paths[4]}\. Remove or replace them"):
-    resized_copy.write(cfg, str(tmp_path / "copy"), max_side=4)
+    jd.open(cfg).write_resized(str(tmp_path / "copy"), 4, resized_copy.QUALITY)
   assert not (tmp_path / "copy").exists()
 

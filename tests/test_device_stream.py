@@ -16,8 +16,9 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from PIL import Image
 
+import jresnet.data as jd
 from configs import default
-from jresnet.data import arrays, device_stream, device_transforms, presets, sources
+from jresnet.data import arrays, device_stream, device_transforms, presets, process_shard, sources
 from jresnet.data.sources.base import Metadata
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,12 +44,16 @@ def _indexed_split(n, shape=(4, 4, 1)):
 
 
 def _device_split(n, preset="none", shape=(4, 4, 1)):
-  cfg = _data_config(source="synthetic", preprocess=preset, image_shape=shape)
-  return device_stream.DeviceSplit(cfg, "train", BATCH_SHARDING, loaded=_indexed_split(n, shape))
+  return device_stream.DeviceSplit(_indexed_split(n, shape), _preset(preset, shape),
+                                   BATCH_SHARDING)
+
+
+def _rows(global_batch_size):
+  return process_shard.Shard(global_batch_size, 0, 1)
 
 
 def test_every_example_once_per_epoch_and_batch_k_a_pure_function_of_the_step():
-  stream = _device_split(10).train_batches(global_batch_size=8, seed=3)
+  stream = _device_split(10).train_batches(3, 0, _rows(8))
   batches = [next(stream) for _ in range(10)]  # 80 positions = 8 epochs of 10; batches straddle
   assert all(b["label"].sharding == BATCH_SHARDING for b in batches)
   positions = np.concatenate([np.asarray(b["label"]) for b in batches])
@@ -57,18 +62,18 @@ def test_every_example_once_per_epoch_and_batch_k_a_pure_function_of_the_step():
   assert len({tuple(e) for e in epochs}) == 8  # a fresh permutation every epoch
   pixels = np.concatenate([np.asarray(b["image"])[:, 0, 0, 0] for b in batches])
   np.testing.assert_allclose(pixels * 255, positions, atol=1e-4)  # preset 'none': x / 255
-  resumed = _device_split(10).train_batches(global_batch_size=8, seed=3, start_step=7)
+  resumed = _device_split(10).train_batches(3, 7, _rows(8))
   for step in range(7, 10):  # an independent stream, started at step 7, gives the same batches
     again = next(resumed)
     for key in ("image", "label", "mask"):
       np.testing.assert_array_equal(np.asarray(again[key]), np.asarray(batches[step][key]))
-  other_seed = _device_split(10).train_batches(global_batch_size=8, seed=4)
+  other_seed = _device_split(10).train_batches(4, 0, _rows(8))
   assert not np.array_equal(np.asarray(next(other_seed)["label"]), positions[:8])
 
 
 def test_evaluation_counts_every_example_once_with_a_mask():
   split = _device_split(21)
-  out = list(split.eval_batches(global_batch_size=8))
+  out = list(split.eval_batches(_rows(8)))
   assert len(out) == 3  # ceil(21 / 8)
   masks = np.concatenate([np.asarray(b["mask"]) for b in out])
   labels = np.concatenate([np.asarray(b["label"]) for b in out])[masks]
@@ -119,25 +124,27 @@ def test_digits_augmentation_upsamples_then_translates_without_flips():
                              upsampled, atol=1e-3)
 
 
-def test_the_imagenet_preset_stays_on_the_host():
+def test_the_imagenet_preset_runs_on_the_device():
+  """A split in memory under the imagenet preset is cropped on the devices, in JAX."""
   cfg = _data_config(source="synthetic", preprocess="imagenet", image_shape=(40, 40, 3),
-                     on_device="auto")
-  opened, why = device_stream.open_device_splits(cfg, BATCH_SHARDING, ("train",))
-  assert opened is None and "'imagenet' preset runs on the host" in why
-  cfg.on_device = "True"  # as the command line sets it
-  with pytest.raises(ValueError, match="runs on the host only"):
-    device_stream.open_device_splits(cfg, BATCH_SHARDING, ("train",))
-  with pytest.raises(ValueError, match="needs parallel='jit'"):
-    device_stream.open_device_splits(_data_config(on_device="true"), None, ("train",))
+                     image_size=24, num_examples=16)
+  dataset = jd.open(cfg)
+  train = next(dataset.train_batches(BATCH_SHARDING, batch_size=8, seed=0))
+  evaluated = next(dataset.eval_batches(BATCH_SHARDING, batch_size=8))
+  assert dataset.in_memory("train") and dataset.in_memory("test")
+  assert train["image"].shape == evaluated["image"].shape == (8, 24, 24, 3)
+  images = dataset.split("test").images[:8]
+  expected = device_transforms.eval_batch(dataset.preset, jnp.asarray(images))
+  np.testing.assert_array_equal(np.asarray(evaluated["image"]), np.asarray(expected))
 
 
 def test_array_file_round_trip_raw_and_jpeg(tmp_path):
   cfg = _data_config(source="synthetic", image_shape=(8, 8, 3), num_examples=12, num_classes=3)
-  counts = arrays.write(str(tmp_path / "raw.npz"), sources.get(cfg), ["train[:9]", "test"])
+  counts = arrays.write(str(tmp_path / "raw.npz"), sources.get(cfg, 1), ["train[:9]", "test"])
   assert counts == {"train[:9]": 9, "test": 12}
-  read = sources.get(_data_config(source="arrays", path=str(tmp_path / "raw.npz")))
+  read = sources.get(_data_config(source="arrays", path=str(tmp_path / "raw.npz")), 1)
   for split in ("train[:9]", "test", "test[:25%]"):
-    expected, got = sources.get(cfg).load(split, True, 1), read.load(split, True, 1)
+    expected, got = sources.get(cfg, 1).load(split, True, 1), read.load(split, True, 1)
     np.testing.assert_array_equal(got.images, expected.images)
     np.testing.assert_array_equal(got.labels, expected.labels)
   with pytest.raises(ValueError, match=r"Unknown split 'train'.*\['train\[:9\]', 'test'\]"):
@@ -150,9 +157,9 @@ def test_array_file_round_trip_raw_and_jpeg(tmp_path):
     for i in range(3):
       Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
           root / "train" / f"class{c}" / f"{i}.jpg", quality=90)
-  folder = sources.get(_data_config(source="folder", path=str(root)))
+  folder = sources.get(_data_config(source="folder", path=str(root)), 1)
   arrays.write(str(tmp_path / "jpeg.npz"), folder, ["train"], encoding="jpeg")
-  read = sources.get(_data_config(source="arrays", path=str(tmp_path / "jpeg.npz")))
+  read = sources.get(_data_config(source="arrays", path=str(tmp_path / "jpeg.npz")), 1)
   files, labels, _ = folder.encoded("train")
   got = read.load("train", True, 1)
   np.testing.assert_array_equal(got.labels, labels)
@@ -172,7 +179,7 @@ def test_train_py_on_digits_without_tensorflow(tmp_path):
   run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                        timeout=deadline(60), env={**os.environ, "JRESNET_HUGE_PAGES": "0"})
   assert run.returncode == 0, run.stderr[-3000:]
-  assert "input: batched on the devices" in run.stdout + run.stderr
+  assert "input: train on the devices; test on the devices" in run.stdout + run.stderr
   assert "count=360" in run.stdout  # every test digit evaluated once
   assert {"metrics.jsonl", "model.msgpack", "curves.png", "config.json"} <= set(
       os.listdir(tmp_path))
@@ -187,9 +194,10 @@ def test_config_json_of_an_array_file_run_keeps_the_file():
   cfg = default.get_config()
   cfg.data.update(source="arrays", path="/runs/cifar10_arrays/arrays.npz")
   info = types.SimpleNamespace(eval_transform=None, image_shape=(32, 32, 3), preset="cifar",
-                               eval_split="test", class_names=None)
-  data = run_config.resolved(cfg, info).data
+                               eval_split="test", class_names=None, num_classes=10,
+                               split_sizes={"train": 50_000, "test": 10_000})
+  data = run_config.resolve(cfg, info).data
   assert data.path == "/runs/cifar10_arrays/arrays.npz"
   assert not {"name", "data_dir", "num_examples", "synthetic_seed"} & set(data)
   cfg.data.source = "tfds"
-  assert "path" not in run_config.resolved(cfg, info).data
+  assert "path" not in run_config.resolve(cfg, info).data

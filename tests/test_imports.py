@@ -16,13 +16,13 @@ from conftest import deadline
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # The modules that run tf.data / TFDS; everything else must not import TensorFlow.
 TENSORFLOW_MODULES = {
-    "jresnet/data/eval_stream.py", "jresnet/data/seeds.py", "jresnet/data/tf_runtime.py",
-    "jresnet/data/train_stream.py", "jresnet/data/transforms.py", "jresnet/data/undecodable.py",
+    "jresnet/data/host_stream.py", "jresnet/data/tf_runtime.py", "jresnet/data/transforms.py",
     "jresnet/data/resized_copy.py", "jresnet/data/sources/folder.py",
     "jresnet/data/sources/tfds_source.py",
 }
-ML_COLLECTIONS_MODULES = {"jresnet/training/recipe.py", "jresnet/training/loop.py",
-                          "jresnet/training/run_config.py", "train.py"}
+ML_COLLECTIONS_MODULES = {"jresnet/training/loop.py", "jresnet/training/evaluate.py",
+                          "jresnet/training/model.py", "jresnet/training/run_config.py",
+                          "train.py"}
 TENSORFLOW = ("tensorflow", "tensorflow_datasets", "clu")
 
 
@@ -47,7 +47,7 @@ def test_tensorflow_only_in_the_tf_data_modules():
   assert importers == TENSORFLOW_MODULES
 
 
-def test_ml_collections_only_in_configs_recipe_loop_and_train():
+def test_ml_collections_only_in_the_config_side_of_training_and_train():
   importers = {f for f, names in _sources().items() if "ml_collections" in names}
   assert importers == ML_COLLECTIONS_MODULES
 
@@ -103,7 +103,7 @@ def test_step_side_imports_with_only_jax_flax_optax_orbax():
 
 
 def test_the_device_input_path_imports_without_tensorflow():
-  out = _run_blocked(TENSORFLOW, "import jresnet.data.device_stream, jresnet.data.sources.arrays")
+  out = _run_blocked(TENSORFLOW, "import jresnet.data.dataset, jresnet.data.sources.arrays")
   assert out.returncode == 0, out.stderr
 
 
@@ -117,5 +117,5 @@ def test_every_config_loads_without_tensorflow():
 
 def test_the_block_catches_a_tensorflow_import():
   """The control: under the same block, a module that does import TensorFlow fails."""
-  out = _run_blocked(TENSORFLOW, "import jresnet.data.train_stream")
+  out = _run_blocked(TENSORFLOW, "import jresnet.data.host_stream")
   assert out.returncode != 0 and "import of tensorflow halted" in out.stderr

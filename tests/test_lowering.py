@@ -16,7 +16,8 @@ from jax.sharding import PartitionSpec as P
 from tiny_config import tiny_config
 
 import jresnet
-from jresnet.training import recipe
+from jresnet.data import DatasetInfo
+from jresnet.training import loop
 from jresnet.training.state import create_train_state
 
 PLATFORMS = ("cuda", "tpu")
@@ -25,15 +26,16 @@ BATCH = 16
 
 @pytest.fixture(scope="module")
 def resnet50_runner():
-  r = recipe.build(tiny_config(), 1000, (224, 224, 3), 1000,
-                   model=jresnet.ResNet50(dtype=jnp.bfloat16))
-  runner = r.runner
-  state = jax.eval_shape(lambda: create_train_state(r.model, r.tx, (224, 224, 3), 0, False))
+  _, runner = loop.build(tiny_config(), DatasetInfo(1000, (224, 224, 3), {"train": 1000}, None),
+                         model=jresnet.ResNet50(dtype=jnp.bfloat16))
+  state = jax.eval_shape(lambda: create_train_state(runner.model, runner.step_config.tx,
+                                                    (224, 224, 3), 0, False))
   state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype,
                                                       sharding=runner.replicated), state)
-  batch = {"image": jax.ShapeDtypeStruct((BATCH, 224, 224, 3), jnp.float32, sharding=runner.data),
-           "label": jax.ShapeDtypeStruct((BATCH,), jnp.int32, sharding=runner.data),
-           "mask": jax.ShapeDtypeStruct((BATCH,), jnp.bool_, sharding=runner.data)}
+  rows = runner.batch_sharding
+  batch = {"image": jax.ShapeDtypeStruct((BATCH, 224, 224, 3), jnp.float32, sharding=rows),
+           "label": jax.ShapeDtypeStruct((BATCH,), jnp.int32, sharding=rows),
+           "mask": jax.ShapeDtypeStruct((BATCH,), jnp.bool_, sharding=rows)}
   return runner, state, batch
 
 

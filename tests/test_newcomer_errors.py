@@ -19,7 +19,8 @@ from flax import traverse_util
 from tiny_config import tiny_config
 
 from jresnet.models import ResNet
-from jresnet.training import recipe, records, step
+from jresnet.training import records, run_config, step
+from jresnet.training.model import describe_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "tests", "tiny_config.py")
@@ -112,8 +113,8 @@ def test_print_config_prints_every_key_with_unset_paths_as_none():
 
 
 def test_precision_takes_the_short_names():
-  assert recipe.resolve_precision("bf16") == "bfloat16"
-  assert recipe.resolve_precision("fp32") == "float32"
+  assert run_config.resolve_precision("bf16") == "bfloat16"
+  assert run_config.resolve_precision("fp32") == "float32"
 
 
 # --- records of a finished run --------------------------------------------------------------
@@ -205,10 +206,10 @@ def test_the_curves_draw_the_whole_learning_rate_schedule(tmp_path, monkeypatch)
 
 
 def test_the_model_line_says_what_a_cifar_depth_builds():
-  line = recipe.describe_model(ResNet(depth=50, family="cifar", num_classes=10))
+  line = describe_model(ResNet(depth=50, family="cifar", num_classes=10))
   assert line == ("model: depth 50, family cifar: the CIFAR ResNet of depth 6n+2 (n=8), basic "
                   "blocks, stages (8, 8, 8), widths (16, 32, 64), stem cifar, 10 classes (not the "
                   "ImageNet ResNet-50: --config.model.family=imagenet builds that)")
-  assert recipe.describe_model(ResNet(depth=50, num_classes=10)) == (
+  assert describe_model(ResNet(depth=50, num_classes=10)) == (
       "model: depth 50, family imagenet: bottleneck blocks, stages (3, 4, 6, 3), widths (64, 128, "
       "256, 512), stem imagenet, 10 classes")

@@ -12,12 +12,13 @@ import jax
 import numpy as np
 import pytest
 from flax import serialization
-from tiny_config import tiny_config
+from tiny_config import build, initial_state, tiny_config
 
 import jresnet
 from jresnet import export, predict, weights
 from jresnet.training import checkpoint as checkpoint_lib
-from jresnet.training import loop, pretrained
+from jresnet.training import evaluate, loop, pretrained
+from jresnet.training.model import model_meta
 from jresnet.training.state import TrainState
 from jresnet.weights import registry
 
@@ -65,17 +66,18 @@ def test_readers_leave_a_save_in_progress_alone_and_read_the_newest_complete_ste
   os.remove(in_progress / "state" / "manifest.ocdbt")  # half written
   before = _files(workdir)
 
-  assert loop.evaluate_checkpoint(tiny_config(), str(workdir))["checkpoint"] == "6"
+  assert evaluate.evaluate_checkpoint(tiny_config(), str(workdir))["checkpoint"] == "6"
   assert before <= _files(workdir)  # the save in progress is still there
   assert f"evaluating checkpoint 6 of {workdir / 'checkpoints'}" in capsys.readouterr().out
-  p = loop.plan(tiny_config())
-  pretrained.initialise_from(str(workdir), p.model, p.create_state(), p.tx)
+  _, runner, _ = build(tiny_config())
+  pretrained.initialise_from(str(workdir), runner.model, initial_state(tiny_config()),
+                             runner.step_config.tx)
   assert before <= _files(workdir)
   reader = checkpoint_lib.Checkpoints(str(workdir / "checkpoints"), read_only=True)
   assert reader.all_steps() == [3, 6]
   reader.saved_state(6)
   with pytest.raises(PermissionError, match="read-only"):
-    reader.save(p.create_state(), {"model": loop.model_meta(p.model)})
+    reader.save(initial_state(tiny_config()), {"model": model_meta(runner.model)})
   reader.close()
   assert _files(workdir) == before | {str(workdir / "eval_test_6.json")}  # eval mode's result
 
@@ -125,12 +127,13 @@ def test_init_from_refuses_a_checkpoint_that_differs_from_its_digests_naming_its
   kernel = "params/layer2/block0/conv2/kernel"
   meta["digests"][kernel] = hashlib.sha256(b"other bytes").hexdigest()
   meta_file.write_text(json.dumps(meta))
-  p = loop.plan(tiny_config())
+  _, runner, _ = build(tiny_config())
   with pytest.raises(checkpoint_lib.CorruptCheckpointError,
                      match=rf"^init_from: checkpoint {workdir}/checkpoints/6 does not read back: "
                            rf"ValueError: 1 array\(s\) differ from their sha256 at saving "
                            rf"\({kernel}\)\. Resume that run once"):
-    pretrained.initialise_from(str(workdir), p.model, p.create_state(), p.tx)
+    pretrained.initialise_from(str(workdir), runner.model, initial_state(tiny_config()),
+                               runner.step_config.tx)
   assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]  # a reader moves nothing
   assert not (workdir / "checkpoints.corrupt").exists()
 
@@ -215,7 +218,7 @@ def test_garbled_metadata_of_the_final_checkpoint_is_named_and_the_run_resumes_b
   (workdir / "checkpoints" / "6" / "meta" / "metadata").write_bytes(b'{"model": {"dep')
   named = f"checkpoint {workdir}/checkpoints/6 does not read back: JSONDecodeError"
 
-  assert loop.evaluate_checkpoint(tiny_config(), str(workdir))["checkpoint"] == "3"
+  assert evaluate.evaluate_checkpoint(tiny_config(), str(workdir))["checkpoint"] == "3"
   assert any(named in r.getMessage() and "left in place" in r.getMessage()
              for r in caplog.records)
   assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]

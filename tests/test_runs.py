@@ -13,11 +13,11 @@ import time
 import numpy as np
 import pytest
 from conftest import deadline
-from tiny_config import tiny_config
+from tiny_config import build, tiny_config
 
 from jresnet import data
 from jresnet.training import checkpoint as checkpoint_lib
-from jresnet.training import loop, run_config
+from jresnet.training import evaluate, loop, run_config
 from jresnet.training.records import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,7 +76,7 @@ def test_each_event_is_one_line_and_config_json_is_what_the_run_used(tmp_path, c
   with pytest.raises(checkpoint_lib.CheckpointMismatchError,
                      match=r"trained with --config\.model\.stage_sizes=\[1, 1\] \(this command: "
                            r"\(1, 2\)\): drop or change") as error:
-    loop.evaluate_checkpoint(overridden, workdir)
+    evaluate.evaluate_checkpoint(overridden, workdir)
   assert "fresh --workdir" not in str(error.value)
 
 
@@ -99,13 +99,13 @@ def test_a_missing_eval_split_is_named_with_the_flag_in_seconds(tmp_path):
   start = time.time()
   with pytest.raises(ValueError, match=r"data.eval_split='test' is not a split of this dataset, "
                                        r"whose splits are .*'holdout'.*--config.data.eval_split="):
-    data.load_info(config.data)
+    data.open(config.data)
   assert time.time() - start < 10
 
 
 def test_unknown_tfds_name_fails_in_one_short_message(tmp_path):
   with pytest.raises(ValueError) as error:
-    loop.plan(tiny_config(**{"data.source": "tfds", "data.name": "eco_missing",
+    build(tiny_config(**{"data.source": "tfds", "data.name": "eco_missing",
                              "data.data_dir": str(tmp_path)}))
   message = str(error.value)
   assert "'eco_missing' is not a TFDS dataset" in message and len(message.splitlines()) == 1
@@ -126,7 +126,7 @@ def test_a_tfds_dataset_built_elsewhere_needs_no_builder_code(mock_metadata, tmp
       json.dump({**info, "name": "my_images"}, open(path, "w"))
   config = tiny_config(**{"data.source": "tfds", "data.name": "my_images",
                           "data.data_dir": data_dir, "data.preprocess": "auto"})
-  info = data.load_info(config.data)
+  info = data.open(config.data).info
   assert info.num_classes == 10 and info.split_sizes == {"train": 24, "test": 24}
 
 

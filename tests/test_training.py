@@ -1,7 +1,6 @@
 """The training system end to end: train.py's loop on mock TFDS and synthetic data, exact resume
 after SIGTERM and SIGKILL, jit/pmap/1-device agreement, NaN handling, and early errors."""
 
-import functools
 import json
 import os
 import signal
@@ -14,13 +13,13 @@ import jax
 import numpy as np
 import pytest
 from conftest import MOCK_N, deadline
-from tiny_config import tiny_config
+from tiny_config import build, initial_state, tiny_config
 
 import jresnet
-from jresnet.data import DatasetNotFoundError, normalize_batch
+from jresnet.data import DatasetInfo, DatasetNotFoundError
 from jresnet.training import checkpoint as checkpoint_lib
-from jresnet.training import loop, optim, parallel, recipe
-from jresnet.training import step as step_lib
+from jresnet.training import evaluate, loop, optim
+from jresnet.training.model import model_meta
 from jresnet.training.records import read_metrics
 from jresnet.training.state import TrainState
 
@@ -33,19 +32,18 @@ def _train_losses(workdir):
 
 
 def _final_state(workdir, config):
-  p = loop.plan(config)
-  target = p.runner.get_state(p.create_state())
+  _, runner, _ = build(config)
   ckpts = checkpoint_lib.Checkpoints(os.path.join(workdir, "checkpoints"), async_save=False)
   step = ckpts.latest_step()
-  return step, ckpts.restore(step, target, {"model": loop.model_meta(p.model)})
+  return step, ckpts.restore(step, initial_state(config), {"model": model_meta(runner.model)})
 
 
-@pytest.mark.parametrize("on_device", ["False", "True"])
-def test_end_to_end_on_mock_cifar10(mock_tfds, tmp_path, on_device):
-  """Both input paths: tf.data on the host, and the split batched on the devices."""
+@pytest.mark.parametrize("cache", [False, True])
+def test_end_to_end_on_mock_cifar10(mock_tfds, tmp_path, cache):
+  """Both input paths: streamed by tf.data and augmented on the devices, and held on them."""
   config = tiny_config(**{"data.source": "tfds", "data.name": "cifar10",
                           "data.data_dir": mock_tfds, "data.preprocess": "auto",
-                          "data.on_device": on_device,
+                          "data.cache": cache,
                           "batch_size": 8, "num_train_steps": 4, "eval_every_steps": 2,
                           "eval_batch_size": 16})
   metrics = loop.train_and_evaluate(config, str(tmp_path))
@@ -61,7 +59,7 @@ def test_end_to_end_on_mock_cifar10(mock_tfds, tmp_path, on_device):
   resolved = json.load(open(tmp_path / "config.json"))
   assert resolved["precision"] == "float32" and resolved["num_classes"] == 10
 
-  evaluated = loop.evaluate_checkpoint(config, str(tmp_path))  # --mode=eval: the same numbers
+  evaluated = evaluate.evaluate_checkpoint(config, str(tmp_path))  # --mode=eval: the same numbers
   assert evaluated["checkpoint"] == "4"
   assert evaluated["accuracy"] == metrics["accuracy"] and evaluated["loss"] == metrics["loss"]
 
@@ -70,7 +68,7 @@ def test_end_to_end_on_mock_cifar10(mock_tfds, tmp_path, on_device):
   model, variables = jresnet.export.load(exported)
   assert model.num_classes == 10 and set(variables) == {"params", "batch_stats"}
   config.eval_checkpoint = exported
-  from_export = loop.evaluate_checkpoint(config, str(tmp_path / "elsewhere"))
+  from_export = evaluate.evaluate_checkpoint(config, str(tmp_path / "elsewhere"))
   assert from_export["accuracy"] == metrics["accuracy"]
   np.testing.assert_allclose(from_export["loss"], metrics["loss"], rtol=1e-6)
 
@@ -149,45 +147,16 @@ def test_jit_pmap_and_single_device_steps_agree():
   losses = {}
   for name, kind, devices in [("jit8", "jit", None), ("pmap8", "pmap", None),
                               ("jit1", "jit", jax.devices()[:1])]:
-    r = recipe.build(tiny_config(parallel=kind, num_train_steps=5), 10, (8, 8, 3), 64,
-                     devices=devices)
-    state, out = r.create_state(), []
-    for batch in r.runner.feed(iter(batches), 2):
-      state, metrics = r.runner.train_step(state, batch)
-      out.append(float(r.runner.to_host(metrics)["loss"]))
+    config, runner = loop.build(tiny_config(parallel=kind, num_train_steps=5),
+                                DatasetInfo(10, (8, 8, 3), {"train": 64}, None), devices=devices)
+    state, out = runner.init_state((8, 8, 3), config.seed), []
+    for batch in batches:
+      state, metrics = runner.train_step(state, jax.device_put(batch, runner.batch_sharding))
+      out.append(float(runner.to_host(metrics)["loss"]))
     losses[name] = np.array(out)
   assert losses["jit8"][0] > 1.0
   np.testing.assert_allclose(losses["pmap8"], losses["jit8"], rtol=1e-5)
   np.testing.assert_allclose(losses["jit1"], losses["jit8"], rtol=1e-5)
-
-
-def test_feed_places_each_process_rows_as_the_runner_expects():
-  """jit: one global array split along 'data'; pmap: one slice per local device."""
-  cfg = step_lib.StepConfig(model=jresnet.ResNet(stage_sizes=(1,), widths=(8,), num_classes=10,
-                                                 family="cifar"),
-                            tx=None, schedule=None, num_classes=10)
-  rng = np.random.default_rng(0)
-  host = [{"image": rng.standard_normal((16, 2, 2, 3), dtype=np.float32),
-           "label": rng.integers(0, 10, 16).astype(np.int32)} for _ in range(3)]
-  jit, pmap = parallel.JitMesh(cfg), parallel.Pmap(cfg)
-  for h, d in zip(host, jit.feed(iter(host), 2), strict=True):
-    for key in h:
-      assert d[key].sharding == jit.data and d[key].shape == h[key].shape
-      np.testing.assert_array_equal(np.asarray(d[key]), h[key])
-  for h, d in zip(host, pmap.feed(iter(host), 2), strict=True):
-    assert d["image"].shape == (8, 2, 2, 2, 3)
-    np.testing.assert_array_equal(np.asarray(d["label"]).reshape(-1), h["label"])
-
-  # The host stream's uint8 images, normalised on the devices by either runner.
-  pixels = [{**h, "image": rng.integers(0, 256, (16, 2, 2, 3)).astype(np.uint8)} for h in host]
-  mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
-  normalize = functools.partial(normalize_batch, mean=mean, std=std)
-  for runner in (jit, pmap):
-    for h, d in zip(pixels, runner.feed(iter(pixels), 2, on_device=normalize), strict=True):
-      expected = (h["image"] / 255 - np.array(mean)) / np.array(std)
-      np.testing.assert_allclose(np.asarray(d["image"]).reshape(expected.shape), expected,
-                                 rtol=1e-5, atol=1e-5)
-      assert d["image"].dtype == np.float32
 
 
 def test_non_finite_update_stops_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -223,7 +192,7 @@ def test_resuming_a_non_finite_checkpoint_stops_naming_it(tmp_path, monkeypatch)
     unchecked.setattr(checkpoint_lib, "non_finite", lambda arrays: [], raising=False)
     ckpts = checkpoint_lib.Checkpoints(str(tmp_path / "diverged" / "checkpoints"),
                                        async_save=False)
-    ckpts.save(diverged, {"model": loop.model_meta(loop.plan(good).model)})
+    ckpts.save(diverged, {"model": model_meta(build(good)[1].model)})
     ckpts.close()
   with pytest.raises(FloatingPointError, match=r"checkpoints/2 holds non-finite values "
                      r"\(opt_state.*lower the learning rate"):
@@ -288,7 +257,7 @@ def test_unknown_config_key_is_rejected(tmp_path):
 def test_bad_input_fails_fast(overrides, error, message):
   start = time.time()
   with pytest.raises(error, match=message):
-    loop.plan(tiny_config(**overrides))
+    build(tiny_config(**overrides))
   assert time.time() - start < 10
 
 
@@ -311,7 +280,7 @@ def test_init_from_a_run_and_from_a_torchvision_state_dict(tmp_path):
 
   five_classes = {"data.num_classes": 5, "num_train_steps": 1, "optimizer.learning_rate": 0.0,
                   "optimizer.weight_decay": 0.0}
-  model = loop.plan(tiny_config(**five_classes)).model
+  model = build(tiny_config(**five_classes))[1].model
   pth = tmp_path / "weights.pth"
   ten_class_model = model.clone(num_classes=10)
   torch.save(interop.to_torch({"params": trained.params, "batch_stats": trained.batch_stats},
@@ -335,8 +304,7 @@ def test_frozen_batchnorm_and_frozen_stages_stay_bitwise_unchanged(tmp_path):
                        **{"model.frozen_bn": True})
   loop.train_and_evaluate(config, str(tmp_path))
   _, trained = _final_state(tmp_path, config)
-  p = loop.plan(config)
-  initial = p.create_state()
+  initial = initial_state(config)
   jax.tree.map(np.testing.assert_array_equal, trained.batch_stats, initial.batch_stats)
   for frozen in ("stem", "layer1"):
     jax.tree.map(np.testing.assert_array_equal, trained.params[frozen], initial.params[frozen])
@@ -349,14 +317,14 @@ def test_frozen_batchnorm_and_frozen_stages_stay_bitwise_unchanged(tmp_path):
 def test_ema_weights_are_tracked_and_used_for_evaluation(tmp_path):
   config = tiny_config(num_train_steps=3, ema_decay=0.5, eval_every_steps=3)
   metrics = loop.train_and_evaluate(config, str(tmp_path))
-  p = loop.plan(config)
-  target = p.runner.get_state(p.create_state())
+  _, runner, _ = build(config)
+  target = initial_state(config)
   ckpts = checkpoint_lib.Checkpoints(os.path.join(tmp_path, "checkpoints"), async_save=False)
-  state = ckpts.restore(3, target, {"model": loop.model_meta(p.model)})
+  state = ckpts.restore(3, target, {"model": model_meta(runner.model)})
   ema, params = state.ema_params["fc"]["kernel"], state.params["fc"]["kernel"]
   assert np.abs(ema - params).max() > 0  # an average of the trajectory, not the last point
   config.eval_checkpoint = str(tmp_path / loop.EXPORT_FILE)
-  assert loop.evaluate_checkpoint(config, str(tmp_path))["loss"] == pytest.approx(
+  assert evaluate.evaluate_checkpoint(config, str(tmp_path))["loss"] == pytest.approx(
       metrics["loss"], rel=1e-6)  # the export and the final evaluation both use the EMA
 
 
@@ -411,7 +379,7 @@ def test_finetune_config_runs_on_an_image_folder_from_converted_weights(tmp_path
     jax.tree.map(np.testing.assert_array_equal, tuned.params[stage], published["params"][stage])
     jax.tree.map(np.testing.assert_array_equal, tuned.batch_stats[stage],
                  published["batch_stats"][stage])
-  fresh = loop.plan(config).create_state()
+  fresh = initial_state(config)
   head, fresh_head = tuned.params["fc"]["kernel"], fresh.params["fc"]["kernel"]
   assert np.any(np.asarray(head) != np.asarray(fresh_head))  # the new head trained
 
@@ -529,7 +497,7 @@ def test_the_kept_best_checkpoint_is_the_best_evaluated_one(tmp_path):
   """Evaluations at steps 2, 4, 6 and checkpoints every 3 steps, the last one kept: the best
   evaluation (not the last here) is still among the checkpoints, and --mode=eval finds it."""
   config = tiny_config(num_train_steps=6, eval_every_steps=2, checkpoint_every_steps=3,
-                       keep_checkpoints=1, **{"data.on_device": "false"})  # (the host's batches)
+                       keep_checkpoints=1, seed=4)
   loop.train_and_evaluate(config, str(tmp_path))
   evals = [(r["accuracy"], r["step"]) for r in read_metrics(tmp_path / "metrics.jsonl")
            if r["split"] == "eval"]
@@ -539,7 +507,7 @@ def test_the_kept_best_checkpoint_is_the_best_evaluated_one(tmp_path):
   assert ckpts.best_step() == best_step
   ckpts.close()
   config.eval_checkpoint = "best"
-  assert loop.evaluate_checkpoint(config, str(tmp_path))["accuracy"] == best_accuracy
+  assert evaluate.evaluate_checkpoint(config, str(tmp_path))["accuracy"] == best_accuracy
 
 
 def test_eval_of_best_without_evaluated_checkpoints_says_so(tmp_path):
@@ -547,9 +515,9 @@ def test_eval_of_best_without_evaluated_checkpoints_says_so(tmp_path):
   loop.train_and_evaluate(config, str(tmp_path / "run"))  # checkpoint 1, never evaluated
   with pytest.raises(FileNotFoundError, match=r"no evaluated checkpoint .* steps 1\).*"
                                               r"eval_checkpoint=latest"):
-    loop.evaluate_checkpoint(config, str(tmp_path / "run"))
+    evaluate.evaluate_checkpoint(config, str(tmp_path / "run"))
   with pytest.raises(FileNotFoundError, match=r"no checkpoints in .*empty"):
-    loop.evaluate_checkpoint(config, str(tmp_path / "empty"))
+    evaluate.evaluate_checkpoint(config, str(tmp_path / "empty"))
   assert not (tmp_path / "empty" / "checkpoints").exists()
 
 

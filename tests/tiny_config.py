@@ -5,7 +5,8 @@ command line.
 """
 
 from configs import default
-from jresnet.training import run_config
+from jresnet import data
+from jresnet.training import loop, run_config
 
 
 def tiny_config(**overrides):
@@ -28,6 +29,19 @@ def tiny_config(**overrides):
   for field, value in overrides.items():
     run_config.set_field(c, field, value)
   return c
+
+
+def build(config):
+  """`config` resolved, its runner and its dataset's info, as train_and_evaluate builds them."""
+  info = data.open(config.data).info
+  resolved, runner = loop.build(config, info)
+  return resolved, runner, info
+
+
+def initial_state(config):
+  """The initial train state of a run of `config`, one copy (as a checkpoint holds it)."""
+  resolved, runner, info = build(config)
+  return runner.get_state(runner.init_state(info.image_shape, resolved.seed))
 
 
 def get_config():

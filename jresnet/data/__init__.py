@@ -1,27 +1,24 @@
-"""Input pipelines of jresnet: TFDS datasets, image folders, scikit-learn digits, synthetic data.
+"""Input pipelines of jresnet: TFDS datasets, image folders, array files, scikit-learn digits and
+synthetic data, batched onto the devices ready for the model.
 
-    info = load_info(config.data)
-    train = train_batches(config.data, global_batch_size=B, seed=s, start_step=step)
-    batch = normalize_batch(jax.device_put(next(train)), info.mean, info.std)  # the model's input
+    dataset = data.open(config.data)   # built once per run; a missing dataset fails here
+    dataset.info                       # classes, image shape, split sizes, the preset
+    batches = dataset.train_batches(sharding, batch_size=B, seed=s, start_step=k)
 
-The host streams yield uint8 images, the preset's pixels before its normalisation, which runs on
-the devices (`normalize_batch`, jitted: the host does no float work per pixel and sends a
-quarter of the bytes).
+Splits held in memory are batched and augmented on the devices in JAX; streamed splits are
+decoded by tf.data on the host (dataset.py says which, and why).
 
-Multi-host: every process calls the same functions; process p of P gets rows [p*b, (p+1)*b),
-b = B // P, of every global batch (train and eval), so the shards are disjoint and together are
-the single-process batch; the training side's runner assembles them into global arrays. Eval
-batches are padded (mask False) so every process runs the same number of steps.
+Multi-host: every process calls the same functions; a batch is the global batch, each process
+computing or sending its own rows [p*b, (p+1)*b), b = B // P, so the shards are disjoint and
+together are the single-process batch. Eval batches are padded (mask False) so every process runs
+the same number of steps.
 
-In-memory splits can instead go to the accelerators once and be batched and augmented there
-(`open_device_splits`, config.data.on_device): no per-example work on the host, no TensorFlow.
-
-TensorFlow runs here as a guest: its threads are bounded (config.data.threads) and GPUs hidden.
-It is imported when a pipeline is first used, not by `import jresnet.data`. This package knows no
-model; nothing else in jresnet imports it.
+TensorFlow runs here as a guest, imported only by the modules that run tf.data, when a source or a
+split needs it: `import jresnet.data` does not load it. Its threads are bounded
+(config.data.threads) and its GPUs hidden. This package knows no model; nothing else in jresnet
+imports it.
 """
 
-import importlib
 import os
 
 # Before any module here imports TensorFlow: without these it prints C++ info lines and a
@@ -29,20 +26,13 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-_EXPORTS = {
-    "DatasetInfo": "info", "load_info": "info",
-    "ArrayFileError": "errors", "DatasetNotFoundError": "errors", "UndecodableImageError": "errors",
-    "check_split": "eval_stream", "eval_batches": "eval_stream", "num_eval_batches": "eval_stream",
-    "train_batches": "train_stream",
-    "DeviceSplit": "device_stream", "open_device_splits": "device_stream",
-    "decoded_split": "sources",
-    "normalize_batch": "device_transforms",
-}
+from jresnet.data.dataset import Dataset, open  # noqa: A004, E402
+from jresnet.data.errors import (  # noqa: E402
+  ArrayFileError,
+  DatasetNotFoundError,
+  UndecodableImageError,
+)
+from jresnet.data.info import DatasetInfo  # noqa: E402
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-  if name not in _EXPORTS:
-    raise AttributeError(f"module 'jresnet.data' has no attribute {name!r}")
-  return getattr(importlib.import_module(f"jresnet.data.{_EXPORTS[name]}"), name)
+__all__ = ["ArrayFileError", "Dataset", "DatasetInfo", "DatasetNotFoundError",
+           "UndecodableImageError", "open"]

@@ -1,4 +1,8 @@
-"""What the model and the training loop need to know of a dataset, without reading it."""
+"""What the model and the training loop need to know of a dataset, without reading it.
+
+The training side takes a DatasetInfo whatever made it: `data.open` from a real dataset,
+benchmarks and tests from a shape alone.
+"""
 
 import dataclasses
 
@@ -60,12 +64,9 @@ def eval_transform(preset: presets.Preset) -> dict:
           "mean": list(preset.mean), "std": list(preset.std)}
 
 
-def load_info(cfg) -> DatasetInfo:
-  """Metadata of the configured dataset, in seconds; raises DatasetNotFoundError (with advice)
-  if the data is not on this machine, ValueError for an unknown source, preset or split, or a
-  single class."""
-  source = sources.get(cfg)
-  preset = presets.resolve(cfg, source.metadata)
+def describe(cfg, source: sources.Source, preset: presets.Preset) -> DatasetInfo:
+  """What config.data's `source` under `preset` gives, without reading the data; ValueError for
+  a split the source does not have, or a single class."""
   train_split, train_size, _ = _sized("train_split", cfg.train_split, source)
   eval_split, eval_size, note = _sized("eval_split", cfg.eval_split, source, DEFAULT_EVAL_SPLIT)
   sizes = {train_split: train_size, eval_split: eval_size}

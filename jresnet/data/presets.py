@@ -25,6 +25,7 @@ MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 DIGITS_MEAN, DIGITS_STD = (0.3053,), (0.3759,)  # of scikit-learn's digits, pixels 0..16 -> [0, 1]
 
 CENTER_CROP_FRACTION = 0.875  # imagenet eval: shorter side to size / 0.875, central size crop
+INCEPTION_AREA, INCEPTION_ASPECT = (0.08, 1.0), (3 / 4, 4 / 3)  # imagenet train: the box's ranges
 
 _CIFAR_LIKE = {"cifar10", "cifar100", "cifar10_1", "cifar10_corrupted", "svhn_cropped", "cinic10"}
 _MNIST_LIKE = {"mnist", "fashion_mnist", "emnist", "kmnist", "mnist_corrupted"}

@@ -26,9 +26,8 @@ import shutil
 
 import tensorflow as tf
 
-from jresnet.data import sources, tf_runtime, undecodable
+from jresnet.data import host_stream, tf_runtime
 from jresnet.data.sources import folder as folder_source
-from jresnet.data.sources import tfds_source
 
 QUALITY = 90  # FFCV's for its ImageNet copies; against 95 in BENCHMARKS.md
 _PATH_UNSAFE = re.compile(r"[^\w.-]")  # in a class name, e.g. sun397's '/a/abbey'
@@ -47,8 +46,10 @@ def cap_shorter_side(image: tf.Tensor, max_side: int) -> tf.Tensor:
   return tf.cond(scale < 1, shrink, lambda: image)
 
 
-def write(cfg, out_dir: str, max_side: int, quality: int = QUALITY) -> dict[str, int]:
-  """Copies every split of the source `cfg` (config.data) to `out_dir`; returns the images
+def write(source, threads: int, out_dir: str, max_side: int,
+          quality: int = QUALITY) -> dict[str, int]:
+  """Copies every split of `source` (a jresnet.data source) to `out_dir`, with tf.data's
+  `threads`; returns the images
   written per split. Fails before writing if `out_dir` exists; writes into `<out_dir>.partial`
   and renames it when complete, so an interrupted copy never looks like a finished one. An image
   that does not decode stops the copy with UndecodableImageError, which lists the split's
@@ -60,16 +61,11 @@ def write(cfg, out_dir: str, max_side: int, quality: int = QUALITY) -> dict[str,
   if os.path.exists(out_dir):
     raise FileExistsError(f"{out_dir!r} exists: write the copy to a new directory (or delete "
                           "that one).")
-  threads = tf_runtime.configure(cfg.threads)
-  source = sources.get(cfg)
-  if not isinstance(source, folder_source.FolderSource | tfds_source.TfdsSource):
-    raise ValueError(f"source={cfg.source!r} holds its images as arrays, not as image files: "
-                     "a resized copy is made of an image folder or a TFDS dataset.")
   partial = f"{out_dir}.partial"
   shutil.rmtree(partial, ignore_errors=True)  # what an interrupted copy left
   counts = {}
   for split in source.split_names():
-    examples = _examples(source, cfg, split, partial)
+    examples = _examples(source, split, partial)
     if examples is None:
       print(f"split {split!r} skipped: it has no labelled examples")
       continue
@@ -83,7 +79,7 @@ def write(cfg, out_dir: str, max_side: int, quality: int = QUALITY) -> dict[str,
       return destination
 
     ds = ds.map(copy, num_parallel_calls=tf.data.AUTOTUNE)
-    written = undecodable.naming_undecodable(ds.with_options(tf_runtime.options(threads)), records)
+    written = host_stream.naming_undecodable(ds.with_options(tf_runtime.options(threads)), records)
     counts[split] = sum(1 for _ in written)
     for d in directories:  # a class without images in this split: no empty class directory
       if not os.listdir(d):
@@ -92,14 +88,14 @@ def write(cfg, out_dir: str, max_side: int, quality: int = QUALITY) -> dict[str,
   return counts
 
 
-def _examples(source, cfg, split: str, out_dir: str):
+def _examples(source, split: str, out_dir: str):
   """(the decoder, a dataset of (encoded image, destination file), the destinations'
   directories, the split as a RecordSplit, which can name its undecodable files), or None for a
   split without labelled examples (label -1, as imagenet2012's test split). A TFDS split is read
   once: the pipeline names each destination by its label."""
   if isinstance(source, folder_source.FolderSource):
     files = source.files(split)
-    root = os.path.abspath(os.path.expanduser(cfg.path))
+    root = source.root
     destinations = [os.path.join(out_dir, os.path.splitext(os.path.relpath(f, root))[0] + ".jpg")
                     for f in files]
     if len(set(destinations)) < len(destinations):

@@ -7,15 +7,15 @@ starts, so the first call wins; later calls with other values only bound tf.data
 
 import tensorflow as tf
 
-from jresnet.data import host_threads
+# What TensorFlow raises for image bytes that do not decode (unknown format, truncated data).
+DECODE_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.DataLossError)
 
 _configured = False
 
 
-def configure(threads: int | None) -> int:
-  """Hides GPUs from TensorFlow and bounds its thread pools; returns the thread count to use."""
+def configure(threads: int) -> None:
+  """Hides GPUs from TensorFlow and bounds its thread pools to `threads`."""
   global _configured
-  threads = threads or host_threads.default(accelerator=False)
   if not _configured:
     _configured = True
     # RuntimeError: TensorFlow's runtime was started by someone else; its settings stay.
@@ -28,7 +28,6 @@ def configure(threads: int | None) -> int:
       tf.config.threading.set_inter_op_parallelism_threads(threads)
     except RuntimeError:
       pass
-  return threads
 
 
 def options(threads: int) -> tf.data.Options:

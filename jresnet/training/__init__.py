@@ -1,4 +1,6 @@
-"""The training side: optimisers, state, steps, parallelism, checkpoints, records, the loop.
+"""The training side: the driver (`loop`), eval mode, steps, optimisers, state, parallelism,
+checkpoints, records.
 
-Imports the models; the input pipeline (`jresnet.data`, TensorFlow) only when data is read.
+Above the models and `jresnet.data`; TensorFlow loads only where a TensorFlow source is read or a
+split is streamed.
 """

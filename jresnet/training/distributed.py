@@ -8,15 +8,18 @@ A single process needs nothing.
 
 A job is one unit: when a process is lost, the others stop (`exits_when_a_process_is_lost`) and the
 whole job is restarted, every process, never one alone (a restarted process is a stranger to the
-survivors' coordination service).
+survivors' coordination service). A preempted job stops together: SIGTERM is noted (`listen`,
+`sigterm_noted`) and the step at which every process stops is agreed (`AgreedStop`).
 """
 
 import collections
+import contextlib
 import functools
 import hashlib
 import json
 import os
 import pathlib
+import signal
 import sys
 import threading
 
@@ -165,6 +168,36 @@ def exits_when_a_process_is_lost(function):
       raise
 
   return wrapper
+
+
+_sigterm = threading.Event()
+
+
+def _note_sigterm(signum, frame):
+  logging.warning("SIGTERM: checkpointing and stopping")
+  _sigterm.set()
+
+
+def listen() -> None:
+  """From now on SIGTERM is noted (`sigterm_requested`), not fatal: train.py's first act, so that
+  one sent during start-up stops the run cleanly before training."""
+  signal.signal(signal.SIGTERM, _note_sigterm)
+
+
+def sigterm_requested() -> bool:
+  return _sigterm.is_set()
+
+
+@contextlib.contextmanager
+def sigterm_noted():
+  """SIGTERM noted inside (a run: it checkpoints and stops), then the process's previous handler
+  back and the note cleared, since the request has been acted on."""
+  previous = signal.signal(signal.SIGTERM, _note_sigterm)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+    _sigterm.clear()
 
 
 class AgreedStop:

@@ -1,123 +1,196 @@
-"""train_and_evaluate and evaluate_checkpoint: what `train.py` runs.
+"""train_and_evaluate: what `python train.py` runs, top to bottom.
 
-Order of work: check everything that can be checked cheaply (config keys, dataset presence, model
-architecture, batch divisibility, a checkpoint that fits) before anything is compiled; then train,
-evaluating and checkpointing on schedule. Metrics are written by process 0 only.
+    data -> model -> optimiser and compiled steps -> state (restored, or from init_from) ->
+    loop (train, evaluate, guard, checkpoint) -> export
+
+Everything that can be checked cheaply (config values, the dataset and its splits, the model,
+batch divisibility, a checkpoint that fits, the run's stored config) is checked before anything is
+compiled. Process 0 writes the records and the export.
 """
 
-import dataclasses
-import functools
-import json
 import logging
 import os
-import signal
 
 import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from jresnet import export
-from jresnet.models import ResNet
+from jresnet import data, export
 from jresnet.training import checkpoint as checkpoint_lib
-from jresnet.training import (
-  distributed,
-  pretrained,
-  records,
-  run_config,
-  workdir_lock,
-)
-from jresnet.training import recipe as recipe_lib
+from jresnet.training import distributed, parallel, pretrained, records, run_config, workdir_lock
+from jresnet.training.model import build_model, describe_model, model_meta
 from jresnet.training.records import MetricWriter
+from jresnet.training.step import StepConfig, evaluate
 
 EXPORT_FILE = "model.msgpack"  # inference export written at the end of training
-ARRAYS_FILE = "arrays.npz"  # --mode=write_arrays
-RESIZED_DIR = "resized{side}"  # --mode=write_resized
 
 
-def model_meta(model: ResNet) -> dict:
-  """What a checkpoint must agree on with the configured model, as JSON values."""
-  meta = {**dataclasses.asdict(model.architecture), "num_classes": model.num_classes,
-          "groups": model.groups, "width_per_group": model.width_per_group,
-          "input_channels": model.input_channels, "scan_blocks": model.scan_blocks}
-  return json.loads(json.dumps(meta))
-
-
-def plan(config: ConfigDict) -> recipe_lib.Recipe:
-  """The recipe for the configured dataset, with its DatasetInfo (`info`)."""
-  from jresnet import data  # noqa: PLC0415 (TensorFlow only where data is read)
-
-  recipe_lib.check_values(config)  # before the dataset is opened
-  info = data.load_info(config.data)  # a missing dataset fails here, in seconds
-  if info.eval_split != config.data.eval_split or config.data.threads is None:
+def build(config: ConfigDict, info: data.DatasetInfo, *, model=None,
+          devices=None) -> tuple[ConfigDict, parallel.Runner]:
+  """The run's resolved config and its compiled steps, for the dataset `info` describes: the
+  model (`model` replaces the configured one and its precision, for benchmarks and tests), the
+  optimiser and its schedule, the runner (`devices`, jit only, limits its mesh). What train.py,
+  eval mode and the benchmarks run."""
+  if model is not None:
     config = ConfigDict(config.to_dict())
-    config.data.eval_split = info.eval_split  # the default 'test' absent: validation
-    if config.data.threads is None:  # more for tf.data where XLA does not compute on the host
-      from jresnet.data import host_threads  # noqa: PLC0415
-
-      config.data.threads = host_threads.default(accelerator=jax.default_backend() != "cpu")
-  recipe = recipe_lib.build(config, info.num_classes, info.image_shape,
-                            info.split_sizes[config.data.train_split])
-  return dataclasses.replace(recipe, info=info)
-
-
-def evaluate_split(recipe: recipe_lib.Recipe, variables, split: str, on_device=None) -> dict:
-  """Loss, top-1 and top-5 accuracy over every example of `split`, each counted once; from the
-  devices where `on_device` holds the split ({split: DeviceSplit}), else from the host."""
-  from jresnet import data  # noqa: PLC0415
-
-  batch_size = recipe.config.eval_batch_size or recipe.config.batch_size
-  if on_device:
-    return recipe.metrics_over(variables,
-                               on_device[split].eval_batches(global_batch_size=batch_size))
-  batches = data.eval_batches(recipe.config.data, split, global_batch_size=batch_size)
-  return recipe.metrics_over(variables, feed_host_batches(recipe, batches))
+    config.precision = jax.numpy.dtype(model.dtype).name
+  config = run_config.resolve(config, info)
+  if model is None:
+    model = build_model(config, info.num_classes, info.image_shape[-1])
+  step_config = StepConfig.from_config(config, model, run_config.steps_per_epoch(config, info))
+  runner = parallel.create(config.parallel, step_config, devices=devices, bn_span=config.bn_span)
+  return config, runner
 
 
-def feed_host_batches(recipe: recipe_lib.Recipe, batches):
-  """The host stream's batches on the devices, normalised there (the host sends uint8)."""
-  return recipe.runner.feed(batches, recipe.config.data.prefetch,
-                       on_device=_normalizer(tuple(recipe.info.mean), tuple(recipe.info.std)))
+def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
+  """Trains (resuming from `workdir` if it holds checkpoints); returns the final eval metrics.
+  Another live run on `workdir` is an error (workdir_lock)."""
+  # ---- Data: opened once; a missing dataset or split, or a bad value, fails here in seconds.
+  run_config.check_values(config)
+  dataset = data.open(config.data)
+  # ---- Model, optimiser and the compiled steps.
+  config, runner = build(config, dataset.info)
+  with workdir_lock.held(workdir), distributed.sigterm_noted():
+    checkpoints = checkpoint_lib.Checkpoints(os.path.join(workdir, "checkpoints"),
+                                             keep=config.keep_checkpoints,
+                                             async_save=config.async_checkpoints)
+    try:
+      return _train(config, dataset, runner, workdir, checkpoints)
+    except BaseException:
+      checkpoints.close()  # an error before the loop leaves no Orbax thread to fail at exit
+      raise
 
 
-@functools.cache
-def _normalizer(mean: tuple, std: tuple):
-  """One function per statistics, so the runner compiles it once for every evaluation."""
-  from jresnet.data import device_transforms  # noqa: PLC0415
+def _train(config: ConfigDict, dataset: data.Dataset, runner: parallel.Runner, workdir: str,
+           checkpoints: checkpoint_lib.Checkpoints) -> dict:
+  total_steps = config.num_train_steps
+  # ---- What the workdir holds: checked before anything is compiled.
+  meta = {"model": model_meta(runner.model)}
+  if jax.process_index() == 0:  # this run holds the workdir: nobody else writes its export
+    for leftover in export.remove_temporaries(os.path.join(workdir, EXPORT_FILE)):
+      logging.info("removed %s, left by an export that did not finish", leftover)
+  latest = checkpoints.latest_readable_step()
+  records.check_metrics_file(workdir)
+  if latest:
+    checkpoints.check_model(latest, meta)
+    run_config.check_same_run(config, workdir)
+  elif config.init_from:
+    pretrained.check_source(config.init_from)  # unavailable weights: before data and compiling
+  restored = None
+  if latest and latest >= total_steps:  # finished: its export checked, rewritten if need be
+    problem = _export_problem(workdir, checkpoints.meta(latest), runner.use_ema)
+    if problem:
+      target = runner.get_state(runner.init_state(dataset.info.image_shape, config.seed))
+      restored = checkpoints.restore_newest(target, meta)
+      if restored[0] == latest:  # else: it does not restore, and training resumes before it
+        path = _export(dataset.info, runner, runner.put_state(restored[1]), workdir)
+        say(f"{path} was {problem}: rewrote it from the final checkpoint (step {latest})")
+    if not problem or restored[0] == latest:
+      return _already_finished(checkpoints, latest, workdir)
+  # (a job of several processes stops together, in the loop)
+  if jax.process_count() == 1 and distributed.sigterm_requested():
+    checkpoints.close()
+    say(f"SIGTERM during start-up: stopped before training; {_saved_text(latest, workdir)}")
+    return {}
+  input_line = dataset.describe_input()  # loads both splits: a broken image fails now
 
-  return functools.partial(device_transforms.normalize_batch, mean=mean, std=std)
+  # ---- State: restored from the newest intact checkpoint, or initialised (from init_from).
+  state, loaded_note = runner.init_state(dataset.info.image_shape, config.seed), None
+  if latest and not restored:
+    restored = checkpoints.restore_newest(runner.get_state(state), meta)
+  start = restored[0] if restored else 0
+  if restored:
+    state = runner.put_state(restored[1])
+  elif config.init_from:
+    initialised, loaded_note = pretrained.initialise_from(
+        config.init_from, runner.model, runner.get_state(state), runner.step_config.tx)
+    state = runner.put_state(initialised)
 
+  # ---- Records.
+  steps_per_epoch = run_config.steps_per_epoch(config, dataset.info)
+  log_every = _every(config.log_every_steps, 100)
+  eval_every = _every(config.eval_every_steps, round(steps_per_epoch))
+  save_every = _every(config.checkpoint_every_steps, eval_every)
+  writer = MetricWriter(workdir, total_steps, start, config.batch_size,
+                        steps_per_epoch=steps_per_epoch, schedule=runner.step_config.schedule)
+  identity = _identity(workdir)
+  if not restored or run_config.saved(workdir) is None:  # a resumed run keeps its record
+    writer.write_config(config)
+  for note in dataset.info.notes + ((loaded_note,) if loaded_note else ()):
+    writer.note(note)
+  if start:
+    writer.note(f"resumed from {workdir}/checkpoints/{start} at step {start} of {total_steps}")
+  writer.note(f"{describe_model(runner.model)}\n{dataset.info}\ntraining for {total_steps} "
+              f"steps ({steps_per_epoch:.1f} per epoch) from step {start} on "
+              f"{jax.device_count()} device(s), {config.parallel}, {config.precision}; records in "
+              f"{workdir}")
+  writer.note(input_line)
 
-def open_input(recipe: recipe_lib.Recipe, splits: tuple[str, ...]) -> tuple[dict | None, str]:
-  """The device path's splits where config.data.on_device chooses it (else None: the host
-  path), and a line saying which and why."""
-  from jresnet import data  # noqa: PLC0415
+  # ---- The loop: train, evaluate on schedule, guard, checkpoint.
+  batches = dataset.train_batches(runner.batch_sharding, batch_size=config.batch_size,
+                                  seed=config.seed, start_step=start)
+  eval_batch_size = config.eval_batch_size or config.batch_size
+  agreed_stop = distributed.AgreedStop()
+  sigterm = agreed_stop.now(distributed.sigterm_requested())  # any process: every one stops
+  if sigterm:
+    writer.note("SIGTERM during start-up: stopped before training")
+  eval_metrics, step = None, start
+  best_step = checkpoints.best_step()
+  best_accuracy = checkpoints.meta(best_step)["metrics"]["accuracy"] if best_step else -1.0
+  try:
+    for step in range(start + 1, (start if sigterm else total_steps) + 1):
+      state, metrics = runner.train_step(state, next(batches))
+      if step == start + 1:
+        writer.restart_clock(step)  # images/s: not the compilation
+      writer.advance(1)
+      last = step == total_steps
+      sigterm = agreed_stop(distributed.sigterm_requested())
+      stop = sigterm or (config.stop_after_steps and step - start >= config.stop_after_steps)
+      evaluated = is_eval_step(step, eval_every, total_steps)
+      save = last or step % save_every == 0 or stop
+      if step % log_every == 0 or save or evaluated:  # every state that may be saved
+        host = runner.to_host(metrics)
+        check_finite(step, host, checkpoints.latest_step(), workdir)
+        _check_workdir(workdir, identity, step)
+        writer.scalars(step, "train", host)
+      if evaluated:
+        eval_metrics = evaluate(runner, state.eval_variables(runner.use_ema),
+                                dataset.eval_batches(runner.batch_sharding,
+                                                     batch_size=eval_batch_size))
+        writer.scalars(step, "eval", eval_metrics)
+        save = save or eval_metrics["accuracy"] > best_accuracy  # the best is always kept
+        best_accuracy = max(best_accuracy, eval_metrics["accuracy"])
+      if save:
+        checkpoints.save(runner.get_state(state), meta, eval_metrics if evaluated else None)
+      if evaluated or save:
+        writer.restart_clock(step)  # images/s: training only
+      if stop:
+        break
+  finally:
+    try:
+      checkpoints.wait()
+      saved = checkpoints.latest_step()
+      checkpoints.close()
+      writer.close()
+    except Exception:
+      if _identity(workdir) == identity:
+        raise  # (else the workdir is gone, which is the error to report)
 
-  opened, why = data.open_device_splits(recipe.config.data, recipe.runner.batch_sharding, splits)
-  return opened, f"input: {'batched on the devices' if opened else 'tf.data on the host'} ({why})"
-
-
-class _Preemption:
-  """SIGTERM sets a flag; the loop then checkpoints and exits cleanly. A request noted by the
-  handler this one replaces (train.py's, during start-up) counts too."""
-
-  def __init__(self):
-    self.previous = signal.signal(signal.SIGTERM, self._handle)
-    self.requested = bool(getattr(self.previous, "requested", False))
-
-  def _handle(self, signum, frame):
-    logging.warning("SIGTERM: checkpointing and stopping")
-    self.requested = True
-
-  def restore(self):
-    signal.signal(signal.SIGTERM, self.previous)
+  # ---- Export.
+  _check_workdir(workdir, identity, step)
+  if step == total_steps:
+    path = _export(dataset.info, runner, state, workdir)
+    say(f"finished: step {step} of {total_steps}; {_metrics_text(eval_metrics)}; exported to "
+         f"{path}")
+  elif step < total_steps:
+    say(f"stopped after {step - start} steps, at step {step} of {total_steps} "
+         f"({'SIGTERM' if sigterm else 'stop_after_steps'}); {_saved_text(saved, workdir)}")
+  return eval_metrics or {}
 
 
 class WorkdirLostError(RuntimeError):
   """The workdir was deleted or replaced while the run was writing into it."""
 
-
-class NoCheckpointError(FileNotFoundError):
-  """Eval mode: the workdir holds no checkpoint of the kind asked for; the message says which."""
 
 
 def _identity(workdir: str) -> tuple[int, int] | None:
@@ -180,153 +253,7 @@ def _every(n: int | None, default: int) -> int:
   return max(int(n) if n else default, 1)
 
 
-def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
-  """Trains (resuming from `workdir` if it holds checkpoints); returns the final eval metrics.
-  Another live run on `workdir` is an error (workdir_lock)."""
-  recipe = plan(config)
-  with workdir_lock.held(workdir):
-    return _train(recipe, workdir)
-
-
-def _train(recipe: recipe_lib.Recipe, workdir: str) -> dict:
-  checkpoints = checkpoint_lib.Checkpoints(os.path.join(workdir, "checkpoints"),
-                                           keep=recipe.config.keep_checkpoints,
-                                           async_save=recipe.config.async_checkpoints)
-  try:
-    return _train_with(recipe, workdir, checkpoints)
-  except BaseException:
-    checkpoints.close()  # an error before the loop leaves no Orbax thread to fail at exit
-    raise
-
-
-def _train_with(recipe: recipe_lib.Recipe, workdir: str, checkpoints: checkpoint_lib.Checkpoints):
-  from jresnet import data  # noqa: PLC0415
-
-  cfg = recipe.config
-  meta = {"model": model_meta(recipe.model)}
-  if jax.process_index() == 0:  # this run holds the workdir: nobody else writes its export
-    for leftover in export.remove_temporaries(os.path.join(workdir, EXPORT_FILE)):
-      logging.info("removed %s, left by an export that did not finish", leftover)
-  latest = checkpoints.latest_readable_step()
-  records.check_metrics_file(workdir)  # before anything is compiled
-  if latest:
-    checkpoints.check_model(latest, meta)
-    run_config.check_same_run(run_config.resolved(cfg, recipe.info), workdir)
-  elif cfg.init_from:
-    pretrained.check_source(cfg.init_from)  # unavailable weights: before data and compiling
-  restored = None
-  if latest and latest >= recipe.total_steps:
-    problem = _export_problem(workdir, checkpoints.meta(latest), recipe.use_ema)
-    if not problem:
-      return _already_finished(checkpoints, latest, workdir)
-    restored = checkpoints.restore_newest(recipe.runner.get_state(recipe.create_state()), meta)
-    if restored[0] == latest:  # else: it does not restore, and training resumes before it
-      path = _export(recipe, recipe.runner.put_state(restored[1]), workdir)
-      _say(f"{path} was {problem}: rewrote it from the final checkpoint (step {latest})")
-      return _already_finished(checkpoints, latest, workdir)
-  # train.py's SIGTERM handler in start-up (a job of several processes stops together, in the loop)
-  if jax.process_count() == 1 and getattr(signal.getsignal(signal.SIGTERM), "requested", False):
-    checkpoints.close()
-    _say(f"SIGTERM during start-up: stopped before training; {_saved_text(latest, workdir)}")
-    return {}
-  on_device, input_line = open_input(recipe, (cfg.data.train_split, cfg.data.eval_split))
-  if not on_device:  # (the device path has decoded both splits already)
-    data.check_split(cfg.data, cfg.data.eval_split)  # a broken eval image: now, not in an epoch
-  state, loaded_note = recipe.create_state(), None
-  if latest and not restored:
-    restored = checkpoints.restore_newest(recipe.runner.get_state(state), meta)
-  start = restored[0] if restored else 0
-  if restored:
-    state = recipe.runner.put_state(restored[1])
-  elif cfg.init_from:
-    initialised, loaded_note = pretrained.initialise_from(
-        cfg.init_from, recipe.model, recipe.runner.get_state(state), recipe.tx)
-    state = recipe.runner.put_state(initialised)
-
-  epoch_steps = round(recipe.steps_per_epoch)
-  log_every = _every(cfg.log_every_steps, 100)
-  eval_every = _every(cfg.eval_every_steps, epoch_steps)
-  save_every = _every(cfg.checkpoint_every_steps, eval_every)
-
-  writer = MetricWriter(workdir, recipe.total_steps, start, cfg.batch_size,
-                        steps_per_epoch=recipe.steps_per_epoch, schedule=recipe.schedule)
-  identity = _identity(workdir)
-  if not restored or run_config.saved(workdir) is None:  # a resumed run keeps its record
-    writer.write_config(run_config.resolved(cfg, recipe.info))
-  for note in recipe.info.notes + ((loaded_note,) if loaded_note else ()):
-    writer.note(note)
-  if start:
-    writer.note(f"resumed from {workdir}/checkpoints/{start} at step {start} of "
-                f"{recipe.total_steps}")
-  writer.note(f"{recipe_lib.describe_model(recipe.model)}\n{recipe.info}\ntraining for "
-              f"{recipe.total_steps} steps ({recipe.steps_per_epoch:.1f} per epoch) from step "
-              f"{start} on {jax.device_count()} device(s), {cfg.parallel}, {cfg.precision}; "
-              f"records in {workdir}")
-  writer.note(input_line)
-  if on_device:
-    batches = on_device[cfg.data.train_split].train_batches(
-        global_batch_size=cfg.batch_size, seed=cfg.seed, start_step=start)
-  else:
-    batches = feed_host_batches(recipe, data.train_batches(
-        cfg.data, global_batch_size=cfg.batch_size, seed=cfg.seed, start_step=start))
-  preemption, agreed_stop = _Preemption(), distributed.AgreedStop()
-  sigterm = agreed_stop.now(preemption.requested)  # on any process: every process stops
-  if sigterm:
-    writer.note("SIGTERM during start-up: stopped before training")
-  eval_metrics, step = None, start
-  best_step = checkpoints.best_step()
-  best_accuracy = checkpoints.meta(best_step)["metrics"]["accuracy"] if best_step else -1.0
-  try:
-    for step in range(start + 1, (start if sigterm else recipe.total_steps) + 1):
-      state, metrics = recipe.runner.train_step(state, next(batches))
-      if step == start + 1:
-        writer.restart_clock(step)  # images/s: not the compilation
-      writer.advance(1)
-      last = step == recipe.total_steps
-      sigterm = agreed_stop(preemption.requested)
-      stop = sigterm or (cfg.stop_after_steps and step - start >= cfg.stop_after_steps)
-      evaluated = is_eval_step(step, eval_every, recipe.total_steps)
-      save = last or step % save_every == 0 or stop
-      if step % log_every == 0 or save or evaluated:  # every state that may be saved
-        host = recipe.runner.to_host(metrics)
-        check_finite(step, host, checkpoints.latest_step(), workdir)
-        _check_workdir(workdir, identity, step)
-        writer.scalars(step, "train", host)
-      if evaluated:
-        eval_metrics = evaluate_split(recipe, state.eval_variables(recipe.use_ema),
-                                      cfg.data.eval_split, on_device)
-        writer.scalars(step, "eval", eval_metrics)
-        save = save or eval_metrics["accuracy"] > best_accuracy  # the best is always kept
-        best_accuracy = max(best_accuracy, eval_metrics["accuracy"])
-      if save:
-        checkpoints.save(recipe.runner.get_state(state), meta, eval_metrics if evaluated else None)
-      if evaluated or save:
-        writer.restart_clock(step)  # images/s: training only
-      if stop:
-        break
-  finally:
-    preemption.restore()
-    try:
-      checkpoints.wait()
-      saved = checkpoints.latest_step()
-      checkpoints.close()
-      writer.close()
-    except Exception:
-      if _identity(workdir) == identity:
-        raise  # (else the workdir is gone, which is the error to report)
-  _check_workdir(workdir, identity, step)
-  if step == recipe.total_steps:
-    path = _export(recipe, state, workdir)
-    _say(f"finished: step {step} of {recipe.total_steps}; {_metrics_text(eval_metrics)}; exported "
-         f"to {path}")
-  elif step < recipe.total_steps:
-    _say(f"stopped after {step - start} steps, at step {step} of {recipe.total_steps} "
-         f"({'SIGTERM' if sigterm else 'stop_after_steps'}); "
-         f"{_saved_text(saved, workdir)}")
-  return eval_metrics or {}
-
-
-def _say(line: str) -> None:
+def say(line: str) -> None:
   """One line for the person watching (process 0), whatever the logging level."""
   if jax.process_index() == 0:
     print(line, flush=True)
@@ -346,12 +273,12 @@ def _metrics_text(metrics: dict | None) -> str:
                              for k, v in metrics.items() if isinstance(v, (int, float)))
 
 
-def _export(recipe: recipe_lib.Recipe, state, workdir: str) -> str:
+def _export(info: data.DatasetInfo, runner: parallel.Runner, state, workdir: str) -> str:
   """Writes the inference export of `state` into `workdir` (process 0); returns its path."""
   path = os.path.join(workdir, EXPORT_FILE)
   if jax.process_index() == 0:
-    export.save(path, recipe.model, recipe.runner.to_host(state.eval_variables(recipe.use_ema)),
-                class_names=recipe.info.class_names, transform=recipe.info.eval_transform)
+    export.save(path, runner.model, runner.to_host(state.eval_variables(runner.use_ema)),
+                class_names=info.class_names, transform=info.eval_transform)
   return path
 
 
@@ -389,116 +316,6 @@ def _already_finished(checkpoints, step: int, workdir: str) -> dict:
   """A finished workdir: the final metrics of its last checkpoint, and nothing run again."""
   metrics = checkpoints.meta(step).get("metrics") or {}
   checkpoints.close()
-  _say(f"already finished: {workdir} holds the final checkpoint (step {step}); "
+  say(f"already finished: {workdir} holds the final checkpoint (step {step}); "
        f"{_metrics_text(metrics)}. Use another --workdir to train again.")
   return metrics
-
-
-def _restore_for_eval(recipe: recipe_lib.Recipe, workdir: str) -> tuple[dict, str]:
-  """Variables of checkpoint `eval_checkpoint` of `workdir`: 'latest' (the newest that reads
-  back intact), 'best' or a step. The checkpoints are only read: a run may be training there."""
-  cfg = recipe.config
-  directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(directory):
-    raise NoCheckpointError(f"no checkpoints in {workdir}: nothing to evaluate (train there "
-                            "first, or set --config.eval_checkpoint to an exported .msgpack)")
-  checkpoints = checkpoint_lib.Checkpoints(directory, read_only=True)
-  which = str(cfg.eval_checkpoint)
-  step = {"latest": checkpoints.latest_step,
-          "best": checkpoints.best_step}.get(which, lambda: int(which))()
-  saved = ", ".join(map(str, checkpoints.all_steps()))
-  if step is None or str(step) not in saved.split(", "):
-    raise NoCheckpointError(
-        f"no evaluated checkpoint in {directory} (saved without an evaluation: steps {saved}); "
-        "use --config.eval_checkpoint=latest or a step" if saved and which == "best" else
-        f"no checkpoint ({which}) in {directory}" + (f"; it holds steps {saved}" if saved else ""))
-  meta = {"model": model_meta(recipe.model)}
-  checkpoints.check_model(step, meta)
-  target = recipe.runner.get_state(recipe.create_state())
-  if which == "latest":
-    step, state = checkpoints.restore_newest(target, meta)
-  else:
-    state = checkpoints.restore(step, target, meta)
-  checkpoints.close()
-  _say(f"evaluating checkpoint {step} of {directory}")
-  return recipe.runner.put_state(state).eval_variables(recipe.use_ema), str(step)
-
-
-def _eval_advice(message: str, cfg: ConfigDict, workdir: str) -> str:
-  """A mismatch in eval mode: name the config fields to give, not a fresh workdir."""
-  message = message.split("\nUse a fresh --workdir")[0]
-  fields = run_config.differing_fields(cfg, workdir)
-  if fields:
-    return f"{message}\nThe run was trained with {', '.join(fields)}: drop or change these flags."
-  return (f"{message}\nEvaluate with the training run's model settings: give its --config.model.* "
-          f"flags (e.g. --config.model.depth=...), or keep {workdir}/config.json, which eval mode "
-          "reads.")
-
-
-def evaluate_checkpoint(config: ConfigDict, workdir: str) -> dict:
-  """Eval mode: `config.eval_checkpoint` ('latest', 'best', a step of `workdir`'s checkpoints,
-  or an exported `.msgpack` file, whose own architecture is used) on `config.data.eval_split`;
-  writes eval_<split>_<checkpoint>.json into the workdir."""
-  recipe = plan(config)
-  cfg = recipe.config
-  if str(cfg.eval_checkpoint).endswith(".msgpack"):
-    model, variables = export.load(cfg.eval_checkpoint)
-    if model.num_classes != recipe.info.num_classes:
-      raise ValueError(f"{cfg.eval_checkpoint} has {model.num_classes} classes, the data "
-                       f"{recipe.info.num_classes}")
-    planned = recipe
-    recipe = dataclasses.replace(
-        recipe_lib.build(cfg, planned.info.num_classes, planned.image_shape,
-                         planned.info.split_sizes[cfg.data.train_split], model=model),
-        info=planned.info)
-    variables, which = recipe.runner.put_state(variables), os.path.basename(cfg.eval_checkpoint)
-  else:
-    try:
-      variables, which = _restore_for_eval(recipe, workdir)
-    except checkpoint_lib.CheckpointMismatchError as e:
-      raise checkpoint_lib.CheckpointMismatchError(_eval_advice(str(e), cfg, workdir)) from None
-  on_device, _ = open_input(recipe, (cfg.data.eval_split,))
-  metrics = evaluate_split(recipe, variables, cfg.data.eval_split, on_device)
-  metrics["checkpoint"] = which
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    name = f"eval_{cfg.data.eval_split}_{which}.json".replace("/", "_")
-    with open(os.path.join(workdir, name), "w") as f:
-      json.dump({"split": cfg.data.eval_split, **metrics}, f, indent=2)
-  return metrics
-
-
-def write_arrays(config: ConfigDict, workdir: str, encoding: str = "raw") -> dict:
-  """`--mode=write_arrays`: the config's train and eval splits to <workdir>/arrays.npz, which
-  `--config.data.source=arrays --config.data.path=<that file>` reads with the same split names.
-  Returns the examples written per split."""
-  from jresnet import data  # noqa: PLC0415
-  from jresnet.data import arrays, sources  # noqa: PLC0415
-
-  data.load_info(config.data)  # a missing dataset or split fails here, in seconds
-  path = os.path.join(workdir, ARRAYS_FILE)
-  names = list(dict.fromkeys((config.data.train_split, config.data.eval_split)))
-  if jax.process_index() != 0:  # one file per job
-    return {}
-  counts = arrays.write(path, sources.get(config.data), names, encoding)
-  print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB, {encoding}); train from it "
-        f"with --config.data.source=arrays --config.data.path={path}")
-  return counts
-
-
-def write_resized(config: ConfigDict, workdir: str, side: int,
-                  quality: int | None = None) -> dict:
-  """`--mode=write_resized`: every split of the config's dataset to <workdir>/resized<side>/, an
-  image folder with the shorter sides capped at `side` pixels, JPEG at `quality` (None: the
-  copy's default). Returns the images per split."""
-  from jresnet.data import resized_copy  # noqa: PLC0415
-
-  out = os.path.join(workdir, RESIZED_DIR.format(side=side))
-  if jax.process_index() != 0:  # one copy per job
-    return {}
-  quality = resized_copy.QUALITY if quality is None else quality
-  counts = resized_copy.write(config.data, out, side, quality)
-  print(f"wrote {sum(counts.values())} images to {out} (shorter side <= {side}, JPEG quality "
-        f"{quality}); train from it "
-        f"with --config.data.source=folder --config.data.path={out}")
-  return counts

@@ -1,47 +1,51 @@
 """Where the steps run: `jax.jit` over a 1-D 'data' mesh of all devices (default), or `pmap`.
 
 jit: the state is replicated, the batch sharded along 'data', the state donated; BatchNorm sees the
-global batch because the batch is one global array; the steps compile with `compiler.options`.
+global batch because the batch is one global array; the steps compile with `compiler_options`.
 pmap: one replica per local device, the same step with `axis_name='batch'` (the model's BatchNorm
 and the gradient `pmean` use it).
-Both take host-local numpy batches (this process's rows of each global batch, as `jresnet.data`
-yields them), place them with `prefetch`, finish them there (the normalisation of the host
-stream's uint8 images) and return host-side metrics.
+
+A runner holds what its steps compute (a `StepConfig`: model, optimiser, schedule, loss) and
+places the state (initial or restored) and brings metrics back to the host; the batches come
+placed on its `batch_sharding` from `jresnet.data`. What both runners do is written once, in
+`Runner`; each subclass only says how it compiles and where arrays live.
 """
 
-import collections
 import dataclasses
 import functools
-import itertools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 
 import flax.jax_utils
 import jax
 import numpy as np
+from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jresnet.training import compiler
 from jresnet.training import step as step_lib
-from jresnet.training.state import TrainState
+from jresnet.training.state import TrainState, create_train_state
 
 PMAP_AXIS = "batch"
 
+# By default XLA:CPU hands dots, reductions and convolutions to the YNNPACK library. For ResNet's
+# convolutions XLA:CPU's own kernels are faster, so on CPU the jitted steps keep YNNPACK for dots
+# and reductions only (BENCHMARKS.md). Other platforms get XLA's defaults.
+CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
+               "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 
-def prefetch(batches: Iterable, size: int, put: Callable) -> Iterator:
-  """Yields `put(batch)` for each batch, keeping `size` batches in flight: `put` starts
-  asynchronous transfers, so copying the next batches overlaps the current step."""
-  batches = iter(batches)
-  queue = collections.deque()
 
-  def enqueue(n):
-    for batch in itertools.islice(batches, n):
-      queue.append(put(batch))
-
-  enqueue(max(size, 1))
-  while queue:
-    yield queue.popleft()
-    enqueue(1)
+@functools.cache
+def compiler_options(platform: str) -> dict | None:
+  """XLA options for the steps on devices of `platform`; None for XLA's defaults, also where this
+  XLA does not know the option (older jaxlib)."""
+  if platform != "cpu":
+    return None
+  try:
+    jax.jit(lambda x: x + 1, backend="cpu").lower(0.0).compile(compiler_options=CPU_OPTIONS)
+  except jax.errors.JaxRuntimeError as e:
+    logging.warning("XLA:CPU compiler options not applied: %s", e)
+    return None
+  return CPU_OPTIONS
 
 
 def check_batch_size(global_batch_size: int) -> None:
@@ -52,120 +56,126 @@ def check_batch_size(global_batch_size: int) -> None:
                      f"({processes} process(es)); use a multiple of {devices}")
 
 
-class _Feeder:
-  """What both runners share: batches placed on the devices, and finished there."""
+class Runner:
+  """The compiled `train_step(state, batch)` and `eval_step(variables, batch)` of `step_config`,
+  and the placement of what they take."""
 
-  def __init__(self):
-    self._on_device = {}  # feed's functions, compiled once each
+  name: str
+  train_step: Callable
+  eval_step: Callable
+  batch_sharding: NamedSharding  # where a batch lives: jit's global batch, pmap's process rows
 
-  def feed(self, batches: Iterable[dict], size: int,
-           on_device: Callable | None = None) -> Iterator[dict]:
-    """The batches placed (`prefetch` of `put_batch`), then `on_device(batch)` run there."""
-    if on_device is None:
-      return prefetch(batches, size, self.put_batch)
-    if on_device not in self._on_device:
-      self._on_device[on_device] = self.compile_on_device(on_device)
-    run = self._on_device[on_device]
-    return prefetch(batches, size, lambda batch: run(self.put_batch(batch)))
+  def __init__(self, step_config: step_lib.StepConfig):
+    self.step_config = step_config
+
+  @property
+  def model(self):
+    return self.step_config.model
+
+  @property
+  def use_ema(self) -> bool:
+    return self.step_config.ema_decay is not None
+
+  def init_state(self, image_shape: tuple[int, ...], seed: int) -> TrainState:
+    """The initial train state for images of `image_shape` (H, W, C), placed as the runner keeps
+    it; deterministic in `seed`, so every process makes the same one."""
+    cfg = self.step_config
+    return self._place_new(functools.partial(create_train_state, cfg.model, cfg.tx, image_shape,
+                                             seed, use_ema=self.use_ema))
+
+  # What differs between the runners.
+  def _place_new(self, create: Callable[[], TrainState]) -> TrainState:
+    raise NotImplementedError
+
+  def put_state(self, state: TrainState) -> TrainState:
+    """A state of host values (the same on every process) placed as the runner keeps it."""
+    raise NotImplementedError
+
+  def get_state(self, state: TrainState) -> TrainState:
+    """The state as one copy (what a checkpoint holds)."""
+    raise NotImplementedError
+
+  def to_host(self, tree):
+    """Metrics (or variables) of the steps as host values, one copy."""
+    raise NotImplementedError
 
 
-class JitMesh(_Feeder):
+class JitMesh(Runner):
   """`jax.jit` with NamedShardings over a 1-D mesh of every device in the job."""
 
   name = "jit"
 
-  def __init__(self, step_cfg: step_lib.StepConfig, devices=None):
-    super().__init__()
+  def __init__(self, step_config: step_lib.StepConfig, devices=None):
+    super().__init__(step_config)
     self.mesh = Mesh(np.asarray(devices or jax.devices()), ("data",))
     self.replicated = NamedSharding(self.mesh, P())
-    self.data = NamedSharding(self.mesh, P("data"))
-    options = compiler.options(self.mesh.devices.flat[0].platform)
-    self.train_step = jax.jit(functools.partial(step_lib.train_step, cfg=step_cfg),
-                              in_shardings=(self.replicated, self.data),
+    self.batch_sharding = NamedSharding(self.mesh, P("data"))
+    options = compiler_options(self.mesh.devices.flat[0].platform)
+    self.train_step = jax.jit(functools.partial(step_lib.train_step, cfg=step_config),
+                              in_shardings=(self.replicated, self.batch_sharding),
                               out_shardings=(self.replicated, self.replicated), donate_argnums=0,
                               compiler_options=options)
     self.eval_step = jax.jit(
-        functools.partial(step_lib.eval_step, model=step_cfg.model,
-                          num_classes=step_cfg.num_classes),
-        in_shardings=(self.replicated, self.data), out_shardings=self.replicated,
+        functools.partial(step_lib.eval_step, model=step_config.model,
+                          num_classes=step_config.num_classes),
+        in_shardings=(self.replicated, self.batch_sharding), out_shardings=self.replicated,
         compiler_options=options)
 
-  def create_state(self, create_fn) -> TrainState:
-    """Runs the (deterministic) initialisation on every process, replicated."""
-    return jax.jit(create_fn, out_shardings=self.replicated)()
+  def _place_new(self, create):
+    return jax.jit(create, out_shardings=self.replicated)()
 
-  def put_state(self, state: TrainState) -> TrainState:
-    """Replicates host values (identical on every process); keeps arrays already replicated."""
-    def put(x):
+  def put_state(self, state):
+    def put(x):  # arrays already replicated stay where they are
       if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(self.replicated, x.ndim):
         return x
       x = np.asarray(x)
       return jax.make_array_from_callback(x.shape, self.replicated, lambda index: x[index])
     return jax.tree.map(put, state)
 
-  def get_state(self, state: TrainState) -> TrainState:
+  def get_state(self, state):
     return state
 
-  @property
-  def batch_sharding(self) -> NamedSharding:
-    """Where a batch lives: split along 'data' (what the device input path produces)."""
-    return self.data
-
-  def put_batch(self, batch: dict) -> dict:
-    """This process's rows -> global arrays split along 'data' (all processes' rows together)."""
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.data, x), batch)
-
-  def compile_on_device(self, fn: Callable) -> Callable:
-    """`fn` over a placed batch, its output sharded as the batch."""
-    return jax.jit(fn, out_shardings=self.data)
-
-  @staticmethod
-  def to_host(tree):
+  def to_host(self, tree):
     return jax.device_get(tree)
 
 
-class Pmap(_Feeder):
+class Pmap(Runner):
   """`jax.pmap` over the local devices; collectives span all processes' devices. (pmap takes no
   compiler options: XLA's defaults.)"""
 
   name = "pmap"
 
-  def __init__(self, step_cfg: step_lib.StepConfig, bn_groups: list[list[int]] | None = None):
-    super().__init__()
+  def __init__(self, step_config: step_lib.StepConfig, bn_groups: list[list[int]] | None = None):
+    super().__init__(step_config)
     self.local_mesh = Mesh(np.asarray(jax.local_devices()), (PMAP_AXIS,))  # pmap's order
-    self.per_device = NamedSharding(self.local_mesh, P(PMAP_AXIS))
-    model = step_cfg.model.clone(axis_name=PMAP_AXIS, axis_index_groups=bn_groups)
-    cfg = dataclasses.replace(step_cfg, axis_name=PMAP_AXIS, model=model)
-    self.train_step = jax.pmap(functools.partial(step_lib.train_step, cfg=cfg),
-                               axis_name=PMAP_AXIS, donate_argnums=0)
-    self.eval_step = jax.pmap(
-        functools.partial(step_lib.eval_step, model=step_cfg.model,
-                          num_classes=step_cfg.num_classes, axis_name=PMAP_AXIS),
+    self.batch_sharding = NamedSharding(self.local_mesh, P(PMAP_AXIS))
+    model = step_config.model.clone(axis_name=PMAP_AXIS, axis_index_groups=bn_groups)
+    cfg = dataclasses.replace(step_config, axis_name=PMAP_AXIS, model=model)
+    train_step = jax.pmap(functools.partial(step_lib.train_step, cfg=cfg), axis_name=PMAP_AXIS,
+                          donate_argnums=0)
+    eval_step = jax.pmap(
+        functools.partial(step_lib.eval_step, model=step_config.model,
+                          num_classes=step_config.num_classes, axis_name=PMAP_AXIS),
         axis_name=PMAP_AXIS)
+    # A batch (this process's rows, split along them over the local devices) -> one slice per
+    # device along a new leading axis, as pmap takes it; each device keeps its rows.
+    n = self.local_mesh.size
+    per_device = jax.jit(
+        lambda batch: jax.tree.map(lambda x: x.reshape(n, -1, *x.shape[1:]), batch),
+        out_shardings=self.batch_sharding)
+    self.train_step = lambda state, batch: train_step(state, per_device(batch))
+    self.eval_step = lambda variables, batch: eval_step(variables, per_device(batch))
 
-  def create_state(self, create_fn) -> TrainState:
-    return flax.jax_utils.replicate(jax.jit(create_fn)())
+  def _place_new(self, create):
+    return flax.jax_utils.replicate(jax.jit(create)())
 
-  def put_state(self, host_state: TrainState) -> TrainState:
-    return flax.jax_utils.replicate(host_state)
+  def put_state(self, state):
+    return flax.jax_utils.replicate(state)
 
-  def get_state(self, state: TrainState) -> TrainState:
+  def get_state(self, state):
     return flax.jax_utils.unreplicate(state)
 
-  batch_sharding = None  # batches come from the host, split per device by put_batch
-
-  def put_batch(self, batch: dict) -> dict:
-    """This process's rows -> one slice per local device, along a new leading axis."""
-    n = self.local_mesh.size
-    split = lambda x: jax.device_put(np.reshape(x, (n, -1, *np.shape(x)[1:])), self.per_device)
-    return jax.tree.map(split, batch)
-
-  def compile_on_device(self, fn: Callable) -> Callable:
-    """`fn` over a placed batch, per device."""
-    return jax.pmap(fn)
-
-  @staticmethod
-  def to_host(tree):
+  def to_host(self, tree):
     return jax.device_get(jax.tree.map(lambda x: x[0], tree))
 
 
@@ -177,8 +187,10 @@ def bn_groups(span: int) -> list[list[int]]:
   return [list(range(g, g + span)) for g in range(0, n, span)]
 
 
-def create(kind: str, step_cfg: step_lib.StepConfig, devices=None, bn_span: int | None = None):
-  """The runner for `kind`; `devices` (jit only) defaults to every device of the job.
+def create(kind: str, step_config: step_lib.StepConfig, devices=None,
+           bn_span: int | None = None) -> Runner:
+  """The runner for `kind` ('jit' or 'pmap'); `devices` (jit only) defaults to every device of the
+  job.
 
   `bn_span`: BatchNorm statistics over groups of that many devices instead of the global batch
   (MLPerf ResNet-50's "BN span"); implemented with pmap's `axis_index_groups`.
@@ -187,7 +199,7 @@ def create(kind: str, step_cfg: step_lib.StepConfig, devices=None, bn_span: int 
     raise ValueError("bn_span needs parallel='pmap' (BatchNorm over device groups uses pmap's "
                      "axis_index_groups); the jit path normalises over the global batch")
   if kind == "jit":
-    return JitMesh(step_cfg, devices)
+    return JitMesh(step_config, devices)
   if kind == "pmap":
-    return Pmap(step_cfg, bn_groups(bn_span) if bn_span else None)
+    return Pmap(step_config, bn_groups(bn_span) if bn_span else None)
   raise ValueError(f"parallel must be 'jit' or 'pmap'; got {kind!r}")

@@ -1,10 +1,11 @@
-"""The workdir's config.json: what a run used, what its resume must keep, and the base of an
-evaluation of that run.
+"""A run's config: its values checked, resolved for the dataset, and kept in the workdir's
+config.json, which a resume must agree with and an evaluation starts from.
 
-`resolved` is what a training run writes: the recipe's resolved values (precision, steps, learning
-rate, number of classes), the dataset's class names, the data preset as applied (image size, mean,
-std, preset, eval split), and of the data fields that only one source reads, only those of the
-run's source. A run writes it when it starts from step 0, and a resume keeps it:
+`resolve` is what a training run computes with and writes: the values the config leaves to the run
+(precision, steps, learning rate, number of classes), the dataset's class names, the data preset
+as applied (image size, mean, std, preset, eval split), and of the data fields that only one
+source reads, only those of the run's source. A run writes it when it starts from step 0, and a
+resume keeps it:
 `check_same_run` refuses a resume that would change a field of the computation (all but
 FREE_FIELDS). `for_eval` starts `--mode=eval` from that file, so that the training run's overrides
 need not be given again; the fields given on the command line still win, and the machine's own
@@ -13,10 +14,14 @@ config file.
 """
 
 import json
+import math
 import os
 
+import jax
 from flax import traverse_util
 from ml_collections import ConfigDict
+
+from jresnet.training import optim, parallel
 
 CONFIG_FILE = "config.json"
 # config.data fields that only one source reads.
@@ -43,13 +48,57 @@ OPTIONAL_PATHS = ("init_from", "data.path", "data.data_dir", "data.manual_dir")
 OFF_PATHS = ("compilation_cache_dir", "data.cache_dir")
 
 
+ACCELERATOR_BACKENDS = ("gpu", "cuda", "rocm", "tpu")
+PRECISION_ALIASES = {"bf16": "bfloat16", "fp32": "float32"}
+
+
 class RunConfigError(ValueError):
   """The workdir's config.json does not allow this run: another run's values, or unreadable."""
 
 
-def resolved(config: ConfigDict, info) -> ConfigDict:
-  """`config` (a recipe's resolved copy) as the run used it on the dataset `info` describes."""
+class ConfigError(ValueError):
+  """A config value that no run can use; the message names the field and what it accepts."""
+
+
+def resolve_precision(precision: str) -> str:
+  """'auto': bfloat16 computation on GPU and TPU, float32 on CPU (where bf16 rarely pays); 'bf16'
+  and 'fp32' are the short names of the other two."""
+  precision = PRECISION_ALIASES.get(precision, precision)
+  if precision == "auto":
+    return "bfloat16" if jax.default_backend() in ACCELERATOR_BACKENDS else "float32"
+  if precision not in ("float32", "bfloat16"):
+    raise ConfigError(f"precision must be auto, float32 (fp32) or bfloat16 (bf16); "
+                      f"got {precision!r}")
+  return precision
+
+
+def steps_per_epoch(config: ConfigDict, info) -> float:
+  """Train steps per pass over the train split of the dataset `info` describes."""
+  return info.split_sizes[config.data.train_split] / config.batch_size
+
+
+def resolve(config: ConfigDict, info) -> ConfigDict:
+  """The run's config on the dataset `info` (a `jresnet.data.DatasetInfo`) describes: a copy
+  with what the config leaves to the run filled in (precision, num_train_steps,
+  learning_rate_resolved, num_classes, the eval split used and the preset as applied), and of
+  the data fields that only one source reads, only those of the run's source. It is what the
+  run computes with and what config.json records. ConfigError, before anything is compiled, for
+  a value out of range, a precision, batch size or run length no run can use."""
+  check_values(config)
   values = config.to_dict()
+  values["precision"] = resolve_precision(config.precision)
+  for field in ("batch_size", "eval_batch_size"):
+    try:
+      parallel.check_batch_size(config[field] or config.batch_size)
+    except ValueError as error:
+      raise ConfigError(str(error)) from None
+  total_steps = config.num_train_steps or math.ceil(config.num_epochs *
+                                                   steps_per_epoch(config, info))
+  if total_steps < 1:
+    raise ConfigError(f"the train split has {info.split_sizes[config.data.train_split]} "
+                      "examples: nothing to train on")
+  values.update(num_train_steps=total_steps, num_classes=info.num_classes,
+                learning_rate_resolved=optim.base_learning_rate(config))
   data = values["data"]
   kept = set(SOURCE_FIELDS.get(data["source"], ()))
   for fields in SOURCE_FIELDS.values():
@@ -65,6 +114,60 @@ def resolved(config: ConfigDict, info) -> ConfigDict:
   if info.class_names:
     values["class_names"] = list(info.class_names)
   return ConfigDict(values)
+
+
+# The accepted values of the config's numbers, as intervals (lowest, highest, whether each end is
+# included); None, where a field allows it, means "derived" and is not checked. A tuple's every
+# element must lie in its field's interval.
+POSITIVE = (0, math.inf, False, False)
+NON_NEGATIVE = (0, math.inf, True, False)
+FRACTION = (0, 1, True, False)  # momenta, decays, smoothing
+UNIT = (0, 1, True, True)
+VALUE_RANGES = {
+    **dict.fromkeys((
+        "batch_size", "eval_batch_size", "num_train_steps", "stop_after_steps", "log_every_steps",
+        "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints", "bn_span",
+        "grad_clip_norm", "model.width_multiplier", "model.stem_width", "model.widths",
+        "model.groups", "model.width_per_group", "model.bn_epsilon", "optimizer.lr_base_batch",
+        "optimizer.eps", "schedule.decay_factor", "schedule.div_factor",
+        "schedule.final_div_factor", "data.image_size", "data.image_shape", "data.num_examples",
+        "data.shuffle_buffer", "data.threads"), POSITIVE),
+    **dict.fromkeys((
+        "num_epochs", "optimizer.learning_rate", "optimizer.weight_decay",
+        "optimizer.trust_coefficient", "backbone_lr_scale", "schedule.warmup_epochs",
+        "schedule.warmup_start_lr", "data.prefetch", "data.max_cache_mb"), NON_NEGATIVE),
+    **dict.fromkeys(("optimizer.momentum", "optimizer.b1", "optimizer.b2", "label_smoothing",
+                     "ema_decay"), FRACTION),
+    **dict.fromkeys(("model.bn_momentum", "schedule.final_lr_fraction", "schedule.boundaries",
+                     "schedule.pct_start"), UNIT),
+}
+
+
+def _interval(low, high, low_included, high_included) -> str:
+  return f"{'[' if low_included else '('}{low:g}, {high:g}{']' if high_included else ')'}"
+
+
+def _inside(value, low, high, low_included, high_included) -> bool:
+  """Whether `value` lies in the interval (NaN nowhere; infinity only at an included end)."""
+  return ((low <= value if low_included else low < value)
+          and (value <= high if high_included else value < high))
+
+
+def check_values(config: ConfigDict) -> None:
+  """Every number of VALUE_RANGES in its interval, and a run that trains: one ValueError naming
+  each field out of range and its accepted values, before anything is read or written."""
+  ranges = dict(VALUE_RANGES)
+  if config.num_train_steps is None:  # num_epochs sets the length of the run
+    ranges["num_epochs"] = POSITIVE
+  bad = []
+  for field, interval in ranges.items():
+    value = field_value(config, field)
+    values = value if isinstance(value, (tuple, list)) else (value,)
+    if value is not None and not all(_inside(v, *interval) for v in values):
+      words = "positive, in" if interval[:3] == (0, math.inf, False) else "in"
+      bad.append(f"{field}={value!r} must be {words} {_interval(*interval)}")
+  if bad:
+    raise ConfigError(f"{'; '.join(bad)} (config fields out of range)")
 
 
 def unset_paths(config: ConfigDict) -> ConfigDict:
@@ -113,7 +216,7 @@ def saved(workdir: str) -> dict | None:
 
 def check_same_run(config: ConfigDict, workdir: str) -> None:
   """Raises RunConfigError, naming each field with its stored and given value, if `config` (as
-  `resolved` gives it) differs from the workdir's config.json in a field of the computation.
+  `resolve` gives it) differs from the workdir's config.json in a field of the computation.
   Fields that only one of the two has (added or removed by a code change) are not compared."""
   stored = saved(workdir)
   if stored is None:

@@ -6,18 +6,20 @@ same function averages gradients and metrics over that axis, and the model's Bat
 """
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Iterable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
+from jresnet.training import optim
 from jresnet.training.state import TrainState
 
 
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
+  """What a step computes: the model, the optimiser and its schedule, the loss."""
   model: nn.Module
   tx: optax.GradientTransformation
   schedule: optax.Schedule
@@ -25,6 +27,13 @@ class StepConfig:
   label_smoothing: float = 0.0
   ema_decay: float | None = None
   axis_name: str | None = None
+
+  @classmethod
+  def from_config(cls, config, model: nn.Module, steps_per_epoch: float) -> "StepConfig":
+    """The step of a resolved run config (`run_config.resolve`) for `model`."""
+    schedule = optim.create_schedule(config, config.num_train_steps, steps_per_epoch)
+    return cls(model, optim.create_optimizer(config, schedule), schedule, config.num_classes,
+               config.label_smoothing, config.ema_decay)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
@@ -101,4 +110,12 @@ def summarise_eval(sums: dict) -> dict:
           "count": int(n)}
 
 
-StepFn = Callable[[TrainState, dict], tuple[TrainState, dict]]
+def evaluate(runner, variables: dict, batches: Iterable[dict]) -> dict:
+  """Loss, top-1 and top-5 accuracy of `variables` over `batches` (placed for `runner`, a
+  `parallel.Runner`): `eval_step`'s sums over every batch, then divided by the real (mask True)
+  examples among them, so each example counts once."""
+  sums = None
+  for batch in batches:
+    out = runner.eval_step(variables, batch)
+    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+  return summarise_eval(runner.to_host(sums))

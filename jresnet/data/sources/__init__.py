@@ -7,8 +7,6 @@ none.
 
 import importlib
 
-import numpy as np
-
 from jresnet.data.sources.base import ArraySplit, Metadata, RecordSplit, Source
 
 # name: (module, class, whether it runs TensorFlow)
@@ -19,20 +17,16 @@ SOURCES = {"tfds": ("tfds_source", "TfdsSource", True),
            "arrays": ("arrays", "ArraysSource", False)}
 
 
-def get(cfg) -> Source:
-  """The source config.data names; it fails fast if its data is not on this machine."""
+def get(cfg, threads: int) -> Source:
+  """The source config.data names; it fails fast if its data is not on this machine. `threads`
+  bounds TensorFlow's pools where the source runs it."""
   if cfg.source not in SOURCES:
     raise ValueError(f"Unknown data source {cfg.source!r}; choose one of {sorted(SOURCES)}.")
   module, name, uses_tensorflow = SOURCES[cfg.source]
-  if uses_tensorflow:
-    from jresnet.data import tf_runtime  # noqa: PLC0415 (TensorFlow only for these sources)
-    tf_runtime.configure(cfg.threads)
-  return getattr(importlib.import_module(f"jresnet.data.sources.{module}"), name)(cfg)
+  source = getattr(importlib.import_module(f"jresnet.data.sources.{module}"), name)
+  if not uses_tensorflow:
+    return source(cfg)
+  from jresnet.data import tf_runtime  # noqa: PLC0415 (TensorFlow only for these sources)
 
-
-def decoded_split(cfg, split: str) -> tuple[np.ndarray, np.ndarray]:
-  """Every example of `split` of config.data's source, decoded into memory in the source's fixed
-  order and before any preset: uint8 images (N, H, W, C) and int32 labels (N,). For code that
-  batches and augments a split itself."""
-  data = get(cfg).load(split, True, cfg.max_cache_mb)
-  return np.asarray(data.images), np.asarray(data.labels)
+  tf_runtime.configure(threads)
+  return source(cfg, threads)

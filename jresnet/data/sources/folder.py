@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from jresnet.data import splits, tf_runtime, undecodable
+from jresnet.data import splits, tf_runtime
 from jresnet.data.errors import DAMAGED_NPZ_ERRORS, DatasetNotFoundError, UndecodableImageError
 from jresnet.data.sources import base
 
@@ -36,7 +36,7 @@ _EXTENSIONS = (".jpg", ".jpeg", ".png")  # what ImageFolder lists
 
 class FolderSource(base.Source):
 
-  def __init__(self, cfg):
+  def __init__(self, cfg, threads: int):
     if not cfg.path:
       raise ValueError(f"source='folder' needs config.data.path, the root of {_LAYOUT}.")
     root = os.path.abspath(os.path.expanduser(cfg.path))
@@ -49,8 +49,9 @@ class FolderSource(base.Source):
           f"No images found under {root!r}; expected {_LAYOUT}, e.g. {root}/train/cat/0001.jpg. "
           "If that directory is itself a split (it holds the class directories), set "
           "config.data.path to its parent.")
-    self._root = root
+    self.root = root
     self._cfg = cfg
+    self._threads = threads
     names = tuple(self._builder.info.features["label"].names)
     empty = [d for split in self._sizes for c in names
              if os.path.isdir(d := os.path.join(root, split, c))
@@ -74,7 +75,7 @@ class FolderSource(base.Source):
     first = next(iter(self._encoded(split).take(1)))
     try:
       return tuple(self._decode(first["image"]).shape.as_list())
-    except undecodable.DECODE_ERRORS as e:
+    except tf_runtime.DECODE_ERRORS as e:
       raise UndecodableImageError(self._undecodable([split])) from e
 
   def files(self, name: str) -> list[str]:
@@ -112,9 +113,9 @@ class FolderSource(base.Source):
       if all(d is not None for d in decoded.values()):
         return base.slice_arrays(split, decoded)
       if cache:
-        raise ValueError(f"Images under {self._root!r} differ in size and cannot be held as one "
+        raise ValueError(f"Images under {self.root!r} differ in size and cannot be held as one "
                          "array: set config.data.cache=False (or None) to stream them.")
-      logging.info("Images under %s differ in size: streaming them.", self._root)
+      logging.info("Images under %s differ in size: streaming them.", self.root)
     return base.RecordSplit(sum(stop - start for _, start, stop in parts),
                             functools.partial(self._records, parts), self._decode,
                             functools.partial(self._undecodable, names))
@@ -153,10 +154,10 @@ class FolderSource(base.Source):
       return image, tf.cast(ex["label"], tf.int32), ok
 
     ds = self._encoded(name).map(same_size, num_parallel_calls=tf.data.AUTOTUNE).batch(1024)
-    ds = ds.with_options(tf_runtime.options(tf_runtime.configure(self._cfg.threads)))
+    ds = ds.with_options(tf_runtime.options(self._threads))
     try:
       images, labels, ok = map(np.concatenate, zip(*ds.as_numpy_iterator()))
-    except undecodable.DECODE_ERRORS as e:
+    except tf_runtime.DECODE_ERRORS as e:
       if not (bad := self._undecodable([name])):
         raise
       raise UndecodableImageError(bad) from e
@@ -186,16 +187,16 @@ class FolderSource(base.Source):
     except FileNotFoundError:
       pass  # another process moved it aside first
     logging.warning("The decode cache %s is damaged (%s): moved it to %s.corrupt; decoding "
-                    "%s again.", path, why, path, os.path.join(self._root, name))
+                    "%s again.", path, why, path, os.path.join(self.root, name))
     return None
 
   def _cache_path(self, name: str) -> str | None:
     if not self._cfg.cache_dir:
       return None
-    split_dir = os.path.join(self._root, name)
+    split_dir = os.path.join(self.root, name)
     dirs = [split_dir] + [os.path.join(split_dir, c) for c in self.metadata.class_names]
-    stamp = [self._root, name, self._sizes[name], self.metadata.image_shape, tfds.__version__,
+    stamp = [self.root, name, self._sizes[name], self.metadata.image_shape, tfds.__version__,
              [(d, os.stat(d).st_mtime_ns) for d in dirs if os.path.isdir(d)]]
     key = hashlib.sha1(json.dumps(stamp).encode()).hexdigest()[:16]
     return os.path.join(os.path.expanduser(self._cfg.cache_dir),
-                        f"folder-{os.path.basename(self._root)}-{name}-{key}.npz")
+                        f"folder-{os.path.basename(self.root)}-{name}-{key}.npz")

@@ -33,7 +33,8 @@ def _advice(name: str, builder, cfg) -> str:
 
 class TfdsSource(base.Source):
 
-  def __init__(self, cfg):
+  def __init__(self, cfg, threads: int):
+    del threads  # TFDS reads with tf.data's options of each pipeline
     try:
       builder = tfds.builder(cfg.name, data_dir=cfg.data_dir)
     except tfds.core.registered.DatasetNotFoundError:
