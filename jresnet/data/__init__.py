@@ -26,13 +26,12 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-from jresnet.data.dataset import Dataset, open  # noqa: A004, E402
+from jresnet.data.dataset import Dataset, DatasetInfo, open  # noqa: A004, E402
 from jresnet.data.errors import (  # noqa: E402
   ArrayFileError,
   DatasetNotFoundError,
   UndecodableImageError,
 )
-from jresnet.data.info import DatasetInfo  # noqa: E402
 
 __all__ = ["ArrayFileError", "Dataset", "DatasetInfo", "DatasetNotFoundError",
            "UndecodableImageError", "open"]

@@ -1,5 +1,6 @@
-"""A run's dataset, opened once: the source, the preset, what the model needs to know (`info`),
-and batches placed on the devices, ready for the model.
+"""A run's dataset, opened once: the source, the preset, what the model and the loop need to know
+(`info`, a DatasetInfo, which benchmarks and tests also make from a shape alone), and batches
+placed on the devices, ready for the model.
 
     dataset = data.open(config.data)        # a missing dataset, split or bad value fails here
     batches = dataset.train_batches(sharding, batch_size=B, seed=s, start_step=k)
@@ -18,6 +19,7 @@ only, it is this process's rows [p*b, (p+1)*b) of each global batch (pmap).
 """
 
 import collections
+import dataclasses
 import functools
 import itertools
 import os
@@ -26,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 import jax
 from jax.sharding import NamedSharding
 
-from jresnet.data import device_stream, info, presets, process_shard, sources
+from jresnet.data import device_stream, presets, process_shard, sources
 
 # Cores an accelerator host keeps from tf.data: one for the Python loop that dispatches the steps
 # and places the batches, one for the runtime's own threads (transfers, callbacks).
@@ -55,6 +57,71 @@ def _device_memory_mb() -> float:
   return DEVICE_MEMORY_FRACTION * limit / 2**20 if limit else float("inf")
 
 
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  num_classes: int
+  image_shape: tuple[int, int, int]  # (H, W, C) of the preprocessed images fed to the model
+  split_sizes: dict[str, int]  # examples in config.train_split and config.eval_split
+  class_names: tuple[str, ...] | None
+  # The preset's eval transform of one image, as `jresnet.export` records it: resize (the
+  # shorter side to `resize`, or with keep_aspect False the whole image to crop x crop), centre
+  # crop, then (x / 255 - mean) / std.
+  eval_transform: dict | None = dataclasses.field(default=None, repr=False)
+  # The eval split used: config.eval_split, or where that is the default 'test' and the dataset
+  # has none, its validation split (said in `notes`).
+  eval_split: str | None = None
+  preset: str | None = None  # the preprocessing preset applied ('auto' resolved)
+  notes: tuple[str, ...] = dataclasses.field(default=(), repr=False)
+
+
+# Tried in this order when the default eval split 'test' is absent.
+EVAL_SPLITS = ("validation", "val", "valid", "test")
+DEFAULT_EVAL_SPLIT = "test"
+
+
+def _sized(field: str, spec: str, source, default: str | None = None) -> tuple[str, int, str]:
+  """(split, its size, a note) for config field `field` = `spec`; the default eval split falls
+  back to a validation split, anything else absent is an error naming the splits there are."""
+  try:
+    return spec, source.num_examples(spec), ""
+  except (ValueError, KeyError) as e:
+    names = source.split_names()
+    if spec == default:
+      chosen = next((s for s in EVAL_SPLITS if s in names), None)
+      if chosen:
+        return chosen, source.num_examples(chosen), (
+            f"no {spec!r} split: evaluating on {chosen!r} (set --config.data.{field}=... to "
+            "choose another)")
+    raise ValueError(
+        f"data.{field}={spec!r} is not a split of this dataset, whose splits are "
+        f"{', '.join(map(repr, names))}: set --config.data.{field}=<split>, e.g. "
+        f"--config.data.{field}={names[-1] if names else 'train'}, or hold out part of train: "
+        "--config.data.train_split='train[:90%]' --config.data.eval_split='train[90%:]'"
+    ) from e
+
+
+def _eval_transform(preset: presets.Preset) -> dict:
+  size = preset.image_shape[0]
+  imagenet = preset.name == "imagenet"
+  return {"resize": round(size / presets.CENTER_CROP_FRACTION) if imagenet else size,
+          "crop": size, "keep_aspect": imagenet, "interpolation": "bilinear",
+          "mean": list(preset.mean), "std": list(preset.std)}
+
+
+def _describe(cfg, source: sources.Source, preset: presets.Preset) -> DatasetInfo:
+  """What config.data's `source` under `preset` gives, without reading the data; ValueError for
+  a split the source does not have, or a single class."""
+  train_split, train_size, _ = _sized("train_split", cfg.train_split, source)
+  eval_split, eval_size, note = _sized("eval_split", cfg.eval_split, source, DEFAULT_EVAL_SPLIT)
+  sizes = {train_split: train_size, eval_split: eval_size}
+  meta = source.metadata
+  if meta.num_classes < 2:
+    raise ValueError(f"data.source={cfg.source!r} gives {meta.num_classes} class: a classifier "
+                     "needs two or more.")
+  return DatasetInfo(meta.num_classes, preset.image_shape, sizes, meta.class_names,
+                     _eval_transform(preset), eval_split, preset.name, (note,) if note else ())
+
+
 class Dataset:
   """config.data, opened: its source, preset and `info`, and each split loaded once."""
 
@@ -63,7 +130,7 @@ class Dataset:
     self.threads = cfg.threads or default_threads()
     self.source = sources.get(cfg, self.threads)
     self.preset = presets.resolve(cfg, self.source.metadata)
-    self.info = info.describe(cfg, self.source, self.preset)
+    self.info = _describe(cfg, self.source, self.preset)
     self._splits = {}  # split string -> ArraySplit | RecordSplit
     self._placed = {}  # (split, sharding) -> DeviceSplit
 
