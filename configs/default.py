@@ -59,6 +59,8 @@ def get_config() -> ConfigDict:
   c.precision = "auto"                               # auto: bf16 on GPU/TPU, fp32 on CPU |
                                                      # bfloat16 (bf16) | float32 (fp32)
   c.parallel = "jit"                                 # jit (mesh, NamedSharding) | pmap
+  c.steps_per_call = 1                               # train steps per compiled call (jit): K
+                                                     # steps under lax.scan, fewer dispatches
   c.compilation_cache_dir = "~/.cache/jresnet/xla"   # JAX's persistent cache: a repeated or
                                                      # resumed run loads its compiled steps
                                                      # ('': off)

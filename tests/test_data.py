@@ -409,6 +409,24 @@ def test_streamed_cifar_batches_are_augmented_on_the_devices_and_resume_exactly(
     assert not np.array_equal(other["image"], run[k]["image"])
 
 
+@pytest.mark.parametrize("streamed", [False, True])
+def test_several_steps_a_call_take_the_batches_stacked(uniform_folder, streamed):
+  """steps_per_call=3: the batches of 3 steps, made in one call (in memory) or sent together
+  (streamed), stacked along a leading axis: exactly the one-step batches, across an epoch."""
+  cfg = (_streamed_folder(uniform_folder, preprocess="cifar", train_split="train[:37]") if streamed
+         else _synthetic(preprocess="cifar", image_size=8))
+  dataset = jd.open(cfg)
+  assert dataset.in_memory(cfg.train_split) != streamed
+  singles = _take(dataset.train_batches(SHARDING, batch_size=8, seed=1, start_step=3), 6)
+  blocks = _take(dataset.train_batches(SHARDING, batch_size=8, seed=1, start_step=3,
+                                       steps_per_call=3), 2)
+  for b, block in enumerate(blocks):
+    assert block["image"].shape[:2] == (3, 8)
+    for k in range(3):
+      _assert_same_batches([{key: np.asarray(x[k]) for key, x in block.items()}],
+                           singles[3 * b + k:3 * b + k + 1])
+
+
 @pytest.mark.parametrize("source", ["synthetic", "folder"])
 def test_train_epochs_are_permutations(source, uniform_folder):
   if source == "synthetic":

@@ -3,6 +3,7 @@ after SIGTERM and SIGKILL, jit/pmap/1-device agreement, NaN handling, and early 
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -16,9 +17,10 @@ from conftest import MOCK_N, deadline
 from tiny_config import build, initial_state, tiny_config
 
 import jresnet
+from jresnet import data
 from jresnet.data import DatasetInfo, DatasetNotFoundError
 from jresnet.training import checkpoint as checkpoint_lib
-from jresnet.training import evaluate, loop, optim
+from jresnet.training import evaluate, loop, optim, run_config
 from jresnet.training.model import model_meta
 from jresnet.training.records import read_metrics
 from jresnet.training.state import TrainState
@@ -103,23 +105,27 @@ def _wait_for_checkpoint(workdir, min_step, proc, idle_seconds=30):
   raise TimeoutError
 
 
-def test_resume_after_sigterm_and_sigkill_is_bitwise_exact(tmp_path):
-  """An uninterrupted run vs. one preempted (SIGTERM), then killed (SIGKILL), then finished."""
-  steps = ["--config.num_train_steps=60", "--config.checkpoint_every_steps=10"]
-  reference = tiny_config(num_train_steps=60, checkpoint_every_steps=10)
+@pytest.mark.parametrize("per_call", [1, 4])
+def test_resume_after_sigterm_and_sigkill_is_bitwise_exact(tmp_path, per_call):
+  """An uninterrupted run vs. one preempted (SIGTERM), then killed (SIGKILL), then finished; one
+  step a call, and 4 (lax.scan)."""
+  fields = {"num_train_steps": 60, "checkpoint_every_steps": 12, "steps_per_call": per_call,
+            "log_every_steps": per_call, "eval_every_steps": 3 * per_call}
+  steps = [f"--config.{field}={value}" for field, value in fields.items()]
+  reference = tiny_config(**fields)
   loop.train_and_evaluate(reference, str(tmp_path / "reference"))
 
   workdir = tmp_path / "interrupted"
   proc = _run_train_py(workdir, *steps)
-  _wait_for_checkpoint(workdir, 10, proc)
+  _wait_for_checkpoint(workdir, 12, proc)
   proc.send_signal(signal.SIGTERM)
   out, _ = proc.communicate(timeout=deadline(20))
   assert proc.returncode == 0, out  # preemption: checkpoint, then a clean exit
   preempted_at = max(int(d) for d in os.listdir(workdir / "checkpoints"))
-  assert preempted_at < 60
+  assert preempted_at < 60 and preempted_at % per_call == 0
 
   proc = _run_train_py(workdir, *steps)
-  killed_after = _wait_for_checkpoint(workdir, preempted_at + 10, proc)
+  killed_after = _wait_for_checkpoint(workdir, preempted_at + 12, proc)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert killed_after < 60, "the run finished before it could be killed"
@@ -129,12 +135,54 @@ def test_resume_after_sigterm_and_sigkill_is_bitwise_exact(tmp_path):
   assert proc.returncode == 0, out
 
   expected, got = _train_losses(tmp_path / "reference"), _train_losses(workdir)
-  assert sorted(got) == list(range(1, 61))
-  assert got == expected  # every per-step loss, bitwise
+  assert sorted(got) == list(range(per_call, 61, per_call))
+  assert got == expected  # every logged per-step loss, bitwise
   step_a, state_a = _final_state(tmp_path / "reference", reference)
   step_b, state_b = _final_state(workdir, reference)
   assert step_a == step_b == 60
   jax.tree.map(np.testing.assert_array_equal, state_a, state_b)
+
+
+def test_several_steps_a_call_make_the_updates_of_one_step_a_call():
+  """train_steps over 4 stacked batches (lax.scan) against 4 train_step calls: the same loss at
+  every step and the same parameters, to float32 rounding; and the loop's batches, stacked,
+  are the one-step-a-call batches."""
+  info = DatasetInfo(10, (8, 8, 3), {"train": 64}, None)
+  config, one = loop.build(tiny_config(num_train_steps=8), info)
+  _, four = loop.build(tiny_config(num_train_steps=8, steps_per_call=4, log_every_steps=4,
+                                   eval_every_steps=4), info)
+  dataset = data.open(config.data)
+  singles = dataset.train_batches(one.batch_sharding, batch_size=16, seed=0)
+  blocks = dataset.train_batches(one.batch_sharding, batch_size=16, seed=0, steps_per_call=4)
+  state_one = one.init_state((8, 8, 3), 0)
+  state_four, losses_one, losses_four = four.init_state((8, 8, 3), 0), [], []
+  for _ in range(2):
+    block = next(blocks)
+    for k in range(4):
+      batch = next(singles)
+      for key in batch:
+        np.testing.assert_array_equal(np.asarray(block[key][k]), np.asarray(batch[key]))
+      state_one, metrics = one.train_step(state_one, batch)
+      losses_one.append(float(metrics["loss"]))
+    state_four, metrics = four.train_steps(state_four, block)
+    losses_four += [float(x) for x in metrics["loss"]]
+  assert int(state_four.step) == int(state_one.step) == 8
+  np.testing.assert_allclose(losses_four, losses_one, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               state_four.params, state_one.params)
+
+
+@pytest.mark.parametrize("overrides, named", [
+    ({"steps_per_call": 4, "log_every_steps": 6}, "log_every_steps=6 (e.g. 4 or 8)"),
+    ({"steps_per_call": 4, "num_train_steps": 10}, "num_train_steps=10 (e.g. 8 or 12)"),
+    ({"steps_per_call": 2, "parallel": "pmap"}, "needs parallel='jit'"),
+])
+def test_steps_per_call_that_does_not_divide_an_interval_is_refused(tmp_path, overrides, named):
+  with pytest.raises(run_config.ConfigError, match=re.escape(named)):
+    loop.train_and_evaluate(tiny_config(**{"log_every_steps": 4, "eval_every_steps": 4,
+                                           "num_train_steps": 8, **overrides}),
+                            str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
 
 
 def test_jit_pmap_and_single_device_steps_agree():

@@ -26,7 +26,9 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 
 import jax
+import numpy as np
 from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jresnet.data import device_stream, presets, process_shard, sources
 
@@ -167,21 +169,26 @@ class Dataset:
     return self._placed[name, sharding]
 
   def train_batches(self, sharding: NamedSharding, *, batch_size: int, seed: int,
-                    start_step: int = 0) -> Iterator[dict]:
+                    start_step: int = 0, steps_per_call: int = 1) -> Iterator[dict]:
     """Global batch k, k >= start_step, of config.data.train_split, forever: {'image' float32
     normalised, 'label', 'mask'} on `sharding`. Batch k is a pure function of (seed, k), whatever
-    the number of processes, so a resumed run sees the batches it would have seen."""
+    the number of processes, so a resumed run sees the batches it would have seen. With
+    steps_per_call K > 1, K consecutive batches at a time, stacked along a leading axis (for
+    `lax.scan` over train steps)."""
     if start_step < 0:
       raise ValueError(f"start_step={start_step} must be >= 0.")
-    name = self.cfg.train_split
+    name, k = self.cfg.train_split, steps_per_call
     if self.in_memory(name):
       return self._on_devices(name, sharding).train_batches(
-          seed, start_step, _device_rows(batch_size, sharding))
-    finish = jax.jit(functools.partial(device_stream.finish_streamed_train, preset=self.preset,
-                                       key_data=device_stream.seed_key_data(seed)),
-                     out_shardings=sharding)
+          seed, start_step, _device_rows(batch_size, sharding), k)
+    finish = functools.partial(device_stream.finish_streamed_train, preset=self.preset,
+                               key_data=device_stream.seed_key_data(seed))
     batches = self.host_train_batches(global_batch_size=batch_size, seed=seed,
                                       start_step=start_step)
+    if k > 1:
+      finish, sharding = jax.vmap(finish), NamedSharding(sharding.mesh, P(None, *sharding.spec))
+      batches = _stacked(batches, k)
+    finish = jax.jit(finish, out_shardings=sharding)
     return prefetch(batches, self.cfg.prefetch, lambda batch: finish(_put(batch, sharding)))
 
   def eval_batches(self, sharding: NamedSharding, *, batch_size: int,
@@ -262,6 +269,15 @@ def prefetch(batches: Iterable, size: int, put: Callable) -> Iterator:
   while queue:
     yield queue.popleft()
     enqueue(1)
+
+
+def _stacked(batches: Iterator[dict], k: int) -> Iterator[dict]:
+  """Each k consecutive batches as one, stacked along a new leading axis."""
+  while True:
+    group = list(itertools.islice(batches, k))
+    if len(group) < k:
+      return
+    yield {key: np.stack([batch[key] for batch in group]) for key in group[0]}
 
 
 def _global(sharding: NamedSharding) -> bool:

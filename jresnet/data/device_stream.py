@@ -54,23 +54,33 @@ class DeviceSplit:
     put = lambda x: jax.make_array_from_callback(x.shape, replicated, lambda index: x[index])
     self.images, self.labels = put(np.asarray(split.images)), put(np.asarray(split.labels))
 
-  def train_batches(self, seed: int, start_step: int,
-                    rows: process_shard.Shard) -> Iterator[dict]:
-    """Batches {'image', 'label', 'mask'} of `rows` of global batch k, k >= start_step."""
-    n, batch_size = self.num_examples, rows.global_batch_size
-    spans = 1 + -(-batch_size // n)  # the epochs a batch can touch
-    make = jax.jit(functools.partial(_train_batch, preset=self.preset, n=n, rows=rows),
-                   out_shardings=self.sharding)
+  def train_batches(self, seed: int, start_step: int, rows: process_shard.Shard,
+                    steps_per_call: int = 1) -> Iterator[dict]:
+    """Batches {'image', 'label', 'mask'} of `rows` of global batch k, k >= start_step; with
+    steps_per_call K > 1, K consecutive batches a time, stacked along a leading axis, made in
+    one call."""
+    n, batch_size, k = self.num_examples, rows.global_batch_size, steps_per_call
+    spans = 1 + -(-k * batch_size // n)  # the epochs a call's batches can touch
+    one = functools.partial(_train_batch, preset=self.preset, n=n, rows=rows)
+    if k == 1:
+      make = jax.jit(one, out_shardings=self.sharding)
+    else:
+      def k_batches(images, labels, key_data, orders, first_epoch, step):
+        return jax.vmap(lambda s: one(images, labels, key_data, orders, first_epoch, s))(
+            step + jnp.arange(k))
+
+      make = jax.jit(k_batches, out_shardings=NamedSharding(self.sharding.mesh,
+                                                            P(None, *self.sharding.spec)))
     order = jax.jit(functools.partial(_epoch_order, n=n),
                     out_shardings=NamedSharding(self.sharding.mesh, P()))
     key = seed_key_data(seed)
     orders = {}  # epoch -> its permutation, computed once per epoch, not in every step
-    for step in itertools.count(start_step):
+    for step in itertools.count(start_step, k):
       first = step * batch_size // n
       orders = {e: orders[e] if e in orders else order(key, np.int32(e))
                 for e in range(first, first + spans)}
       yield make(self.images, self.labels, key, jnp.stack(list(orders.values())),
-                 np.int32(step))
+                 np.int32(first), np.int32(step))
 
   def eval_batches(self, rows: process_shard.Shard) -> Iterator[dict]:
     """Every example once, in order: ceil(N / B) batches of `rows`, padding rows masked."""
@@ -93,13 +103,13 @@ def _epoch_order(key_data, epoch, *, n: int) -> jax.Array:
   return jax.random.permutation(jax.random.fold_in(shuffle, epoch), n)
 
 
-def _train_batch(images, labels, key_data, orders, step, *, preset, n: int,
+def _train_batch(images, labels, key_data, orders, first_epoch, step, *, preset, n: int,
                  rows: process_shard.Shard) -> dict:
-  """`rows` of global batch `step`; `orders` are the permutations of the epochs the global batch
-  spans, from the first."""
+  """`rows` of global batch `step`; `orders` are the permutations of consecutive epochs from
+  `first_epoch` on, which cover the batch."""
   positions = _positions(step, rows)
   epochs, offsets = positions // n, positions % n
-  index = orders[epochs - (step * rows.global_batch_size) // n, offsets]
+  index = orders[epochs - first_epoch, offsets]
   keys = _example_keys(key_data, epochs, index)
   return {"image": device_transforms.train_batch(preset, images[index], keys),
           "label": labels[index], "mask": jnp.ones(rows.batch_size, bool)}

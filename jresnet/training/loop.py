@@ -38,7 +38,8 @@ def build(config: ConfigDict, info: data.DatasetInfo, *, model=None,
   if model is None:
     model = build_model(config, info.num_classes, info.image_shape[-1])
   step_config = StepConfig.from_config(config, model, run_config.steps_per_epoch(config, info))
-  runner = parallel.create(config.parallel, step_config, devices=devices, bn_span=config.bn_span)
+  runner = parallel.create(config.parallel, step_config, devices=devices, bn_span=config.bn_span,
+                           steps_per_call=config.steps_per_call)
   return config, runner
 
 
@@ -108,9 +109,10 @@ def _train(config: ConfigDict, dataset: data.Dataset, runner: parallel.Runner, w
 
   # ---- Records.
   steps_per_epoch = run_config.steps_per_epoch(config, dataset.info)
-  log_every = _every(config.log_every_steps, 100)
-  eval_every = _every(config.eval_every_steps, round(steps_per_epoch))
-  save_every = _every(config.checkpoint_every_steps, eval_every)
+  per_call = config.steps_per_call
+  log_every = _every(config.log_every_steps, 100, per_call)
+  eval_every = _every(config.eval_every_steps, round(steps_per_epoch), per_call)
+  save_every = _every(config.checkpoint_every_steps, eval_every, per_call)
   writer = MetricWriter(workdir, total_steps, start, config.batch_size,
                         steps_per_epoch=steps_per_epoch, schedule=runner.step_config.schedule)
   identity = _identity(workdir)
@@ -126,9 +128,14 @@ def _train(config: ConfigDict, dataset: data.Dataset, runner: parallel.Runner, w
               f"{workdir}")
   writer.note(input_line)
 
-  # ---- The loop: train, evaluate on schedule, guard, checkpoint.
+  # ---- The loop: train (steps_per_call steps a call), evaluate on schedule, guard, checkpoint.
+  if start % per_call:
+    raise run_config.ConfigError(
+        f"the run resumes from step {start}, not a multiple of steps_per_call={per_call}: resume "
+        "with --config.steps_per_call=1 (or a divisor of that step)")
   batches = dataset.train_batches(runner.batch_sharding, batch_size=config.batch_size,
-                                  seed=config.seed, start_step=start)
+                                  seed=config.seed, start_step=start, steps_per_call=per_call)
+  train_call = runner.train_steps if per_call > 1 else runner.train_step
   eval_batch_size = config.eval_batch_size or config.batch_size
   agreed_stop = distributed.AgreedStop()
   sigterm = agreed_stop.now(distributed.sigterm_requested())  # any process: every one stops
@@ -138,11 +145,11 @@ def _train(config: ConfigDict, dataset: data.Dataset, runner: parallel.Runner, w
   best_step = checkpoints.best_step()
   best_accuracy = checkpoints.meta(best_step)["metrics"]["accuracy"] if best_step else -1.0
   try:
-    for step in range(start + 1, (start if sigterm else total_steps) + 1):
-      state, metrics = runner.train_step(state, next(batches))
-      if step == start + 1:
+    for step in range(start + per_call, (start if sigterm else total_steps) + 1, per_call):
+      state, metrics = train_call(state, next(batches))
+      if step == start + per_call:
         writer.restart_clock(step)  # images/s: not the compilation
-      writer.advance(1)
+      writer.advance(per_call)
       last = step == total_steps
       sigterm = agreed_stop(distributed.sigterm_requested())
       stop = sigterm or (config.stop_after_steps and step - start >= config.stop_after_steps)
@@ -150,6 +157,8 @@ def _train(config: ConfigDict, dataset: data.Dataset, runner: parallel.Runner, w
       save = last or step % save_every == 0 or stop
       if step % log_every == 0 or save or evaluated:  # every state that may be saved
         host = runner.to_host(metrics)
+        if per_call > 1:  # the call's last step (a non-finite update stays non-finite)
+          host = jax.tree.map(lambda x: x[-1], host)
         check_finite(step, host, checkpoints.latest_step(), workdir)
         _check_workdir(workdir, identity, step)
         writer.scalars(step, "train", host)
@@ -249,8 +258,10 @@ def check_finite(step: int, metrics: dict, last_saved: int | None, workdir: str)
       f"stopped before saving. {advice}")
 
 
-def _every(n: int | None, default: int) -> int:
-  return max(int(n) if n else default, 1)
+def _every(n: int | None, default: int, steps_per_call: int) -> int:
+  """An interval of steps: `n` as given (a multiple of steps_per_call, run_config checks), else
+  `default` rounded up to a multiple of steps_per_call."""
+  return int(n) if n else max(-(-int(default) // steps_per_call), 1) * steps_per_call
 
 
 def say(line: str) -> None:

@@ -62,6 +62,7 @@ class Runner:
 
   name: str
   train_step: Callable
+  train_steps: Callable | None = None  # (jit, steps_per_call > 1) several steps a call
   eval_step: Callable
   batch_sharding: NamedSharding  # where a batch lives: jit's global batch, pmap's process rows
 
@@ -105,7 +106,7 @@ class JitMesh(Runner):
 
   name = "jit"
 
-  def __init__(self, step_config: step_lib.StepConfig, devices=None):
+  def __init__(self, step_config: step_lib.StepConfig, devices=None, steps_per_call: int = 1):
     super().__init__(step_config)
     self.mesh = Mesh(np.asarray(devices or jax.devices()), ("data",))
     self.replicated = NamedSharding(self.mesh, P())
@@ -115,6 +116,12 @@ class JitMesh(Runner):
                               in_shardings=(self.replicated, self.batch_sharding),
                               out_shardings=(self.replicated, self.replicated), donate_argnums=0,
                               compiler_options=options)
+    if steps_per_call > 1:  # batches stacked along a leading axis of steps
+      self.train_steps = jax.jit(
+          functools.partial(step_lib.train_steps, cfg=step_config),
+          in_shardings=(self.replicated, NamedSharding(self.mesh, P(None, "data"))),
+          out_shardings=(self.replicated, self.replicated), donate_argnums=0,
+          compiler_options=options)
     self.eval_step = jax.jit(
         functools.partial(step_lib.eval_step, model=step_config.model,
                           num_classes=step_config.num_classes),
@@ -188,9 +195,9 @@ def bn_groups(span: int) -> list[list[int]]:
 
 
 def create(kind: str, step_config: step_lib.StepConfig, devices=None,
-           bn_span: int | None = None) -> Runner:
+           bn_span: int | None = None, steps_per_call: int = 1) -> Runner:
   """The runner for `kind` ('jit' or 'pmap'); `devices` (jit only) defaults to every device of the
-  job.
+  job; `steps_per_call` > 1 (jit only) compiles `train_steps` for that many steps a call.
 
   `bn_span`: BatchNorm statistics over groups of that many devices instead of the global batch
   (MLPerf ResNet-50's "BN span"); implemented with pmap's `axis_index_groups`.
@@ -198,8 +205,10 @@ def create(kind: str, step_config: step_lib.StepConfig, devices=None,
   if bn_span and kind != "pmap":
     raise ValueError("bn_span needs parallel='pmap' (BatchNorm over device groups uses pmap's "
                      "axis_index_groups); the jit path normalises over the global batch")
+  if steps_per_call > 1 and kind != "jit":
+    raise ValueError(f"steps_per_call={steps_per_call} needs parallel='jit'")
   if kind == "jit":
-    return JitMesh(step_config, devices)
+    return JitMesh(step_config, devices, steps_per_call)
   if kind == "pmap":
     return Pmap(step_config, bn_groups(bn_span) if bn_span else None)
   raise ValueError(f"parallel must be 'jit' or 'pmap'; got {kind!r}")

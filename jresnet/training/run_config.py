@@ -33,14 +33,14 @@ SOURCE_FIELDS = {"tfds": ("name", "data_dir", "manual_dir", "download"), "folder
 MACHINE_FIELDS = ("data.threads",)
 # Fields that change nothing a run computes, which its resume may give new values: how often it
 # logs, evaluates and checkpoints, how many checkpoints it keeps and how it writes them, when this
-# invocation stops, how the eval batches are cut, the machine's threads and prefetch, where the
-# same data and the caches are found, and the compilation cache. Every other field must keep its
-# value over the whole run.
+# invocation stops, how many steps a compiled call runs, how the eval batches are cut, the
+# machine's threads and prefetch, where the same data and the caches are found, and the
+# compilation cache. Every other field must keep its value over the whole run.
 FREE_FIELDS = (
     "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints",
     "async_checkpoints", "stop_after_steps", "eval_checkpoint", "eval_batch_size",
-    "compilation_cache_dir", "model.remat", *MACHINE_FIELDS, "data.prefetch", "data.path",
-    "data.data_dir", "data.manual_dir", "data.download", "data.cache_dir",
+    "compilation_cache_dir", "model.remat", "steps_per_call", *MACHINE_FIELDS, "data.prefetch",
+    "data.path", "data.data_dir", "data.manual_dir", "data.download", "data.cache_dir",
     "distributed.initialization_timeout_s", "distributed.heartbeat_timeout_s")
 # Paths a run may leave unset; on the command line 'None' and '' both mean unset (None), or, for
 # those whose '' means "off", both mean off.
@@ -72,6 +72,29 @@ def resolve_precision(precision: str) -> str:
   return precision
 
 
+def check_steps_per_call(config: ConfigDict, total_steps: int) -> None:
+  """K = steps_per_call steps run in one call, so every step the loop acts at (logging,
+  evaluation, checkpoints, the end, a stop) must be a multiple of K: ConfigError naming the field
+  that is not."""
+  k = config.steps_per_call
+  if k == 1:
+    return
+  if config.parallel != "jit":
+    raise ConfigError(f"steps_per_call={k} needs parallel='jit' (the pmap runner runs one step a "
+                      "call)")
+  fields = {"num_train_steps": total_steps, "log_every_steps": config.log_every_steps,
+            "eval_every_steps": config.eval_every_steps,
+            "checkpoint_every_steps": config.checkpoint_every_steps,
+            "stop_after_steps": config.stop_after_steps}
+  multiples = lambda value: " or ".join(str(m) for m in (value // k * k, value // k * k + k) if m)
+  bad = [f"{field}={value} (e.g. {multiples(value)})"
+         for field, value in fields.items() if value and value % k]
+  if bad:
+    raise ConfigError(f"steps_per_call={k} runs {k} steps a call, so the loop acts only at "
+                      f"multiples of {k}, and these are not: {', '.join(bad)}; set them to "
+                      "multiples, or choose a steps_per_call that divides them")
+
+
 def steps_per_epoch(config: ConfigDict, info) -> float:
   """Train steps per pass over the train split of the dataset `info` describes."""
   return info.split_sizes[config.data.train_split] / config.batch_size
@@ -97,6 +120,7 @@ def resolve(config: ConfigDict, info) -> ConfigDict:
   if total_steps < 1:
     raise ConfigError(f"the train split has {info.split_sizes[config.data.train_split]} "
                       "examples: nothing to train on")
+  check_steps_per_call(config, total_steps)
   values.update(num_train_steps=total_steps, num_classes=info.num_classes,
                 learning_rate_resolved=optim.base_learning_rate(config))
   data = values["data"]
@@ -126,6 +150,7 @@ UNIT = (0, 1, True, True)
 VALUE_RANGES = {
     **dict.fromkeys((
         "batch_size", "eval_batch_size", "num_train_steps", "stop_after_steps", "log_every_steps",
+        "steps_per_call",
         "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints", "bn_span",
         "grad_clip_norm", "model.width_multiplier", "model.stem_width", "model.widths",
         "model.groups", "model.width_per_group", "model.bn_epsilon", "optimizer.lr_base_batch",

@@ -83,6 +83,13 @@ def train_step(state: TrainState, batch: dict, cfg: StepConfig) -> tuple[TrainSt
   return new_state, metrics
 
 
+def train_steps(state: TrainState, batches: dict, cfg: StepConfig) -> tuple[TrainState, dict]:
+  """len(batches) updates, one per batch along the leading axis of `batches`, in one program
+  (`lax.scan`): the updates of as many `train_step` calls, with fewer dispatches; the metrics of
+  every step, stacked."""
+  return jax.lax.scan(lambda carry, batch: train_step(carry, batch, cfg), state, batches)
+
+
 def eval_step(variables: dict, batch: dict, model: nn.Module, num_classes: int,
               axis_name: str | None = None) -> dict:
   """Sums over the real (mask True) examples of a batch: loss, top-1 hits, top-5 hits (only with
