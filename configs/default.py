@@ -61,6 +61,8 @@ def get_config() -> ConfigDict:
   c.parallel = "jit"                                 # jit (mesh, NamedSharding) | pmap
   c.steps_per_call = 1                               # train steps per compiled call (jit): K
                                                      # steps under lax.scan, fewer dispatches
+  c.replicas = 1                                     # independent runs in one program (jit,
+                                                     # data in memory): replica i, seed + i
   c.compilation_cache_dir = "~/.cache/jresnet/xla"   # JAX's persistent cache: a repeated or
                                                      # resumed run loads its compiled steps
                                                      # ('': off)

@@ -29,15 +29,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _train_losses(workdir):
-  return {r["step"]: r["loss"] for r in read_metrics(os.path.join(workdir, "metrics.jsonl"))
-          if r["split"] == "train"}
+  return {r["step"]: [v for k, v in sorted(r.items()) if k.startswith("loss")]
+          for r in read_metrics(os.path.join(workdir, "metrics.jsonl")) if r["split"] == "train"}
 
 
 def _final_state(workdir, config):
   _, runner, _ = build(config)
   ckpts = checkpoint_lib.Checkpoints(os.path.join(workdir, "checkpoints"), async_save=False)
   step = ckpts.latest_step()
-  return step, ckpts.restore(step, initial_state(config), {"model": model_meta(runner.model)})
+  return step, ckpts.restore(step, initial_state(config),
+                            {"model": model_meta(runner.model, runner.replicas)})
 
 
 @pytest.mark.parametrize("cache", [False, True])
@@ -105,12 +106,12 @@ def _wait_for_checkpoint(workdir, min_step, proc, idle_seconds=30):
   raise TimeoutError
 
 
-@pytest.mark.parametrize("per_call", [1, 4])
-def test_resume_after_sigterm_and_sigkill_is_bitwise_exact(tmp_path, per_call):
+@pytest.mark.parametrize("per_call, replicas", [(1, 1), (4, 2)])
+def test_resume_after_sigterm_and_sigkill_is_bitwise_exact(tmp_path, per_call, replicas):
   """An uninterrupted run vs. one preempted (SIGTERM), then killed (SIGKILL), then finished; one
-  step a call, and 4 (lax.scan)."""
+  step a call, and 4 steps a call (lax.scan) of 2 replicas side by side."""
   fields = {"num_train_steps": 60, "checkpoint_every_steps": 12, "steps_per_call": per_call,
-            "log_every_steps": per_call, "eval_every_steps": 3 * per_call}
+            "log_every_steps": per_call, "eval_every_steps": 3 * per_call, "replicas": replicas}
   steps = [f"--config.{field}={value}" for field, value in fields.items()]
   reference = tiny_config(**fields)
   loop.train_and_evaluate(reference, str(tmp_path / "reference"))
@@ -136,7 +137,7 @@ def test_resume_after_sigterm_and_sigkill_is_bitwise_exact(tmp_path, per_call):
 
   expected, got = _train_losses(tmp_path / "reference"), _train_losses(workdir)
   assert sorted(got) == list(range(per_call, 61, per_call))
-  assert got == expected  # every logged per-step loss, bitwise
+  assert got == expected  # every logged per-step loss (of each replica), bitwise
   step_a, state_a = _final_state(tmp_path / "reference", reference)
   step_b, state_b = _final_state(workdir, reference)
   assert step_a == step_b == 60

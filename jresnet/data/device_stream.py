@@ -55,32 +55,41 @@ class DeviceSplit:
     self.images, self.labels = put(np.asarray(split.images)), put(np.asarray(split.labels))
 
   def train_batches(self, seed: int, start_step: int, rows: process_shard.Shard,
-                    steps_per_call: int = 1) -> Iterator[dict]:
-    """Batches {'image', 'label', 'mask'} of `rows` of global batch k, k >= start_step; with
-    steps_per_call K > 1, K consecutive batches a time, stacked along a leading axis, made in
-    one call."""
+                    steps_per_call: int = 1, replicas: int = 1) -> Iterator[dict]:
+    """Batches {'image', 'label', 'mask'} of `rows` of global batch k, k >= start_step. With
+    replicas R > 1, each batch for R runs, replica i's from seed + i, stacked along a leading
+    axis; with steps_per_call K > 1, K consecutive batches a time, stacked in front of that, made
+    in one call."""
     n, batch_size, k = self.num_examples, rows.global_batch_size, steps_per_call
     spans = 1 + -(-k * batch_size // n)  # the epochs a call's batches can touch
-    one = functools.partial(_train_batch, preset=self.preset, n=n, rows=rows)
-    if k == 1:
-      make = jax.jit(one, out_shardings=self.sharding)
-    else:
-      def k_batches(images, labels, key_data, orders, first_epoch, step):
-        return jax.vmap(lambda s: one(images, labels, key_data, orders, first_epoch, s))(
-            step + jnp.arange(k))
+    batch = functools.partial(_train_batch, preset=self.preset, n=n, rows=rows)
+    order = functools.partial(_epoch_order, n=n)
+    leading = ()
+    if replicas > 1:  # (each replica's key and epoch orders)
+      batch = jax.vmap(batch, in_axes=(None, None, 0, 0, None, None))
+      order = jax.vmap(order, in_axes=(0, None))
+      leading = (None,)
+    if k > 1:
+      batch = jax.vmap(batch, in_axes=(None, None, None, None, None, 0))
+      leading = (None, *leading)
 
-      make = jax.jit(k_batches, out_shardings=NamedSharding(self.sharding.mesh,
-                                                            P(None, *self.sharding.spec)))
-    order = jax.jit(functools.partial(_epoch_order, n=n),
-                    out_shardings=NamedSharding(self.sharding.mesh, P()))
-    key = seed_key_data(seed)
+    def call(images, labels, key_data, orders, first_epoch, step):
+      steps = step + jnp.arange(k) if k > 1 else step
+      return batch(images, labels, key_data, orders, first_epoch, steps)
+
+    make = jax.jit(call, out_shardings=NamedSharding(self.sharding.mesh,
+                                                     P(*leading, *self.sharding.spec)))
+    order = jax.jit(order, out_shardings=NamedSharding(self.sharding.mesh, P()))
+    key = seed_key_data(seed) if replicas == 1 else jnp.stack(
+        [seed_key_data(seed + i) for i in range(replicas)])
     orders = {}  # epoch -> its permutation, computed once per epoch, not in every step
     for step in itertools.count(start_step, k):
       first = step * batch_size // n
       orders = {e: orders[e] if e in orders else order(key, np.int32(e))
                 for e in range(first, first + spans)}
-      yield make(self.images, self.labels, key, jnp.stack(list(orders.values())),
-                 np.int32(first), np.int32(step))
+      # (epochs, n), or with replicas (replicas, epochs, n)
+      stacked = jnp.stack(list(orders.values()), axis=0 if replicas == 1 else 1)
+      yield make(self.images, self.labels, key, stacked, np.int32(first), np.int32(step))
 
   def eval_batches(self, rows: process_shard.Shard) -> Iterator[dict]:
     """Every example once, in order: ceil(N / B) batches of `rows`, padding rows masked."""

@@ -62,9 +62,12 @@ def _shape_dtype(x):
 
 
 def model_differences(saved_meta: dict, target_meta: dict) -> list[str]:
-  """Architecture fields (depth, stages, widths, classes, ...) on which the two disagree."""
-  return [f"model {k}: checkpoint has {saved_meta['model'].get(k)!r}, config has {v!r}"
-          for k, v in target_meta["model"].items() if saved_meta["model"].get(k) != v]
+  """Architecture fields (depth, stages, widths, classes, ...) and replica counts on which the two
+  disagree (a meta without `replicas` holds one run)."""
+  saved, target = saved_meta["model"], {"replicas": 1, **target_meta["model"]}
+  return [f"model {k}: checkpoint has {saved.get(k, 1 if k == 'replicas' else None)!r}, config "
+          f"has {v!r}" for k, v in target.items()
+          if saved.get(k, 1 if k == "replicas" else None) != v]
 
 
 def tree_differences(saved_tree, target_tree) -> list[str]:
@@ -172,7 +175,7 @@ class Checkpoints:
     Raises NonFiniteStateError, saving nothing, if `state` holds NaN or infinity."""
     if self.read_only:
       raise PermissionError(f"{self.directory} was opened read-only: nothing is saved")
-    step = int(jax.device_get(state.step))
+    step = int(np.asarray(jax.device_get(state.step)).flat[0])  # (every replica at one step)
     tree = flax.serialization.to_state_dict(state)
     meta = {**meta, "metrics": metrics}
     if self.verify:

@@ -11,7 +11,7 @@ from ml_collections import ConfigDict
 
 from jresnet import data, export
 from jresnet.training import checkpoint as checkpoint_lib
-from jresnet.training import loop, parallel, run_config
+from jresnet.training import loop, parallel, records, run_config
 from jresnet.training.model import model_meta
 from jresnet.training.step import evaluate
 
@@ -38,7 +38,7 @@ def _restore(config: ConfigDict, runner: parallel.Runner, image_shape: tuple,
         f"no evaluated checkpoint in {directory} (saved without an evaluation: steps {saved}); "
         "use --config.eval_checkpoint=latest or a step" if saved and which == "best" else
         f"no checkpoint ({which}) in {directory}" + (f"; it holds steps {saved}" if saved else ""))
-  meta = {"model": model_meta(runner.model)}
+  meta = {"model": model_meta(runner.model, runner.replicas)}
   checkpoints.check_model(step, meta)
   target = runner.get_state(runner.init_state(image_shape, config.seed))
   if which == "latest":
@@ -81,8 +81,8 @@ def evaluate_checkpoint(config: ConfigDict, workdir: str) -> dict:
       variables, which = _restore(config, runner, info.image_shape, workdir)
     except checkpoint_lib.CheckpointMismatchError as e:
       raise checkpoint_lib.CheckpointMismatchError(_eval_advice(str(e), config, workdir)) from None
-  metrics = evaluate(runner, variables, dataset.eval_batches(
-      runner.batch_sharding, batch_size=config.eval_batch_size or config.batch_size))
+  metrics = records.across_replicas(evaluate(runner, variables, dataset.eval_batches(
+      runner.batch_sharding, batch_size=config.eval_batch_size or config.batch_size)))
   metrics["checkpoint"] = which
   split = info.eval_split
   if jax.process_index() == 0:

@@ -39,7 +39,7 @@ def build(config: ConfigDict, info: data.DatasetInfo, *, model=None,
     model = build_model(config, info.num_classes, info.image_shape[-1])
   step_config = StepConfig.from_config(config, model, run_config.steps_per_epoch(config, info))
   runner = parallel.create(config.parallel, step_config, devices=devices, bn_span=config.bn_span,
-                           steps_per_call=config.steps_per_call)
+                           steps_per_call=config.steps_per_call, replicas=config.replicas)
   return config, runner
 
 
@@ -66,7 +66,7 @@ def _train(config: ConfigDict, dataset: data.Dataset, runner: parallel.Runner, w
            checkpoints: checkpoint_lib.Checkpoints) -> dict:
   total_steps = config.num_train_steps
   # ---- What the workdir holds: checked before anything is compiled.
-  meta = {"model": model_meta(runner.model)}
+  meta = {"model": model_meta(runner.model, runner.replicas)}
   if jax.process_index() == 0:  # this run holds the workdir: nobody else writes its export
     for leftover in export.remove_temporaries(os.path.join(workdir, EXPORT_FILE)):
       logging.info("removed %s, left by an export that did not finish", leftover)
@@ -79,7 +79,7 @@ def _train(config: ConfigDict, dataset: data.Dataset, runner: parallel.Runner, w
     pretrained.check_source(config.init_from)  # unavailable weights: before data and compiling
   restored = None
   if latest and latest >= total_steps:  # finished: its export checked, rewritten if need be
-    problem = _export_problem(workdir, checkpoints.meta(latest), runner.use_ema)
+    problem = _export_problem(workdir, checkpoints.meta(latest), runner)
     if problem:
       target = runner.get_state(runner.init_state(dataset.info.image_shape, config.seed))
       restored = checkpoints.restore_newest(target, meta)
@@ -94,6 +94,11 @@ def _train(config: ConfigDict, dataset: data.Dataset, runner: parallel.Runner, w
     say(f"SIGTERM during start-up: stopped before training; {_saved_text(latest, workdir)}")
     return {}
   input_line = dataset.describe_input()  # loads both splits: a broken image fails now
+  if runner.replicas > 1 and not dataset.in_memory(config.data.train_split):
+    raise run_config.ConfigError(
+        f"replicas={runner.replicas} needs the train split held in memory (batched on the "
+        f"devices); {config.data.train_split!r} is streamed: set --config.data.cache=True if it "
+        "fits, or train one run a program")
 
   # ---- State: restored from the newest intact checkpoint, or initialised (from init_from).
   state, loaded_note = runner.init_state(dataset.info.image_shape, config.seed), None
@@ -134,7 +139,8 @@ def _train(config: ConfigDict, dataset: data.Dataset, runner: parallel.Runner, w
         f"the run resumes from step {start}, not a multiple of steps_per_call={per_call}: resume "
         "with --config.steps_per_call=1 (or a divisor of that step)")
   batches = dataset.train_batches(runner.batch_sharding, batch_size=config.batch_size,
-                                  seed=config.seed, start_step=start, steps_per_call=per_call)
+                                  seed=config.seed, start_step=start, steps_per_call=per_call,
+                                  replicas=runner.replicas)
   train_call = runner.train_steps if per_call > 1 else runner.train_step
   eval_batch_size = config.eval_batch_size or config.batch_size
   agreed_stop = distributed.AgreedStop()
@@ -161,11 +167,11 @@ def _train(config: ConfigDict, dataset: data.Dataset, runner: parallel.Runner, w
           host = jax.tree.map(lambda x: x[-1], host)
         check_finite(step, host, checkpoints.latest_step(), workdir)
         _check_workdir(workdir, identity, step)
-        writer.scalars(step, "train", host)
+        writer.scalars(step, "train", records.across_replicas(host))
       if evaluated:
-        eval_metrics = evaluate(runner, state.eval_variables(runner.use_ema),
-                                dataset.eval_batches(runner.batch_sharding,
-                                                     batch_size=eval_batch_size))
+        eval_metrics = records.across_replicas(evaluate(
+            runner, state.eval_variables(runner.use_ema),
+            dataset.eval_batches(runner.batch_sharding, batch_size=eval_batch_size)))
         writer.scalars(step, "eval", eval_metrics)
         save = save or eval_metrics["accuracy"] > best_accuracy  # the best is always kept
         best_accuracy = max(best_accuracy, eval_metrics["accuracy"])
@@ -188,7 +194,7 @@ def _train(config: ConfigDict, dataset: data.Dataset, runner: parallel.Runner, w
   # ---- Export.
   _check_workdir(workdir, identity, step)
   if step == total_steps:
-    path = _export(dataset.info, runner, state, workdir)
+    path = _export(dataset.info, runner, state, workdir, (eval_metrics or {}).get("best_replica"))
     say(f"finished: step {step} of {total_steps}; {_metrics_text(eval_metrics)}; exported to "
          f"{path}")
   elif step < total_steps:
@@ -242,9 +248,10 @@ GUARDED = ("loss", "grad_norm", "update_norm", "param_norm")
 
 
 def check_finite(step: int, metrics: dict, last_saved: int | None, workdir: str) -> None:
-  """Raises NonFiniteUpdateError if any of `metrics`' GUARDED values (host numbers) is not
-  finite: training stops before that state can be saved."""
-  bad = {k: float(metrics[k]) for k in GUARDED if k in metrics and not np.isfinite(metrics[k])}
+  """Raises NonFiniteUpdateError if any of `metrics`' GUARDED values (host numbers, or one per
+  replica) is not finite: training stops before that state can be saved."""
+  bad = {k: np.asarray(metrics[k]).tolist() for k in GUARDED
+         if k in metrics and not np.all(np.isfinite(metrics[k]))}
   if not bad:
     return
   remedy = ("lower the learning rate (--config.optimizer.learning_rate) or set "
@@ -280,20 +287,37 @@ def _saved_text(step: int | None, workdir: str) -> str:
 def _metrics_text(metrics: dict | None) -> str:
   if not metrics:
     return "no evaluation recorded"
+  if "best_replica" in metrics:  # several replicas: mean ± std, and the best
+    best, count = metrics["best_replica"], sum(k.startswith("accuracy_r") for k in metrics)
+    return (f"eval accuracy {metrics['accuracy']:.4f} ± {metrics['accuracy_std']:.4f} (mean ± "
+            f"std of {count} replicas; the best, replica {best}: "
+            f"{metrics[f'accuracy_r{best}']:.4f}), loss {metrics['loss']:.4f} ± "
+            f"{metrics['loss_std']:.4f}")
   return "eval " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                              for k, v in metrics.items() if isinstance(v, (int, float)))
 
 
-def _export(info: data.DatasetInfo, runner: parallel.Runner, state, workdir: str) -> str:
-  """Writes the inference export of `state` into `workdir` (process 0); returns its path."""
+def _export(info: data.DatasetInfo, runner: parallel.Runner, state, workdir: str,
+            best_replica: int | None = None) -> str:
+  """Writes the inference export of `state` into `workdir` (process 0); returns its path. With
+  replicas, each replica's as model.r<i>.msgpack, and the best one's (by final eval accuracy) as
+  model.msgpack."""
   path = os.path.join(workdir, EXPORT_FILE)
   if jax.process_index() == 0:
-    export.save(path, runner.model, runner.to_host(state.eval_variables(runner.use_ema)),
-                class_names=info.class_names, transform=info.eval_transform)
+    variables = runner.to_host(state.eval_variables(runner.use_ema))
+    save = lambda file, tree: export.save(file, runner.model, tree, class_names=info.class_names,
+                                          transform=info.eval_transform)
+    if runner.replicas == 1:
+      save(path, variables)
+      return path
+    replica = lambda i: jax.tree.map(lambda x: x[i], variables)
+    for i in range(runner.replicas):
+      save(os.path.join(workdir, EXPORT_FILE.replace(".msgpack", f".r{i}.msgpack")), replica(i))
+    save(path, replica(best_replica or 0))
   return path
 
 
-def _export_problem(workdir: str, final_meta: dict, use_ema: bool) -> str | None:
+def _export_problem(workdir: str, final_meta: dict, runner: parallel.Runner) -> str | None:
   """What is wrong with the export of a finished workdir, as process 0 sees it: missing,
   damaged, without a digest, or not the weights of the final checkpoint (whose `final_meta` has
   the sha256 of each array). None if it is that checkpoint's export."""
@@ -306,8 +330,10 @@ def _export_problem(workdir: str, final_meta: dict, use_ema: bool) -> str | None
     except export.ExportError:
       problem = "damaged"
     else:
-      expected = final_meta.get("digests") or {}
-      ema = use_ema and any(k.startswith("ema_params/") for k in expected)
+      # (a checkpoint of several replicas holds each array stacked: no digest to compare)
+      expected = final_meta.get("digests") if runner.replicas == 1 else None
+      expected = expected or {}
+      ema = runner.use_ema and any(k.startswith("ema_params/") for k in expected)
       source = "ema_params/" if ema else "params/"  # what the export holds as its params
       expected = {"params/" + k.removeprefix(source) if k.startswith(source) else k: v
                   for k, v in expected.items() if k.startswith((source, "batch_stats/"))}

@@ -43,9 +43,12 @@ def describe_model(model: ResNet) -> str:
   return line
 
 
-def model_meta(model: ResNet) -> dict:
-  """What a checkpoint must agree on with the configured model, as JSON values."""
+def model_meta(model: ResNet, replicas: int = 1) -> dict:
+  """What a checkpoint must agree on with the configured model, as JSON values; and the number of
+  runs it holds side by side, where more than one."""
   meta = {**dataclasses.asdict(model.architecture), "num_classes": model.num_classes,
           "groups": model.groups, "width_per_group": model.width_per_group,
           "input_channels": model.input_channels, "scan_blocks": model.scan_blocks}
+  if replicas > 1:
+    meta["replicas"] = replicas
   return json.loads(json.dumps(meta))

@@ -66,6 +66,8 @@ class Runner:
   eval_step: Callable
   batch_sharding: NamedSharding  # where a batch lives: jit's global batch, pmap's process rows
 
+  replicas = 1  # independent runs side by side (jit): state, batches, metrics carry that axis
+
   def __init__(self, step_config: step_lib.StepConfig):
     self.step_config = step_config
 
@@ -79,10 +81,15 @@ class Runner:
 
   def init_state(self, image_shape: tuple[int, ...], seed: int) -> TrainState:
     """The initial train state for images of `image_shape` (H, W, C), placed as the runner keeps
-    it; deterministic in `seed`, so every process makes the same one."""
+    it; deterministic in `seed`, so every process makes the same one. With replicas R, R states
+    stacked along a leading axis, replica i's from seed + i."""
     cfg = self.step_config
-    return self._place_new(functools.partial(create_train_state, cfg.model, cfg.tx, image_shape,
-                                             seed, use_ema=self.use_ema))
+    create = functools.partial(create_train_state, cfg.model, cfg.tx, image_shape,
+                               use_ema=self.use_ema)
+    if self.replicas == 1:
+      return self._place_new(lambda: create(seed=seed))
+    seeds = seed + np.arange(self.replicas)
+    return self._place_new(lambda: jax.vmap(lambda s: create(seed=s))(seeds))
 
   # What differs between the runners.
   def _place_new(self, create: Callable[[], TrainState]) -> TrainState:
@@ -106,27 +113,34 @@ class JitMesh(Runner):
 
   name = "jit"
 
-  def __init__(self, step_config: step_lib.StepConfig, devices=None, steps_per_call: int = 1):
+  def __init__(self, step_config: step_lib.StepConfig, devices=None, steps_per_call: int = 1,
+               replicas: int = 1):
     super().__init__(step_config)
+    self.replicas = replicas
     self.mesh = Mesh(np.asarray(devices or jax.devices()), ("data",))
     self.replicated = NamedSharding(self.mesh, P())
     self.batch_sharding = NamedSharding(self.mesh, P("data"))
     options = compiler_options(self.mesh.devices.flat[0].platform)
-    self.train_step = jax.jit(functools.partial(step_lib.train_step, cfg=step_config),
-                              in_shardings=(self.replicated, self.batch_sharding),
-                              out_shardings=(self.replicated, self.replicated), donate_argnums=0,
-                              compiler_options=options)
+    train_step = functools.partial(step_lib.train_step, cfg=step_config)
+    eval_step = functools.partial(step_lib.eval_step, model=step_config.model,
+                                  num_classes=step_config.num_classes)
+    leading = ()  # the axes in front of a train batch's rows
+    if replicas > 1:  # every replica its own state and batch; the eval batch shared
+      train_step, eval_step = jax.vmap(train_step), jax.vmap(eval_step, in_axes=(0, None))
+      leading = (None,)
+    self.train_step = jax.jit(
+        train_step, in_shardings=(self.replicated, NamedSharding(self.mesh, P(*leading, "data"))),
+        out_shardings=(self.replicated, self.replicated), donate_argnums=0,
+        compiler_options=options)
     if steps_per_call > 1:  # batches stacked along a leading axis of steps
       self.train_steps = jax.jit(
-          functools.partial(step_lib.train_steps, cfg=step_config),
-          in_shardings=(self.replicated, NamedSharding(self.mesh, P(None, "data"))),
+          functools.partial(step_lib.train_steps, train_step=train_step),
+          in_shardings=(self.replicated, NamedSharding(self.mesh, P(None, *leading, "data"))),
           out_shardings=(self.replicated, self.replicated), donate_argnums=0,
           compiler_options=options)
     self.eval_step = jax.jit(
-        functools.partial(step_lib.eval_step, model=step_config.model,
-                          num_classes=step_config.num_classes),
-        in_shardings=(self.replicated, self.batch_sharding), out_shardings=self.replicated,
-        compiler_options=options)
+        eval_step, in_shardings=(self.replicated, self.batch_sharding),
+        out_shardings=self.replicated, compiler_options=options)
 
   def _place_new(self, create):
     return jax.jit(create, out_shardings=self.replicated)()
@@ -195,9 +209,10 @@ def bn_groups(span: int) -> list[list[int]]:
 
 
 def create(kind: str, step_config: step_lib.StepConfig, devices=None,
-           bn_span: int | None = None, steps_per_call: int = 1) -> Runner:
+           bn_span: int | None = None, steps_per_call: int = 1, replicas: int = 1) -> Runner:
   """The runner for `kind` ('jit' or 'pmap'); `devices` (jit only) defaults to every device of the
-  job; `steps_per_call` > 1 (jit only) compiles `train_steps` for that many steps a call.
+  job; `steps_per_call` > 1 (jit only) compiles `train_steps` for that many steps a call;
+  `replicas` > 1 (jit only) trains that many independent runs side by side (`jax.vmap`).
 
   `bn_span`: BatchNorm statistics over groups of that many devices instead of the global batch
   (MLPerf ResNet-50's "BN span"); implemented with pmap's `axis_index_groups`.
@@ -205,10 +220,11 @@ def create(kind: str, step_config: step_lib.StepConfig, devices=None,
   if bn_span and kind != "pmap":
     raise ValueError("bn_span needs parallel='pmap' (BatchNorm over device groups uses pmap's "
                      "axis_index_groups); the jit path normalises over the global batch")
-  if steps_per_call > 1 and kind != "jit":
-    raise ValueError(f"steps_per_call={steps_per_call} needs parallel='jit'")
+  if (steps_per_call > 1 or replicas > 1) and kind != "jit":
+    raise ValueError(f"steps_per_call={steps_per_call} and replicas={replicas} need "
+                     "parallel='jit'")
   if kind == "jit":
-    return JitMesh(step_config, devices, steps_per_call)
+    return JitMesh(step_config, devices, steps_per_call, replicas)
   if kind == "pmap":
     return Pmap(step_config, bn_groups(bn_span) if bn_span else None)
   raise ValueError(f"parallel must be 'jit' or 'pmap'; got {kind!r}")

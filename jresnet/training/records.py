@@ -186,6 +186,25 @@ def read_metrics(path: str) -> list[dict]:
   return _read_records(path)[0]
 
 
+def across_replicas(metrics: dict) -> dict:
+  """Metrics of several replicas (a list or array per name) -> each name's mean over them, its
+  std (`<name>_std`), each replica's value (`<name>_r<i>`), and the best replica by accuracy
+  (`best_replica`); the example count once. Metrics of one run are returned as they are."""
+  if all(np.ndim(v) == 0 for v in metrics.values()):
+    return metrics
+  out = {}
+  for name, values in metrics.items():
+    values = np.asarray(values)
+    if name == "count":
+      out[name] = int(values.flat[0])
+      continue
+    out[name], out[f"{name}_std"] = float(values.mean()), float(values.std())
+    out.update({f"{name}_r{i}": float(v) for i, v in enumerate(values)})
+  if "accuracy" in metrics:
+    out["best_replica"] = int(np.argmax(metrics["accuracy"]))
+  return out
+
+
 def plot_curves(metrics_path: str, out_path: str, learning_rates=None) -> None:
   """Loss, accuracy and learning rate against step, train and eval, from metrics.jsonl; with
   `learning_rates` (the rate of steps 1, 2, ...), the learning-rate panel draws that schedule
@@ -204,6 +223,10 @@ def plot_curves(metrics_path: str, out_path: str, learning_rates=None) -> None:
       points = [(r["step"], r[key]) for r in rows if r["split"] == split and key in r]
       if points:
         ax.plot(*zip(*points), style, label=split, markersize=3)
+      for replica in sorted({k for r in rows if r["split"] == split for k in r
+                             if k.startswith(f"{key}_r") and k[len(key) + 2:].isdigit()}):
+        points = [(r["step"], r[replica]) for r in rows if r["split"] == split and replica in r]
+        ax.plot(*zip(*points), "-", linewidth=0.6, alpha=0.6)  # one thin line per replica
     ax.set_title(key.replace("_", " "))
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)

@@ -121,6 +121,9 @@ def resolve(config: ConfigDict, info) -> ConfigDict:
     raise ConfigError(f"the train split has {info.split_sizes[config.data.train_split]} "
                       "examples: nothing to train on")
   check_steps_per_call(config, total_steps)
+  if config.replicas > 1 and config.parallel != "jit":
+    raise ConfigError(f"replicas={config.replicas} needs parallel='jit' (runs side by side are "
+                      "vmapped within one jitted program)")
   values.update(num_train_steps=total_steps, num_classes=info.num_classes,
                 learning_rate_resolved=optim.base_learning_rate(config))
   data = values["data"]
@@ -150,7 +153,7 @@ UNIT = (0, 1, True, True)
 VALUE_RANGES = {
     **dict.fromkeys((
         "batch_size", "eval_batch_size", "num_train_steps", "stop_after_steps", "log_every_steps",
-        "steps_per_call",
+        "steps_per_call", "replicas",
         "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints", "bn_span",
         "grad_clip_norm", "model.width_multiplier", "model.stem_width", "model.widths",
         "model.groups", "model.width_per_group", "model.bn_epsilon", "optimizer.lr_base_batch",

@@ -6,11 +6,12 @@ same function averages gradients and metrics over that axis, and the model's Bat
 """
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jresnet.training import optim
@@ -83,11 +84,12 @@ def train_step(state: TrainState, batch: dict, cfg: StepConfig) -> tuple[TrainSt
   return new_state, metrics
 
 
-def train_steps(state: TrainState, batches: dict, cfg: StepConfig) -> tuple[TrainState, dict]:
+def train_steps(state: TrainState, batches: dict,
+                train_step: Callable[[TrainState, dict], tuple[TrainState, dict]]):
   """len(batches) updates, one per batch along the leading axis of `batches`, in one program
   (`lax.scan`): the updates of as many `train_step` calls, with fewer dispatches; the metrics of
   every step, stacked."""
-  return jax.lax.scan(lambda carry, batch: train_step(carry, batch, cfg), state, batches)
+  return jax.lax.scan(train_step, state, batches)
 
 
 def eval_step(variables: dict, batch: dict, model: nn.Module, num_classes: int,
@@ -110,11 +112,12 @@ def eval_step(variables: dict, batch: dict, model: nn.Module, num_classes: int,
 
 def summarise_eval(sums: dict) -> dict:
   """Totals over a split -> loss, accuracy (top-1), top-5 accuracy (where there are more than 5
-  classes), and the example count."""
-  n = float(sums["count"])
-  top5 = {"top5_accuracy": float(sums["top5"]) / n} if "top5" in sums else {}
-  return {"loss": float(sums["loss"]) / n, "accuracy": float(sums["top1"]) / n, **top5,
-          "count": int(n)}
+  classes), and the example count; of each replica (a list) where the totals have that axis."""
+  n = np.asarray(sums["count"], np.float64)
+  top5 = {"top5_accuracy": np.asarray(sums["top5"]) / n} if "top5" in sums else {}
+  values = {"loss": np.asarray(sums["loss"]) / n, "accuracy": np.asarray(sums["top1"]) / n,
+            **top5, "count": n.astype(np.int64)}
+  return {k: v.tolist() for k, v in values.items()}
 
 
 def evaluate(runner, variables: dict, batches: Iterable[dict]) -> dict:
