@@ -12,7 +12,7 @@ import pytest
 from conftest import deadline
 
 import jresnet
-from bench import compile_time, input_pipeline, throughput
+from bench import compile_time, input_pipeline, replicas, throughput
 from configs import default
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,6 +74,14 @@ def test_compile_time_one_model(tmp_path, capsys):
   assert [r["layout"] for r in records] == ["unrolled", "scan"]
   assert all(r["params"] == 269_722 and r["compile_s"] > 0 and r["images_per_s"] > 0
              for r in records)
+
+
+def test_replicas_and_steps_per_call_count_every_replicas_images():
+  one = replicas.measure(1, 1, batch=8, depth=8, repeats=1)
+  both = replicas.measure(2, 2, batch=8, depth=8, repeats=1)
+  assert (both["replicas"], both["steps_per_call"]) == (2, 2)
+  assert both["per_replica"] == pytest.approx(both["images_per_s"] / 2, rel=1e-3)
+  assert one["images_per_s"] > 0 and both["images_per_s"] > 0
 
 
 def test_input_pipeline_streams_imagenet_like_jpegs(tmp_path):
