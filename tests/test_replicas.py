@@ -98,6 +98,7 @@ def test_a_checkpoint_of_another_replica_count_is_refused(three):
 
 @pytest.mark.parametrize("overrides, message", [
     ({"parallel": "pmap"}, "replicas=2 needs parallel='jit'"),
+    ({"init_from": "resnet18.tv_in1k"}, "init_from .one set of weights. is for a single run"),
     ({"data.cache": False, "data.source": "folder"}, "needs the train split held in memory"),
 ])
 def test_replicas_that_cannot_run_are_refused_before_training(tmp_path, overrides, message):

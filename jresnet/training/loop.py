@@ -84,7 +84,8 @@ def _train(config: ConfigDict, dataset: data.Dataset, runner: parallel.Runner, w
       target = runner.get_state(runner.init_state(dataset.info.image_shape, config.seed))
       restored = checkpoints.restore_newest(target, meta)
       if restored[0] == latest:  # else: it does not restore, and training resumes before it
-        path = _export(dataset.info, runner, runner.put_state(restored[1]), workdir)
+        best = (checkpoints.meta(latest).get("metrics") or {}).get("best_replica")
+        path = _export(dataset.info, runner, runner.put_state(restored[1]), workdir, best)
         say(f"{path} was {problem}: rewrote it from the final checkpoint (step {latest})")
     if not problem or restored[0] == latest:
       return _already_finished(checkpoints, latest, workdir)
@@ -118,7 +119,7 @@ def _train(config: ConfigDict, dataset: data.Dataset, runner: parallel.Runner, w
   log_every = _every(config.log_every_steps, 100, per_call)
   eval_every = _every(config.eval_every_steps, round(steps_per_epoch), per_call)
   save_every = _every(config.checkpoint_every_steps, eval_every, per_call)
-  writer = MetricWriter(workdir, total_steps, start, config.batch_size,
+  writer = MetricWriter(workdir, total_steps, start, config.batch_size * runner.replicas,
                         steps_per_epoch=steps_per_epoch, schedule=runner.step_config.schedule)
   identity = _identity(workdir)
   if not restored or run_config.saved(workdir) is None:  # a resumed run keeps its record

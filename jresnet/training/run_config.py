@@ -124,6 +124,9 @@ def resolve(config: ConfigDict, info) -> ConfigDict:
   if config.replicas > 1 and config.parallel != "jit":
     raise ConfigError(f"replicas={config.replicas} needs parallel='jit' (runs side by side are "
                       "vmapped within one jitted program)")
+  if config.replicas > 1 and config.init_from:
+    raise ConfigError(f"replicas={config.replicas} starts every replica from its own seed; "
+                      "init_from (one set of weights) is for a single run: drop one of the two")
   values.update(num_train_steps=total_steps, num_classes=info.num_classes,
                 learning_rate_resolved=optim.base_learning_rate(config))
   data = values["data"]
