@@ -30,9 +30,10 @@ def measure(replicas: int, steps_per_call: int, batch: int, depth: int, repeats:
                 steps_per_call=steps_per_call, replicas=replicas)
   dataset = data.open(config.data)
   config, runner = loop.build(config, dataset.info)
-  state = [runner.init_state(dataset.info.image_shape, config.seed)]
-  batches = dataset.train_batches(runner.batch_sharding, batch_size=batch, seed=0,
-                                  steps_per_call=steps_per_call, replicas=replicas)
+  state = [loop.init_state(config, runner, dataset.info.image_shape)]
+  seeds = list(range(replicas)) if replicas > 1 else 0
+  batches = dataset.train_batches(runner.batch_sharding, batch_size=batch, seed=seeds,
+                                  steps_per_call=steps_per_call)
   train_call = runner.train_steps if steps_per_call > 1 else runner.train_step
 
   def step():

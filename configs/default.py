@@ -63,6 +63,9 @@ def get_config() -> ConfigDict:
                                                      # steps under lax.scan, fewer dispatches
   c.replicas = 1                                     # independent runs in one program (jit,
                                                      # data in memory): replica i, seed + i
+  c.sweep = ""                                       # JSON, e.g. '{"optimizer.learning_rate":
+                                                     # [0.05, 0.1, 0.2]}': a replica per value
+                                                     # (per value and seed with replicas > 1)
   c.compilation_cache_dir = "~/.cache/jresnet/xla"   # JAX's persistent cache: a repeated or
                                                      # resumed run loads its compiled steps
                                                      # ('': off)

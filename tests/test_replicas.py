@@ -22,8 +22,8 @@ def _records(workdir, split):
 
 
 def _final_state(workdir, config):
-  _, runner, info = build(config)
-  target = runner.get_state(runner.init_state(info.image_shape, config.seed))
+  resolved, runner, info = build(config)
+  target = runner.get_state(loop.init_state(resolved, runner, info.image_shape))
   checkpoints = checkpoint_lib.Checkpoints(os.path.join(workdir, "checkpoints"), async_save=False)
   state = checkpoints.restore(checkpoints.latest_step(), target,
                               {"model": model_meta(runner.model, runner.replicas)})
@@ -97,8 +97,8 @@ def test_a_checkpoint_of_another_replica_count_is_refused(three):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"parallel": "pmap"}, "replicas=2 needs parallel='jit'"),
-    ({"init_from": "resnet18.tv_in1k"}, "init_from .one set of weights. is for a single run"),
+    ({"parallel": "pmap"}, "replicas=2 need parallel='jit'"),
+    ({"init_from": "resnet18.tv_in1k"}, "start every replica afresh; init_from"),
     ({"data.cache": False, "data.source": "folder"}, "needs the train split held in memory"),
 ])
 def test_replicas_that_cannot_run_are_refused_before_training(tmp_path, overrides, message):
@@ -121,10 +121,75 @@ def test_the_device_path_gives_replica_i_the_batches_of_seed_plus_i():
   cfg = tiny_config().data
   dataset = data.open(cfg)
   _, runner, _ = build(tiny_config())
-  together = next(dataset.train_batches(runner.batch_sharding, batch_size=16, seed=3,
-                                        start_step=5, replicas=2))
+  together = next(dataset.train_batches(runner.batch_sharding, batch_size=16, seed=[3, 4],
+                                        start_step=5))
   for i in range(2):
     alone = next(dataset.train_batches(runner.batch_sharding, batch_size=16, seed=3 + i,
                                        start_step=5))
     for key in alone:
       np.testing.assert_array_equal(np.asarray(together[key][i]), np.asarray(alone[key]))
+
+
+SWEEP = {"optimizer.learning_rate": [0.05, 0.1, 0.2], "optimizer.weight_decay": [0.0, 1e-4, 1e-3],
+         "label_smoothing": [0.0, 0.1, 0.2]}
+
+
+def test_a_sweep_trains_each_point_as_its_own_run(tmp_path):
+  """A 3-point sweep of the learning rate, weight decay and label smoothing together in one
+  program, against the 3 runs at those values."""
+  import json  # noqa: PLC0415
+
+  swept = tiny_config(seed=5, sweep=json.dumps(SWEEP), **STEPS)
+  loop.train_and_evaluate(swept, str(tmp_path / "sweep"))
+  together = _records(tmp_path / "sweep", "train")
+  state = _final_state(tmp_path / "sweep", swept)
+  for i in range(3):
+    point = {field: values[i] for field, values in SWEEP.items()}
+    alone = tiny_config(seed=5, **STEPS, **point)
+    loop.train_and_evaluate(alone, str(tmp_path / f"point{i}"))
+    records = _records(tmp_path / f"point{i}", "train")
+    np.testing.assert_allclose([r[f"loss_r{i}"] for r in together], [r["loss"] for r in records],
+                               rtol=1e-5)
+    np.testing.assert_allclose([r[f"learning_rate_r{i}"] for r in together],
+                               [r["learning_rate"] for r in records], rtol=1e-6)
+    single = _final_state(tmp_path / f"point{i}", alone)
+    jax.tree.map(lambda a, b, i=i: np.testing.assert_allclose(a[i], b, rtol=1e-4, atol=1e-6),
+                 state.params, single.params)
+
+
+def test_a_diverging_point_is_frozen_and_the_others_finish(tmp_path, capsys):
+  config = tiny_config(seed=5, sweep='{"optimizer.learning_rate": [0.1, 1e30]}', **STEPS)
+  final = loop.train_and_evaluate(config, str(tmp_path))
+  out = capsys.readouterr().out
+  assert "replica 1 (seed 5, optimizer.learning_rate=1e+30): non-finite update at step 1" in out
+  assert out.count("replica 1 (seed 5") == 1  # reported once
+  assert "frozen (non-finite): replica 1" in out
+  assert final["frozen_r1"] == 1 and final["accuracy_r1"] is None
+  assert final["accuracy"] == final["accuracy_r0"] and final["best_replica"] == 0
+  assert final["accuracy_std"] == 0.0
+  state = _final_state(tmp_path, config)
+  assert state.frozen_at.tolist() == [-1, 1] and state.step.tolist() == [6, 6]
+  resolved, runner, info = build(config)  # the frozen replica kept its initial weights
+  start = runner.get_state(loop.init_state(resolved, runner, info.image_shape))
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[1], b[1]), state.params, start.params)
+  for row in _records(tmp_path, "train"):
+    assert row["loss_r1"] is None and row["frozen_r1"] == 1
+
+
+def test_when_every_replica_diverges_the_run_stops(tmp_path):
+  with pytest.raises(loop.NonFiniteUpdateError, match="every replica's update went non-finite"):
+    loop.train_and_evaluate(tiny_config(sweep='{"optimizer.learning_rate": [1e30, 1e31]}',
+                                        **STEPS), str(tmp_path))
+
+
+@pytest.mark.parametrize("sweep, message", [
+    ('{"optimizer.momentum": [0.8, 0.9]}', "optimizer.momentum cannot be swept"),
+    ('{"optimizer.learning_rate": [0.1, 0.2], "label_smoothing": [0.1]}', "as many values"),
+    ('{"label_smoothing": [0.1, 1.5]}', r"label_smoothing=1.5 must be in \[0, 1\)"),
+    ("[0.1, 0.2]", "must map fields to lists of numbers"),
+    ("lr=0.1", "is not JSON"),
+])
+def test_a_sweep_that_cannot_run_is_refused(tmp_path, sweep, message):
+  with pytest.raises(run_config.ConfigError, match=message):
+    loop.train_and_evaluate(tiny_config(sweep=sweep, **STEPS), str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()

@@ -41,7 +41,7 @@ def build(config):
 def initial_state(config):
   """The initial train state of a run of `config`, one copy (as a checkpoint holds it)."""
   resolved, runner, info = build(config)
-  return runner.get_state(runner.init_state(info.image_shape, resolved.seed))
+  return runner.get_state(loop.init_state(resolved, runner, info.image_shape))
 
 
 def get_config():

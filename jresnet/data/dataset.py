@@ -23,7 +23,7 @@ import dataclasses
 import functools
 import itertools
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -168,24 +168,24 @@ class Dataset:
                                                                sharding)
     return self._placed[name, sharding]
 
-  def train_batches(self, sharding: NamedSharding, *, batch_size: int, seed: int,
-                    start_step: int = 0, steps_per_call: int = 1,
-                    replicas: int = 1) -> Iterator[dict]:
+  def train_batches(self, sharding: NamedSharding, *, batch_size: int,
+                    seed: int | Sequence[int], start_step: int = 0,
+                    steps_per_call: int = 1) -> Iterator[dict]:
     """Global batch k, k >= start_step, of config.data.train_split, forever: {'image' float32
     normalised, 'label', 'mask'} on `sharding`. Batch k is a pure function of (seed, k), whatever
-    the number of processes, so a resumed run sees the batches it would have seen. With
-    replicas R > 1 (a split in memory), the batches of R runs, replica i's from seed + i, stacked
-    along a leading axis; with steps_per_call K > 1, K consecutive batches at a time, stacked in
-    front of that (for `lax.scan` over train steps)."""
+    the number of processes, so a resumed run sees the batches it would have seen. With one seed
+    per replica (a sequence; a split in memory), the batches of those runs stacked along a
+    leading axis; with steps_per_call K > 1, K consecutive batches at a time, stacked in front
+    of that (for `lax.scan` over train steps)."""
     if start_step < 0:
       raise ValueError(f"start_step={start_step} must be >= 0.")
     name, k = self.cfg.train_split, steps_per_call
     if self.in_memory(name):
       return self._on_devices(name, sharding).train_batches(
-          seed, start_step, _device_rows(batch_size, sharding), k, replicas)
-    if replicas > 1:
-      raise ValueError(f"replicas={replicas} needs the train split held in memory (batched on "
-                       f"the devices); {name!r} is streamed")
+          seed, start_step, _device_rows(batch_size, sharding), k)
+    if not isinstance(seed, int):
+      raise ValueError(f"batches for several replicas need the train split held in memory "
+                       f"(batched on the devices); {name!r} is streamed")
     finish = functools.partial(device_stream.finish_streamed_train, preset=self.preset,
                                key_data=device_stream.seed_key_data(seed))
     batches = self.host_train_batches(global_batch_size=batch_size, seed=seed,

@@ -15,7 +15,7 @@ rows.
 
 import functools
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -54,18 +54,19 @@ class DeviceSplit:
     put = lambda x: jax.make_array_from_callback(x.shape, replicated, lambda index: x[index])
     self.images, self.labels = put(np.asarray(split.images)), put(np.asarray(split.labels))
 
-  def train_batches(self, seed: int, start_step: int, rows: process_shard.Shard,
-                    steps_per_call: int = 1, replicas: int = 1) -> Iterator[dict]:
-    """Batches {'image', 'label', 'mask'} of `rows` of global batch k, k >= start_step. With
-    replicas R > 1, each batch for R runs, replica i's from seed + i, stacked along a leading
-    axis; with steps_per_call K > 1, K consecutive batches a time, stacked in front of that, made
-    in one call."""
+  def train_batches(self, seed: int | Sequence[int], start_step: int, rows: process_shard.Shard,
+                    steps_per_call: int = 1) -> Iterator[dict]:
+    """Batches {'image', 'label', 'mask'} of `rows` of global batch k, k >= start_step. With a
+    sequence of seeds (replicas), each batch for every seed, stacked along a leading axis; with
+    steps_per_call K > 1, K consecutive batches a time, stacked in front of that, made in one
+    call."""
+    several = not isinstance(seed, int)  # one seed per replica
     n, batch_size, k = self.num_examples, rows.global_batch_size, steps_per_call
     spans = 1 + -(-k * batch_size // n)  # the epochs a call's batches can touch
     batch = functools.partial(_train_batch, preset=self.preset, n=n, rows=rows)
     order = functools.partial(_epoch_order, n=n)
     leading = ()
-    if replicas > 1:  # (each replica's key and epoch orders)
+    if several:  # (each replica's key and epoch orders)
       batch = jax.vmap(batch, in_axes=(None, None, 0, 0, None, None))
       order = jax.vmap(order, in_axes=(0, None))
       leading = (None,)
@@ -80,15 +81,14 @@ class DeviceSplit:
     make = jax.jit(call, out_shardings=NamedSharding(self.sharding.mesh,
                                                      P(*leading, *self.sharding.spec)))
     order = jax.jit(order, out_shardings=NamedSharding(self.sharding.mesh, P()))
-    key = seed_key_data(seed) if replicas == 1 else jnp.stack(
-        [seed_key_data(seed + i) for i in range(replicas)])
+    key = jnp.stack([seed_key_data(s) for s in seed]) if several else seed_key_data(seed)
     orders = {}  # epoch -> its permutation, computed once per epoch, not in every step
     for step in itertools.count(start_step, k):
       first = step * batch_size // n
       orders = {e: orders[e] if e in orders else order(key, np.int32(e))
                 for e in range(first, first + spans)}
       # (epochs, n), or with replicas (replicas, epochs, n)
-      stacked = jnp.stack(list(orders.values()), axis=0 if replicas == 1 else 1)
+      stacked = jnp.stack(list(orders.values()), axis=1 if several else 0)
       yield make(self.images, self.labels, key, stacked, np.int32(first), np.int32(step))
 
   def eval_batches(self, rows: process_shard.Shard) -> Iterator[dict]:

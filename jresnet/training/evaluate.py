@@ -40,7 +40,7 @@ def _restore(config: ConfigDict, runner: parallel.Runner, image_shape: tuple,
         f"no checkpoint ({which}) in {directory}" + (f"; it holds steps {saved}" if saved else ""))
   meta = {"model": model_meta(runner.model, runner.replicas)}
   checkpoints.check_model(step, meta)
-  target = runner.get_state(runner.init_state(image_shape, config.seed))
+  target = runner.get_state(loop.init_state(config, runner, image_shape))
   if which == "latest":
     step, state = checkpoints.restore_newest(target, meta)
   else:

@@ -20,7 +20,7 @@ from jresnet.training import checkpoint as checkpoint_lib
 from jresnet.training import distributed, parallel, pretrained, records, run_config, workdir_lock
 from jresnet.training.model import build_model, describe_model, model_meta
 from jresnet.training.records import MetricWriter
-from jresnet.training.step import StepConfig, evaluate
+from jresnet.training.step import GUARDED, StepConfig, evaluate
 
 EXPORT_FILE = "model.msgpack"  # inference export written at the end of training
 
@@ -39,8 +39,18 @@ def build(config: ConfigDict, info: data.DatasetInfo, *, model=None,
     model = build_model(config, info.num_classes, info.image_shape[-1])
   step_config = StepConfig.from_config(config, model, run_config.steps_per_epoch(config, info))
   runner = parallel.create(config.parallel, step_config, devices=devices, bn_span=config.bn_span,
-                           steps_per_call=config.steps_per_call, replicas=config.replicas)
+                           steps_per_call=config.steps_per_call,
+                           replicas=len(run_config.replicas(config)))
   return config, runner
+
+
+def init_state(config: ConfigDict, runner: parallel.Runner, image_shape: tuple[int, ...]):
+  """The run's initial state: one from config.seed, or every replica's from its seed and
+  hyperparameters (config.replicas, config.sweep)."""
+  if runner.replicas == 1:
+    return runner.init_state(image_shape, config.seed)
+  return runner.init_state(image_shape, [seed for seed, _ in run_config.replicas(config)],
+                           run_config.replica_hyperparams(config))
 
 
 def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
@@ -81,7 +91,7 @@ def _train(config: ConfigDict, dataset: data.Dataset, runner: parallel.Runner, w
   if latest and latest >= total_steps:  # finished: its export checked, rewritten if need be
     problem = _export_problem(workdir, checkpoints.meta(latest), runner)
     if problem:
-      target = runner.get_state(runner.init_state(dataset.info.image_shape, config.seed))
+      target = runner.get_state(init_state(config, runner, dataset.info.image_shape))
       restored = checkpoints.restore_newest(target, meta)
       if restored[0] == latest:  # else: it does not restore, and training resumes before it
         best = (checkpoints.meta(latest).get("metrics") or {}).get("best_replica")
@@ -102,7 +112,7 @@ def _train(config: ConfigDict, dataset: data.Dataset, runner: parallel.Runner, w
         "fits, or train one run a program")
 
   # ---- State: restored from the newest intact checkpoint, or initialised (from init_from).
-  state, loaded_note = runner.init_state(dataset.info.image_shape, config.seed), None
+  state, loaded_note = init_state(config, runner, dataset.info.image_shape), None
   if latest and not restored:
     restored = checkpoints.restore_newest(runner.get_state(state), meta)
   start = restored[0] if restored else 0
@@ -139,16 +149,17 @@ def _train(config: ConfigDict, dataset: data.Dataset, runner: parallel.Runner, w
     raise run_config.ConfigError(
         f"the run resumes from step {start}, not a multiple of steps_per_call={per_call}: resume "
         "with --config.steps_per_call=1 (or a divisor of that step)")
+  seeds = [seed for seed, _ in run_config.replicas(config)]
   batches = dataset.train_batches(runner.batch_sharding, batch_size=config.batch_size,
-                                  seed=config.seed, start_step=start, steps_per_call=per_call,
-                                  replicas=runner.replicas)
+                                  seed=seeds if runner.replicas > 1 else config.seed,
+                                  start_step=start, steps_per_call=per_call)
   train_call = runner.train_steps if per_call > 1 else runner.train_step
   eval_batch_size = config.eval_batch_size or config.batch_size
   agreed_stop = distributed.AgreedStop()
   sigterm = agreed_stop.now(distributed.sigterm_requested())  # any process: every one stops
   if sigterm:
     writer.note("SIGTERM during start-up: stopped before training")
-  eval_metrics, step = None, start
+  eval_metrics, step, frozen = None, start, {}  # frozen: {replica: the step its update failed}
   best_step = checkpoints.best_step()
   best_accuracy = checkpoints.meta(best_step)["metrics"]["accuracy"] if best_step else -1.0
   try:
@@ -166,13 +177,17 @@ def _train(config: ConfigDict, dataset: data.Dataset, runner: parallel.Runner, w
         host = runner.to_host(metrics)
         if per_call > 1:  # the call's last step (a non-finite update stays non-finite)
           host = jax.tree.map(lambda x: x[-1], host)
-        check_finite(step, host, checkpoints.latest_step(), workdir)
+        if runner.replicas == 1:
+          check_finite(step, host, checkpoints.latest_step(), workdir)
+        else:
+          frozen = _check_replicas(config, host, frozen, writer, step,
+                                   checkpoints.latest_step(), workdir)
         _check_workdir(workdir, identity, step)
-        writer.scalars(step, "train", records.across_replicas(host))
+        writer.scalars(step, "train", records.across_replicas(host, frozen))
       if evaluated:
         eval_metrics = records.across_replicas(evaluate(
             runner, state.eval_variables(runner.use_ema),
-            dataset.eval_batches(runner.batch_sharding, batch_size=eval_batch_size)))
+            dataset.eval_batches(runner.batch_sharding, batch_size=eval_batch_size)), frozen)
         writer.scalars(step, "eval", eval_metrics)
         save = save or eval_metrics["accuracy"] > best_accuracy  # the best is always kept
         best_accuracy = max(best_accuracy, eval_metrics["accuracy"])
@@ -241,29 +256,49 @@ class NonFiniteUpdateError(FloatingPointError):
   """A step's loss, gradient, update or parameter norm is NaN or infinite."""
 
 
-# What the non-finite guard reads: numbers the step computes anyway, fetched at the steps whose
-# metrics go to the host (every log, evaluation and save step), so it adds no device work and no
-# synchronisation. A non-finite state stays non-finite (NaN spreads through every later update),
-# so a check at each save step keeps it out of every checkpoint.
-GUARDED = ("loss", "grad_norm", "update_norm", "param_norm")
+# The non-finite guard reads step.GUARDED, fetched at the steps whose metrics go to the host
+# (every log, evaluation and save step), so it adds no device work and no synchronisation; a
+# check at each save step keeps a non-finite state out of every checkpoint. Replicas freeze
+# themselves in the step; the run stops when every one has.
 
 
 def check_finite(step: int, metrics: dict, last_saved: int | None, workdir: str) -> None:
-  """Raises NonFiniteUpdateError if any of `metrics`' GUARDED values (host numbers, or one per
-  replica) is not finite: training stops before that state can be saved."""
-  bad = {k: np.asarray(metrics[k]).tolist() for k in GUARDED
-         if k in metrics and not np.all(np.isfinite(metrics[k]))}
-  if not bad:
-    return
+  """Raises NonFiniteUpdateError if any of `metrics`' GUARDED values (host numbers) is not
+  finite: training stops before that state can be saved."""
+  bad = {k: float(metrics[k]) for k in GUARDED if k in metrics and not np.isfinite(metrics[k])}
+  if bad:
+    raise NonFiniteUpdateError(
+        f"non-finite {', '.join(f'{k}={v}' for k, v in bad.items())} at step {step}: training "
+        f"stopped before saving. {_non_finite_advice(last_saved, workdir)}")
+
+
+def _non_finite_advice(last_saved: int | None, workdir: str) -> str:
   remedy = ("lower the learning rate (--config.optimizer.learning_rate) or set "
             "--config.grad_clip_norm")
-  advice = (f"The last good checkpoint (step {last_saved}) is kept in {workdir}; resuming would "
-            f"repeat the same steps. Train anew in another --workdir: {remedy}, with "
-            f"--config.init_from={workdir} to start from this run's weights." if last_saved else
-            f"No checkpoint was saved: {remedy}.")
-  raise NonFiniteUpdateError(
-      f"non-finite {', '.join(f'{k}={v}' for k, v in bad.items())} at step {step}: training "
-      f"stopped before saving. {advice}")
+  if not last_saved:
+    return f"No checkpoint was saved: {remedy}."
+  return (f"The last good checkpoint (step {last_saved}) is kept in {workdir}; resuming would "
+          f"repeat the same steps. Train anew in another --workdir: {remedy}, with "
+          f"--config.init_from={workdir} to start from this run's weights.")
+
+
+def _check_replicas(config: ConfigDict, metrics: dict, frozen: dict[int, int], writer, step: int,
+                    last_saved: int | None, workdir: str) -> dict[int, int]:
+  """The frozen replicas ({replica: step}) after this host fetch, each newly frozen one noted once
+  with its step, seed and hyperparameters; NonFiniteUpdateError once every replica is frozen."""
+  settings = run_config.replicas(config)
+  now = {i: int(at) for i, at in enumerate(metrics["frozen_at"]) if at >= 0}
+  for i in sorted(now.keys() - frozen.keys()):
+    seed, values = settings[i]
+    what = ", ".join([f"seed {seed}", *(f"{k}={v:g}" for k, v in values.items())])
+    writer.note(f"replica {i} ({what}): non-finite update at step {now[i]}; frozen there, left "
+                "out of the mean and of the best")
+  if len(now) == len(settings):
+    raise NonFiniteUpdateError(
+        f"every replica's update went non-finite (by step {step}; at steps "
+        f"{', '.join(str(now[i]) for i in sorted(now))}): training stopped. "
+        f"{_non_finite_advice(last_saved, workdir)}")
+  return now
 
 
 def _every(n: int | None, default: int, steps_per_call: int) -> int:
@@ -289,11 +324,14 @@ def _metrics_text(metrics: dict | None) -> str:
   if not metrics:
     return "no evaluation recorded"
   if "best_replica" in metrics:  # several replicas: mean ± std, and the best
-    best, count = metrics["best_replica"], sum(k.startswith("accuracy_r") for k in metrics)
+    best = metrics["best_replica"]
+    live = sum(k.startswith("accuracy_r") and v is not None for k, v in metrics.items())
+    frozen = [k.removeprefix("frozen_r") for k in metrics if k.startswith("frozen_r")]
     return (f"eval accuracy {metrics['accuracy']:.4f} ± {metrics['accuracy_std']:.4f} (mean ± "
-            f"std of {count} replicas; the best, replica {best}: "
+            f"std of {live} replicas; the best, replica {best}: "
             f"{metrics[f'accuracy_r{best}']:.4f}), loss {metrics['loss']:.4f} ± "
-            f"{metrics['loss_std']:.4f}")
+            f"{metrics['loss_std']:.4f}"
+            + (f"; frozen (non-finite): replica {', '.join(frozen)}" if frozen else ""))
   return "eval " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                              for k, v in metrics.items() if isinstance(v, (int, float)))
 

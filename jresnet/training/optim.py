@@ -55,19 +55,23 @@ def decay_mask(params) -> dict:
   return traverse_util.unflatten_dict({path: path[-1] == "kernel" for path in flat})
 
 
-def create_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransformation:
+def create_optimizer(config, schedule: optax.Schedule,
+                     weight_decay=None) -> optax.GradientTransformation:
+  """The configured optimiser on `schedule`; `weight_decay` (a number or a traced scalar: a
+  replica's of a sweep) replaces optimizer.weight_decay."""
   o = config.optimizer
+  weight_decay = o.weight_decay if weight_decay is None else weight_decay
   if o.name not in OPTIMIZERS:
     raise ValueError(f"optimizer.name must be one of {', '.join(OPTIMIZERS)}; got {o.name!r}")
   mask: Callable | None = decay_mask if config.weight_decay_mask else None
   if o.name == "sgd":
-    tx = optax.chain(optax.add_decayed_weights(o.weight_decay, mask),
+    tx = optax.chain(optax.add_decayed_weights(weight_decay, mask),
                      optax.sgd(schedule, momentum=o.momentum or None, nesterov=o.nesterov))
   elif o.name == "adamw":
-    tx = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
+    tx = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=weight_decay,
                      mask=mask)
   else:  # LARS (You et al. 2017): per-layer trust ratio, masked like the weight decay
-    tx = optax.lars(schedule, weight_decay=o.weight_decay, weight_decay_mask=mask or True,
+    tx = optax.lars(schedule, weight_decay=weight_decay, weight_decay_mask=mask or True,
                     trust_coefficient=o.trust_coefficient, trust_ratio_mask=mask or True,
                     momentum=o.momentum, nesterov=o.nesterov)
   if config.grad_clip_norm:

@@ -13,10 +13,11 @@ placed on its `batch_sharding` from `jresnet.data`. What both runners do is writ
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import flax.jax_utils
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding
@@ -79,17 +80,24 @@ class Runner:
   def use_ema(self) -> bool:
     return self.step_config.ema_decay is not None
 
-  def init_state(self, image_shape: tuple[int, ...], seed: int) -> TrainState:
+  def init_state(self, image_shape: tuple[int, ...], seed: int | Sequence[int],
+                 hyperparams: dict[str, Sequence[float]] | None = None) -> TrainState:
     """The initial train state for images of `image_shape` (H, W, C), placed as the runner keeps
-    it; deterministic in `seed`, so every process makes the same one. With replicas R, R states
-    stacked along a leading axis, replica i's from seed + i."""
+    it; deterministic in `seed`, so every process makes the same one. With replicas, `seed` has
+    one seed per replica and `hyperparams` one value per replica of each swept hyperparameter:
+    their states stacked along a leading axis, none frozen."""
     cfg = self.step_config
     create = functools.partial(create_train_state, cfg.model, cfg.tx, image_shape,
                                use_ema=self.use_ema)
     if self.replicas == 1:
       return self._place_new(lambda: create(seed=seed))
-    seeds = seed + np.arange(self.replicas)
-    return self._place_new(lambda: jax.vmap(lambda s: create(seed=s))(seeds))
+    seeds = np.asarray(seed, np.int32)
+    values = {k: np.asarray(v, np.float32) for k, v in (hyperparams or {}).items()}
+    if seeds.shape != (self.replicas,) or any(v.shape != seeds.shape for v in values.values()):
+      raise ValueError(f"{self.replicas} replicas need a seed and hyperparameters each; got "
+                       f"seeds {seeds.tolist()} and {values}")
+    return self._place_new(lambda: jax.vmap(lambda s: create(seed=s))(seeds).replace(
+        hyperparams=values, frozen_at=jnp.full(self.replicas, -1, jnp.int32)))
 
   # What differs between the runners.
   def _place_new(self, create: Callable[[], TrainState]) -> TrainState:

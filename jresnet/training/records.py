@@ -54,7 +54,7 @@ class MetricWriter:
     """Records {name: value} of `split` ('train' or 'eval') at `step`."""
     if not self.active:
       return
-    values = {k: v if isinstance(v, int) else float(v) for k, v in metrics.items()}
+    values = {k: v if v is None or isinstance(v, int) else float(v) for k, v in metrics.items()}
     if split == "train":
       now = time.perf_counter()
       rate = ((step - self.last_step) * self.batch_size / (now - self.last_time)
@@ -66,7 +66,7 @@ class MetricWriter:
                            img_s="-" if rate is None else f"{rate:.0f}", refresh=False)
     else:
       self.bar.write(f"step {step}: eval " + ", ".join(
-          f"{k} {v}" if isinstance(v, int) else f"{k} {v:.4f}" for k, v in values.items()))
+          f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()))
     if self.writer is not None:
       for name, value in values.items():
         if value is not None:
@@ -186,22 +186,30 @@ def read_metrics(path: str) -> list[dict]:
   return _read_records(path)[0]
 
 
-def across_replicas(metrics: dict) -> dict:
-  """Metrics of several replicas (a list or array per name) -> each name's mean over them, its
-  std (`<name>_std`), each replica's value (`<name>_r<i>`), and the best replica by accuracy
-  (`best_replica`); the example count once. Metrics of one run are returned as they are."""
+def across_replicas(metrics: dict, frozen: dict[int, int] | None = None) -> dict:
+  """Metrics of several replicas (a list or array per name) -> each name's mean over the replicas
+  that are not `frozen` ({replica: the step it froze at}), its std (`<name>_std`), each
+  replica's value (`<name>_r<i>`; None for a frozen one, with `frozen_r<i>` its step), and the
+  best replica by accuracy (`best_replica`); the example count once. Metrics of one run are
+  returned as they are."""
   if all(np.ndim(v) == 0 for v in metrics.values()):
     return metrics
+  frozen = frozen or {}
   out = {}
   for name, values in metrics.items():
-    values = np.asarray(values)
-    if name == "count":
-      out[name] = int(values.flat[0])
+    values = np.asarray(values, np.float64)
+    live = np.asarray([i not in frozen for i in range(len(values))])
+    if name == "frozen_at":
       continue
-    out[name], out[f"{name}_std"] = float(values.mean()), float(values.std())
-    out.update({f"{name}_r{i}": float(v) for i, v in enumerate(values)})
+    if name == "count":
+      out[name] = int(values[0])
+      continue
+    out[name], out[f"{name}_std"] = float(values[live].mean()), float(values[live].std())
+    out.update({f"{name}_r{i}": None if i in frozen else float(v) for i, v in enumerate(values)})
+  out.update({f"frozen_r{i}": step for i, step in sorted(frozen.items())})
   if "accuracy" in metrics:
-    out["best_replica"] = int(np.argmax(metrics["accuracy"]))
+    accuracies = np.where(live, np.asarray(metrics["accuracy"], np.float64), -np.inf)
+    out["best_replica"] = int(np.argmax(accuracies))
   return out
 
 
@@ -225,8 +233,10 @@ def plot_curves(metrics_path: str, out_path: str, learning_rates=None) -> None:
         ax.plot(*zip(*points), style, label=split, markersize=3)
       for replica in sorted({k for r in rows if r["split"] == split for k in r
                              if k.startswith(f"{key}_r") and k[len(key) + 2:].isdigit()}):
-        points = [(r["step"], r[replica]) for r in rows if r["split"] == split and replica in r]
-        ax.plot(*zip(*points), "-", linewidth=0.6, alpha=0.6)  # one thin line per replica
+        points = [(r["step"], r[replica]) for r in rows
+                  if r["split"] == split and r.get(replica) is not None]  # (frozen: none)
+        if points:
+          ax.plot(*zip(*points), "-", linewidth=0.6, alpha=0.6)  # one thin line per replica
     ax.set_title(key.replace("_", " "))
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)

@@ -72,6 +72,64 @@ def resolve_precision(precision: str) -> str:
   return precision
 
 
+# What config.sweep may vary, and how a replica's step takes it (TrainState.hyperparams).
+SWEEPABLE = {"optimizer.learning_rate": "learning_rate_scale",
+             "optimizer.weight_decay": "weight_decay", "label_smoothing": "label_smoothing"}
+
+
+def sweep(config: ConfigDict) -> dict[str, list[float]]:
+  """config.sweep: {field: values}, the same number of values for every field ({} for none);
+  ConfigError for JSON that is not that, a field that cannot be swept or a value out of range."""
+  if not config.sweep:
+    return {}
+  try:
+    points = json.loads(config.sweep)
+  except ValueError as e:
+    raise ConfigError(f"sweep={config.sweep!r} is not JSON ({e}); write e.g. "
+                      "--config.sweep='{\"optimizer.learning_rate\": [0.05, 0.1, 0.2]}'") from None
+  if not isinstance(points, dict) or not points or not all(
+      isinstance(v, list) and v and all(isinstance(x, (int, float)) for x in v)
+      for v in points.values()):
+    raise ConfigError(f"sweep={config.sweep!r} must map fields to lists of numbers")
+  unknown = sorted(set(points) - set(SWEEPABLE))
+  if unknown:
+    raise ConfigError(f"sweep: {', '.join(unknown)} cannot be swept in one program; these can: "
+                      f"{', '.join(SWEEPABLE)}")
+  if len({len(v) for v in points.values()}) > 1:
+    raise ConfigError(f"sweep: every field needs as many values ({config.sweep})")
+  bad = [f"{field}={value!r} must be in {_interval(*VALUE_RANGES[field])}"
+         for field, values in points.items() for value in values
+         if not _inside(value, *VALUE_RANGES[field])]
+  if bad:
+    raise ConfigError(f"sweep: {'; '.join(bad)}")
+  if "optimizer.learning_rate" in points and not config.optimizer.learning_rate:
+    raise ConfigError("sweep over optimizer.learning_rate scales the configured schedule: give "
+                      "a non-zero --config.optimizer.learning_rate")
+  return {field: [float(v) for v in values] for field, values in points.items()}
+
+
+def replicas(config: ConfigDict) -> list[tuple[int, dict]]:
+  """(seed, {field: value}) of each replica: each sweep point in order, for each of
+  config.replicas seeds (seed, seed + 1, ...); one replica without either."""
+  points = sweep(config)
+  count = len(next(iter(points.values()))) if points else 1
+  return [(config.seed + j, {field: values[s] for field, values in points.items()})
+          for s in range(count) for j in range(config.replicas)]
+
+
+def replica_hyperparams(config: ConfigDict) -> dict[str, list[float]]:
+  """Each swept hyperparameter of every replica, as its step takes it (TrainState.hyperparams):
+  the learning rate as a scale of the configured schedule."""
+  settings = [values for _, values in replicas(config)]
+  out = {}
+  for field in sweep(config):
+    values = [point[field] for point in settings]
+    if field == "optimizer.learning_rate":
+      values = [v / config.optimizer.learning_rate for v in values]
+    out[SWEEPABLE[field]] = values
+  return out
+
+
 def check_steps_per_call(config: ConfigDict, total_steps: int) -> None:
   """K = steps_per_call steps run in one call, so every step the loop acts at (logging,
   evaluation, checkpoints, the end, a stop) must be a multiple of K: ConfigError naming the field
@@ -121,12 +179,14 @@ def resolve(config: ConfigDict, info) -> ConfigDict:
     raise ConfigError(f"the train split has {info.split_sizes[config.data.train_split]} "
                       "examples: nothing to train on")
   check_steps_per_call(config, total_steps)
-  if config.replicas > 1 and config.parallel != "jit":
-    raise ConfigError(f"replicas={config.replicas} needs parallel='jit' (runs side by side are "
-                      "vmapped within one jitted program)")
-  if config.replicas > 1 and config.init_from:
-    raise ConfigError(f"replicas={config.replicas} starts every replica from its own seed; "
-                      "init_from (one set of weights) is for a single run: drop one of the two")
+  count = len(replicas(config))
+  what = f"replicas={config.replicas}" + (f" and sweep={config.sweep}" if config.sweep else "")
+  if count > 1 and config.parallel != "jit":
+    raise ConfigError(f"{what} need parallel='jit' (runs side by side are vmapped within one "
+                      "jitted program)")
+  if count > 1 and config.init_from:
+    raise ConfigError(f"{what} start every replica afresh; init_from (one set of weights) is for "
+                      "a single run: drop one of the two")
   values.update(num_train_steps=total_steps, num_classes=info.num_classes,
                 learning_rate_resolved=optim.base_learning_rate(config))
   data = values["data"]

@@ -20,6 +20,11 @@ class TrainState:
   opt_state: optax.OptState
   ema_params: Any            # exponential moving average of params, or None
   rng: jax.Array             # uint32 key data, folded with the step for any per-step randomness
+  # Of a replica among several (config.replicas, config.sweep), else None: its hyperparameters
+  # ({'learning_rate_scale', 'weight_decay', 'label_smoothing'}, those swept) and the step at
+  # which its update went non-finite (-1: never), from which on it is frozen.
+  hyperparams: Any = None
+  frozen_at: Any = None
 
   def eval_variables(self, use_ema: bool = False) -> dict:
     params = self.ema_params if use_ema and self.ema_params is not None else self.params

@@ -28,13 +28,27 @@ class StepConfig:
   label_smoothing: float = 0.0
   ema_decay: float | None = None
   axis_name: str | None = None
+  # A replica's optimiser from its hyperparameters (TrainState.hyperparams, traced): the
+  # configured one with its learning-rate scale and weight decay.
+  replica_tx: Callable[[dict], optax.GradientTransformation] | None = None
 
   @classmethod
   def from_config(cls, config, model: nn.Module, steps_per_epoch: float) -> "StepConfig":
     """The step of a resolved run config (`run_config.resolve`) for `model`."""
     schedule = optim.create_schedule(config, config.num_train_steps, steps_per_epoch)
+
+    def replica_tx(hyperparams: dict) -> optax.GradientTransformation:
+      scale = hyperparams.get("learning_rate_scale", 1.0)
+      return optim.create_optimizer(config, lambda count: schedule(count) * scale,
+                                    hyperparams.get("weight_decay"))
+
     return cls(model, optim.create_optimizer(config, schedule), schedule, config.num_classes,
-               config.label_smoothing, config.ema_decay)
+               config.label_smoothing, config.ema_decay, replica_tx=replica_tx)
+
+
+# What the non-finite guard reads: numbers the step computes anyway. A non-finite state stays
+# non-finite (NaN spreads through every later update).
+GUARDED = ("loss", "grad_norm", "update_norm", "param_norm")
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
@@ -53,7 +67,14 @@ def train_step(state: TrainState, batch: dict, cfg: StepConfig) -> tuple[TrainSt
 
   The model's dropout (`drop_rate`, `drop_path_rate`) draws from the state's key folded with the
   step (and under pmap the device), so a resumed run drops exactly what it would have.
+
+  A replica among several (state.hyperparams set; one slice of a vmapped state) takes its own
+  hyperparameters, and is frozen from the step its update goes non-finite: its state stops
+  changing, the others go on, and `frozen_at` says when.
   """
+  hyperparams = state.hyperparams or {}
+  tx = cfg.tx if state.hyperparams is None else cfg.replica_tx(hyperparams)
+  label_smoothing = hyperparams.get("label_smoothing", cfg.label_smoothing)
   dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
   if cfg.axis_name is not None:
     dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(cfg.axis_name))
@@ -62,25 +83,34 @@ def train_step(state: TrainState, batch: dict, cfg: StepConfig) -> tuple[TrainSt
     logits, updates = cfg.model.apply(
         {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
         mutable=["batch_stats"], rngs={"dropout": dropout_key})
-    loss = cross_entropy(logits, batch["label"], cfg.num_classes, cfg.label_smoothing).mean()
+    loss = cross_entropy(logits, batch["label"], cfg.num_classes, label_smoothing).mean()
     return loss, (logits, updates["batch_stats"])
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   grads = _mean(grads, cfg.axis_name)
-  updates, opt_state = cfg.tx.update(grads, state.opt_state, state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ema_params = (None if cfg.ema_decay is None
                 else optax.incremental_update(params, state.ema_params, 1.0 - cfg.ema_decay))
   metrics = {
       "loss": _mean(loss, cfg.axis_name),
       "accuracy": _mean(jnp.mean(jnp.argmax(logits, -1) == batch["label"]), cfg.axis_name),
-      "learning_rate": cfg.schedule(state.step),
+      "learning_rate": cfg.schedule(state.step) * hyperparams.get("learning_rate_scale", 1.0),
       "grad_norm": optax.global_norm(grads),
       "update_norm": optax.global_norm(updates),
       "param_norm": optax.global_norm(params),
   }
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                             opt_state=opt_state, ema_params=ema_params)
+  if state.frozen_at is not None:  # a replica: frozen from its first non-finite update on
+    finite = jnp.all(jnp.isfinite(jnp.stack([metrics[k] for k in GUARDED])))
+    frozen_at = jnp.where((state.frozen_at < 0) & ~finite, state.step + 1, state.frozen_at)
+    kept = jax.tree.map(lambda old, new: jnp.where(frozen_at >= 0, old, new),
+                        (state.params, state.batch_stats, state.opt_state, state.ema_params),
+                        (params, batch_stats, opt_state, ema_params))
+    new_state = new_state.replace(params=kept[0], batch_stats=kept[1], opt_state=kept[2],
+                                  ema_params=kept[3], frozen_at=frozen_at)
+    metrics["frozen_at"] = frozen_at
   return new_state, metrics
 
 
