@@ -15,13 +15,16 @@ travel with the working tree (`carry=["runs/gpu_carry"]`). On the GPU machine:
 Parts, in the order given, each started only if its estimate fits before `--deadline-s`:
   cifar20, cifar56, cifar110  train.py with configs/cifar10_resnet{20,56,110}.py (He et al.'s
                               recipe: 64k iterations at batch 128) on the array file, on the device
-                              path; the workdir (metrics.jsonl, curves.png, config.json,
-                              model.msgpack) is kept under <out>/cifar/resnet<depth>/
+                              path, `--replicas` seeds in one program; the workdir stays on the
+                              device's disk (--workdirs), its export comes back as
+                              <out>/cifar10_resnet<depth>.msgpack (the best replica)
   throughput                  `bench.throughput --device gpu`: train.py's ResNet-50 bf16 step at
                               batch 256 beside torchvision's under torch.compile and eager
-<out>/results.jsonl gets one line per part (command, wall time, accuracy, images/s, the paper's
-figure), <out>/logs/ each part's output. `--smoke` runs every part at tiny sizes, on any device
-(the CI test).
+What comes back fits the device tool's limits (at most 8 files, 2 folders down): results.jsonl
+(one line per part: command, wall time, accuracy of each replica, images/s, the paper's
+figure), throughput.jsonl, one export per depth, and records.tar.gz (every part's log, and each
+workdir's metrics.jsonl, config.json and curves.png). `--smoke` runs every part at tiny sizes,
+on any device (the CI test).
 """
 
 import argparse
@@ -32,6 +35,8 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -78,25 +83,26 @@ def environment(carry: str) -> dict:
   return env
 
 
-def run_part(name: str, command: list[str], out: str, env: dict) -> tuple[int, float]:
-  os.makedirs(os.path.join(out, "logs"), exist_ok=True)
+def run_part(name: str, command: list[str], logs: str, env: dict) -> tuple[int, float]:
+  os.makedirs(logs, exist_ok=True)
   start = time.perf_counter()
-  with open(os.path.join(out, "logs", f"{name}.log"), "w") as log:
+  with open(os.path.join(logs, f"{name}.log"), "w") as log:
     print(f"$ {' '.join(command)}", file=log, flush=True)
     rc = subprocess.run(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
   return rc, round(time.perf_counter() - start, 1)
 
 
 def cifar(depth: int, args, env: dict) -> dict:
-  workdir = os.path.join(args.out, "cifar", f"resnet{depth}")
+  workdir = os.path.join(args.workdirs, f"cifar10_resnet{depth}")
   command = [sys.executable, "train.py", "--config", f"configs/cifar10_resnet{depth}.py",
              "--workdir", workdir, "--config.data.source=arrays",
              f"--config.data.path={args.arrays or os.path.join(args.carry, ARRAYS)}",
-             "--config.compilation_cache_dir="]
+             "--config.compilation_cache_dir=", f"--config.replicas={args.replicas}"]
   command += SMOKE_OVERRIDES if args.smoke else []
-  rc, wall = run_part(f"cifar{depth}", command, args.out, env)
+  rc, wall = run_part(f"cifar{depth}", command, args.logs, env)
   row = {"part": f"cifar{depth}", "command": " ".join(command[1:]), "returncode": rc,
-         "wall_s": wall, "paper_test_error": CIFAR[depth][0], "smoke": args.smoke}
+         "wall_s": wall, "paper_test_error": CIFAR[depth][0], "replicas": args.replicas,
+         "smoke": args.smoke}
   metrics = os.path.join(workdir, "metrics.jsonl")
   if os.path.exists(metrics):
     with open(metrics) as f:
@@ -106,16 +112,33 @@ def cifar(depth: int, args, env: dict) -> dict:
     row.update(steps=max(r["step"] for r in rows),
                images_per_s_median=round(statistics.median(train), 1) if train else None)
     if evals:
-      row.update(val_accuracy=evals[-1]["accuracy"], val_error=round(100 * (1 -
-                 evals[-1]["accuracy"]), 2), val_count=evals[-1]["count"])
+      final = evals[-1]
+      accuracies = [final[f"accuracy_r{i}"] for i in range(args.replicas)] if (
+          args.replicas > 1) else [final["accuracy"]]
+      row.update(val_accuracy=final["accuracy"], val_accuracies=accuracies,
+                 val_error=round(100 * (1 - final["accuracy"]), 2), val_count=final["count"])
+  export = os.path.join(workdir, "model.msgpack")
+  if os.path.exists(export):
+    shutil.copy(export, os.path.join(args.out, f"cifar10_resnet{depth}.msgpack"))
   return row
+
+
+def pack(args) -> None:
+  """Every part's log and each workdir's records into <out>/records.tar.gz (one file back)."""
+  with tarfile.open(os.path.join(args.out, "records.tar.gz"), "w:gz") as tar:
+    tar.add(args.logs, arcname="logs")
+    for workdir in sorted(glob.glob(os.path.join(args.workdirs, "*"))):
+      for name in ("metrics.jsonl", "config.json", "curves.png"):
+        if os.path.exists(os.path.join(workdir, name)):
+          tar.add(os.path.join(workdir, name),
+                  arcname=os.path.join(os.path.basename(workdir), name))
 
 
 def throughput(args, env: dict) -> dict:
   out = os.path.join(args.out, "throughput.jsonl")
   command = [sys.executable, "-m", "bench.throughput", "--device", "gpu", "--out", out]
   command += ["--quick", "--models", "resnet20"] if args.smoke else []
-  rc, wall = run_part("throughput", command, args.out, env)
+  rc, wall = run_part("throughput", command, args.logs, env)
   return {"part": "throughput", "command": " ".join(command[1:]), "returncode": rc,
           "wall_s": wall, "rows": out, "smoke": args.smoke}
 
@@ -130,6 +153,10 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--deadline-s", type=float, default=540.0,
                       help="start no part whose estimate ends after this many seconds")
   parser.add_argument("--arrays", help="the array file (default: <carry>/" + ARRAYS + ")")
+  parser.add_argument("--replicas", type=int, default=1,
+                      help="seeds per CIFAR depth, trained side by side in one program")
+  parser.add_argument("--workdirs", help="where the CIFAR workdirs go (default: a new temporary "
+                      "directory); only their exports and records come back in --out")
   parser.add_argument("--smoke", action="store_true", help="every part at tiny sizes, any device")
   args = parser.parse_args(argv)
   if args.prepare:
@@ -144,6 +171,8 @@ def main(argv=None) -> list[dict]:
   if not parts or set(parts) - set(known):
     parser.error(f"--parts takes {', '.join(known)}; got {args.parts!r}")
   os.makedirs(args.out, exist_ok=True)
+  args.workdirs = args.workdirs or tempfile.mkdtemp(prefix="gpu_run_")
+  args.logs = os.path.join(args.workdirs, "logs")
   env = environment(args.carry)
   start, rows = time.perf_counter(), []
   for part in parts:
@@ -158,6 +187,7 @@ def main(argv=None) -> list[dict]:
     print(json.dumps(row), flush=True)
     with open(os.path.join(args.out, "results.jsonl"), "a") as f:
       f.write(json.dumps(row) + "\n")
+    pack(args)  # after every part: what a cut-short session has done still comes back
   return rows
 
 

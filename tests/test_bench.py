@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 
 import pytest
 from conftest import deadline
@@ -112,17 +113,25 @@ def test_gpu_session_script_at_tiny_sizes_without_tensorflow(tmp_path):
   (tmp_path / "site" / "sitecustomize.py").write_text(
       "import sys\nsys.modules['tensorflow'] = sys.modules['tensorflow_datasets'] = None\n")
   env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), REPO])}
-  out = tmp_path / "out"
+  out, workdirs = tmp_path / "out", tmp_path / "workdirs"
   run = subprocess.run([sys.executable, "-m", "bench.gpu_run", "--smoke", "--out", str(out),
-                        "--arrays", str(tmp_path / "tiny.npz"), "--parts", "cifar20,throughput"],
+                        "--arrays", str(tmp_path / "tiny.npz"), "--parts", "cifar20,throughput",
+                        "--replicas", "2", "--workdirs", str(workdirs)],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=deadline(150))
   assert run.returncode == 0, run.stderr[-2000:]
+  log = lambda part: (workdirs / "logs" / f"{part}.log").read_text()[-2000:]
   cifar, table = read_jsonl(out / "results.jsonl")
-  assert cifar["returncode"] == 0, (out / "logs" / "cifar20.log").read_text()[-2000:]
+  assert cifar["returncode"] == 0, log("cifar20")
   assert cifar["steps"] == 4 and cifar["val_count"] == 20 and cifar["paper_test_error"] == 8.75
-  assert (out / "cifar" / "resnet20" / "model.msgpack").exists()
-  assert "train on the devices; test on the devices" in (out / "logs" / "cifar20.log").read_text()
-  assert table["returncode"] == 0, (out / "logs" / "throughput.log").read_text()[-2000:]
+  assert len(cifar["val_accuracies"]) == 2  # a replica each
+  assert "train on the devices; test on the devices" in log("cifar20")
+  assert table["returncode"] == 0, log("throughput")
+  # What comes back from the device: at most 8 files, none in a folder.
+  assert sorted(p.name for p in out.iterdir()) == [
+      "cifar10_resnet20.msgpack", "records.tar.gz", "results.jsonl", "throughput.jsonl"]
+  with tarfile.open(out / "records.tar.gz") as tar:
+    assert {"logs/cifar20.log", "logs/throughput.log", "cifar10_resnet20/metrics.jsonl",
+            "cifar10_resnet20/curves.png"} <= set(tar.getnames())
   _check_throughput_rows(read_jsonl(out / "throughput.jsonl"), [
       ("jresnet", "bf16"), ("pytorch", "bf16 autocast channels_last"),
       ("pytorch", "bf16 autocast channels_last torch.compile")])

@@ -31,69 +31,53 @@ def _final_state(workdir, config):
   return state
 
 
-@pytest.fixture(scope="module")
-def three(tmp_path_factory):
-  """A run of 3 replicas from seed 5, and the 3 runs of seeds 5, 6, 7 one by one."""
-  root = tmp_path_factory.mktemp("replicas")
+def test_three_replicas_in_one_program(tmp_path):
+  """A run of 3 replicas from seed 5 against the 3 runs of seeds 5, 6, 7 one by one: each
+  replica is the run of its seed; the records give mean, std and the best; --mode=eval gives the
+  same numbers; every replica is exported and the best is the model; a checkpoint of 3 replicas
+  is refused to a run of 2 or 1. (One test: xdist would train a module fixture on each worker.)"""
   config = tiny_config(replicas=3, seed=5, **STEPS)
-  final = loop.train_and_evaluate(config, str(root / "together"))
+  final = loop.train_and_evaluate(config, str(tmp_path / "together"))
+  together = _records(tmp_path / "together", "train")
+  state = _final_state(tmp_path / "together", config)
   for i in range(3):
-    loop.train_and_evaluate(tiny_config(seed=5 + i, **STEPS), str(root / f"seed{5 + i}"))
-  return root, config, final
-
-
-def test_each_replica_is_the_run_of_its_seed(three):
-  root, config, _ = three
-  together = _records(root / "together", "train")
-  state = _final_state(root / "together", config)
-  for i in range(3):
-    alone = root / f"seed{5 + i}"
+    alone = tmp_path / f"seed{5 + i}"
+    loop.train_and_evaluate(tiny_config(seed=5 + i, **STEPS), str(alone))
     np.testing.assert_allclose([r[f"loss_r{i}"] for r in together],
                                [r["loss"] for r in _records(alone, "train")], rtol=1e-5)
-    np.testing.assert_allclose([r[f"accuracy_r{i}"] for r in _records(root / "together", "eval")],
+    np.testing.assert_allclose([r[f"accuracy_r{i}"] for r in _records(tmp_path / "together",
+                                                                      "eval")],
                                [r["accuracy"] for r in _records(alone, "eval")], atol=1e-6)
     single = _final_state(alone, tiny_config(seed=5 + i, **STEPS))
     jax.tree.map(lambda a, b, i=i: np.testing.assert_allclose(a[i], b, rtol=1e-4, atol=1e-6),
                  state.params, single.params)
     assert int(state.step[i]) == 6
 
-
-def test_records_give_mean_std_and_the_best_replica(three, capsys):
-  root, config, final = three
   accuracies = [final[f"accuracy_r{i}"] for i in range(3)]
   assert final["accuracy"] == pytest.approx(np.mean(accuracies))
   assert final["accuracy_std"] == pytest.approx(np.std(accuracies))
   assert final["best_replica"] == int(np.argmax(accuracies))
   assert final["count"] == 64
-  assert (root / "together" / "curves.png").stat().st_size > 10_000
-  # --mode=eval of the final checkpoint: every replica again, the same numbers.
-  evaluated = evaluate.evaluate_checkpoint(config, str(root / "together"))
+  assert (tmp_path / "together" / "curves.png").stat().st_size > 10_000
+  evaluated = evaluate.evaluate_checkpoint(config, str(tmp_path / "together"))
   assert [evaluated[f"accuracy_r{i}"] for i in range(3)] == accuracies
 
-
-def test_each_replica_is_exported_and_the_best_is_the_model(three):
-  root, _, final = three
-  exported = [export.load(str(root / "together" / f"model.r{i}.msgpack")) for i in range(3)]
-  best = export.load(str(root / "together" / "model.msgpack"))
+  exported = [export.load(str(tmp_path / "together" / f"model.r{i}.msgpack")) for i in range(3)]
+  best = export.load(str(tmp_path / "together" / "model.msgpack"))
   for a, b in zip(jax.tree.leaves(best.variables),
                   jax.tree.leaves(exported[final["best_replica"]].variables), strict=True):
     np.testing.assert_array_equal(a, b)
-  alone = export.load(str(root / "seed5" / "model.msgpack"))
+  alone = export.load(str(tmp_path / "seed5" / "model.msgpack"))
   for a, b in zip(jax.tree.leaves(exported[0].variables), jax.tree.leaves(alone.variables),
                   strict=True):
     assert a.shape == b.shape  # each replica exports as a single model
 
-
-def test_a_checkpoint_of_another_replica_count_is_refused(three):
-  root, _, _ = three
-  with pytest.raises(checkpoint_lib.CheckpointMismatchError,
-                     match="model replicas: checkpoint has 3, config has 2"):
-    loop.train_and_evaluate(tiny_config(replicas=2, seed=5, **{**STEPS, "num_train_steps": 9}),
-                            str(root / "together"))
-  with pytest.raises(checkpoint_lib.CheckpointMismatchError,
-                     match="model replicas: checkpoint has 3, config has 1"):
-    loop.train_and_evaluate(tiny_config(seed=5, **{**STEPS, "num_train_steps": 9}),
-                            str(root / "together"))
+  for replicas, named in ((2, "config has 2"), (1, "config has 1")):
+    with pytest.raises(checkpoint_lib.CheckpointMismatchError,
+                       match=f"model replicas: checkpoint has 3, {named}"):
+      loop.train_and_evaluate(tiny_config(replicas=replicas, seed=5,
+                                          **{**STEPS, "num_train_steps": 9}),
+                              str(tmp_path / "together"))
 
 
 @pytest.mark.parametrize("overrides, message", [

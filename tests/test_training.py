@@ -173,6 +173,14 @@ def test_several_steps_a_call_make_the_updates_of_one_step_a_call():
                state_four.params, state_one.params)
 
 
+def test_a_resume_at_a_step_that_steps_per_call_does_not_divide_is_refused(tmp_path):
+  loop.train_and_evaluate(tiny_config(stop_after_steps=3), str(tmp_path))  # checkpoint 3
+  with pytest.raises(run_config.ConfigError, match="resumes from step 3, not a multiple of "
+                                                   "steps_per_call=2"):
+    loop.train_and_evaluate(tiny_config(steps_per_call=2, log_every_steps=2, eval_every_steps=2),
+                            str(tmp_path))
+
+
 @pytest.mark.parametrize("overrides, named", [
     ({"steps_per_call": 4, "log_every_steps": 6}, "log_every_steps=6 (e.g. 4 or 8)"),
     ({"steps_per_call": 4, "num_train_steps": 10}, "num_train_steps=10 (e.g. 8 or 12)"),

@@ -116,6 +116,10 @@ def _train(config: ConfigDict, dataset: data.Dataset, runner: parallel.Runner, w
   if latest and not restored:
     restored = checkpoints.restore_newest(runner.get_state(state), meta)
   start = restored[0] if restored else 0
+  if start % config.steps_per_call:
+    raise run_config.ConfigError(
+        f"the run resumes from step {start}, not a multiple of steps_per_call="
+        f"{config.steps_per_call}: resume with --config.steps_per_call=1 (or a divisor of it)")
   if restored:
     state = runner.put_state(restored[1])
   elif config.init_from:
@@ -145,10 +149,6 @@ def _train(config: ConfigDict, dataset: data.Dataset, runner: parallel.Runner, w
   writer.note(input_line)
 
   # ---- The loop: train (steps_per_call steps a call), evaluate on schedule, guard, checkpoint.
-  if start % per_call:
-    raise run_config.ConfigError(
-        f"the run resumes from step {start}, not a multiple of steps_per_call={per_call}: resume "
-        "with --config.steps_per_call=1 (or a divisor of that step)")
   seeds = [seed for seed, _ in run_config.replicas(config)]
   batches = dataset.train_batches(runner.batch_sharding, batch_size=config.batch_size,
                                   seed=seeds if runner.replicas > 1 else config.seed,
