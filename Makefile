@@ -35,7 +35,7 @@ demo: $(VENV)/.installed-train
 	$(PY) -c "import jresnet; print(jresnet.summary(jresnet.ResNet50(num_classes=10), (1, 224, 224, 3)))"
 
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 lint: $(VENV)/.installed-test
 	$(PY) -m ruff check jresnet tests configs bench train.py
