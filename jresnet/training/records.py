@@ -195,10 +195,11 @@ def across_replicas(metrics: dict, frozen: dict[int, int] | None = None) -> dict
   if all(np.ndim(v) == 0 for v in metrics.values()):
     return metrics
   frozen = frozen or {}
+  replicas = len(np.asarray(next(iter(metrics.values()))))
+  live = np.asarray([i not in frozen for i in range(replicas)])
   out = {}
   for name, values in metrics.items():
     values = np.asarray(values, np.float64)
-    live = np.asarray([i not in frozen for i in range(len(values))])
     if name == "frozen_at":
       continue
     if name == "count":
