@@ -1,6 +1,7 @@
 """`--mode=eval`: a checkpoint of a workdir (or an export) evaluated on the eval split.
 
-The workdir is only read (a run may be training there): no file is created, cleaned or moved.
+The checkpoints are only read (a run may be training there): nothing is cleaned or moved, and the
+one file written is the result, eval_<split>_<checkpoint>.json.
 """
 
 import json
