@@ -149,7 +149,8 @@ def _train(config: ConfigDict, dataset: data.Dataset, runner: parallel.Runner, w
   writer.note(input_line)
 
   # ---- The loop: train (steps_per_call steps a call), evaluate on schedule, guard, checkpoint.
-  seeds = [seed for seed, _ in run_config.replicas(config)]
+  replicas = run_config.replicas(config)  # (seed, swept values) of each, worked out once
+  seeds = [seed for seed, _ in replicas]
   batches = dataset.train_batches(runner.batch_sharding, batch_size=config.batch_size,
                                   seed=seeds if runner.replicas > 1 else config.seed,
                                   start_step=start, steps_per_call=per_call)
@@ -180,7 +181,7 @@ def _train(config: ConfigDict, dataset: data.Dataset, runner: parallel.Runner, w
         if runner.replicas == 1:
           check_finite(step, host, checkpoints.latest_step(), workdir)
         else:
-          frozen = _check_replicas(config, host, frozen, writer, step,
+          frozen = _check_replicas(replicas, host, frozen, writer, step,
                                    checkpoints.latest_step(), workdir)
         _check_workdir(workdir, identity, step)
         writer.scalars(step, "train", records.across_replicas(host, frozen))
@@ -282,18 +283,17 @@ def _non_finite_advice(last_saved: int | None, workdir: str) -> str:
           f"--config.init_from={workdir} to start from this run's weights.")
 
 
-def _check_replicas(config: ConfigDict, metrics: dict, frozen: dict[int, int], writer, step: int,
-                    last_saved: int | None, workdir: str) -> dict[int, int]:
+def _check_replicas(replicas: list[tuple[int, dict]], metrics: dict, frozen: dict[int, int],
+                    writer, step: int, last_saved: int | None, workdir: str) -> dict[int, int]:
   """The frozen replicas ({replica: step}) after this host fetch, each newly frozen one noted once
   with its step, seed and hyperparameters; NonFiniteUpdateError once every replica is frozen."""
-  settings = run_config.replicas(config)
   now = {i: int(at) for i, at in enumerate(metrics["frozen_at"]) if at >= 0}
   for i in sorted(now.keys() - frozen.keys()):
-    seed, values = settings[i]
+    seed, values = replicas[i]
     what = ", ".join([f"seed {seed}", *(f"{k}={v:g}" for k, v in values.items())])
     writer.note(f"replica {i} ({what}): non-finite update at step {now[i]}; frozen there, left "
                 "out of the mean and of the best")
-  if len(now) == len(settings):
+  if len(now) == len(replicas):
     raise NonFiniteUpdateError(
         f"every replica's update went non-finite (by step {step}; at steps "
         f"{', '.join(str(now[i]) for i in sorted(now))}): training stopped. "
