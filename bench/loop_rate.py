@@ -4,12 +4,14 @@ alone, in one run.
     python -m bench.loop_rate                                  # ResNet-20 CIFAR, batch 128
     python -m bench.loop_rate --workloads resnet50 --steps 120  # ResNet-50, batch 256 (a GPU)
     python -m bench.loop_rate --arrays runs/gpu_carry/cifar10_45k5k.npz   # CIFAR's own images
+    python -m bench.loop_rate --config.steps_per_call=16       # any train.py field, for both
 
 Each workload is first trained by `train.py` itself for `--steps` steps (a subprocess, as a user
 runs it: huge pages, the device path, records), with a log every `--log-every` steps and one
 evaluation and checkpoint at the end; `loop` is the median images/s of its metrics.jsonl after
 the first log (compilation and warm-up excluded). Then, in this process, the run's own
-config.json builds the same runner and dataset (`loop.build`, `Dataset.train_batches`) and times:
+config.json builds the same runner and dataset (`loop.build`, `Dataset.train_batches`), its
+steps loaded from the run's compilation cache, and times:
   step       the train step alone, on one batch already on the devices;
   with_data  the step fed by `train_batches`, a new batch gathered and augmented on the devices
              each step (what the loop adds to it: logging, the stop check, the progress bar).
@@ -42,12 +44,13 @@ WORKLOADS = {
 }
 
 
-def overrides(workload: str, batch: int, steps: int, log_every: int, arrays: str | None) -> list:
+def overrides(workload: str, batch: int, steps: int, log_every: int, arrays: str | None,
+              cache: str) -> list:
   """The command-line fields of the workload's run: `steps` steps, logged every `log_every`, one
-  evaluation and checkpoint at the end, on data held in memory."""
+  evaluation and checkpoint at the end, on data held in memory, compiled into `cache`."""
   common = [f"--config.batch_size={batch}", f"--config.num_train_steps={steps}",
             f"--config.log_every_steps={log_every}", f"--config.eval_every_steps={steps}",
-            f"--config.checkpoint_every_steps={steps}", "--config.compilation_cache_dir="]
+            f"--config.checkpoint_every_steps={steps}", f"--config.compilation_cache_dir={cache}"]
   if workload == "resnet20" and arrays:
     return common + ["--config.data.source=arrays", f"--config.data.path={arrays}"]
   shape = "(32, 32, 3)" if workload == "resnet20" else "(224, 224, 3)"
@@ -68,6 +71,7 @@ def loop_rate(workdir: str) -> float:
 def step_rates(workdir: str, repeats: int) -> dict:
   """images/s of the run's step alone and fed by its dataset, built from its config.json."""
   config = run_config.from_workdir(default.get_config(), workdir)
+  jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
   dataset = data.open(config.data)
   config, runner = loop.build(config, dataset.info)
   state = [loop.init_state(config, runner, dataset.info.image_shape)]
@@ -89,12 +93,13 @@ def step_rates(workdir: str, repeats: int) -> dict:
                                          repeats)["images_per_s"]}
 
 
-def measure(workload: str, args) -> dict:
+def measure(workload: str, args, fields: list[str]) -> dict:
   config_file, batch = WORKLOADS[workload]
   batch = args.batch or batch
-  workdir = os.path.join(args.workdirs, workload)
+  workdir = os.path.join(args.workdirs, f"loop_{workload}")
+  cache = os.path.join(args.workdirs, "xla_cache")
   command = [sys.executable, "train.py", "--config", config_file, "--workdir", workdir,
-             *overrides(workload, batch, args.steps, args.log_every, args.arrays)]
+             *overrides(workload, batch, args.steps, args.log_every, args.arrays, cache), *fields]
   subprocess.run(command, cwd=REPO, check=True)
   rates = {"loop": round(loop_rate(workdir), 2), **step_rates(workdir, args.repeats)}
   return {"bench": "loop_rate", "workload": workload, "batch": batch, "steps": args.steps,
@@ -114,7 +119,10 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--workdirs", help="the runs' workdirs (default: a temporary directory)")
   parser.add_argument("--out", default="bench/results.jsonl", help="JSON lines appended here")
-  args = parser.parse_args(argv)
+  args, fields = parser.parse_known_args(argv)
+  if any(not field.startswith("--config.") for field in fields):
+    parser.error(f"unrecognised arguments {fields}: besides its own, --config.<field>=<value> of "
+                 "train.py")
   workloads = args.workloads.split(",")
   if set(workloads) - set(WORKLOADS):
     parser.error(f"--workloads takes {', '.join(WORKLOADS)}; got {args.workloads!r}")
@@ -122,7 +130,8 @@ def main(argv=None) -> list[dict]:
     parser.error("--steps must be at least 3 x --log-every (the first log is warm-up)")
   args.workdirs = args.workdirs or tempfile.mkdtemp(prefix="loop_rate_")
   machine = report.machine()
-  rows = [{**report.conditions(), **measure(workload, args), **machine} for workload in workloads]
+  rows = [{**report.conditions(), **measure(workload, args, fields), **machine}
+          for workload in workloads]
   print(report.table(rows, ["workload", "batch", "step", "with_data", "loop", "loop_vs_step",
                             "with_data_vs_step", "loadavg_1m"]))
   print(f"# images/s; {machine['jax_device']}, {machine['cpu_model']}, {machine['cores']} cores, "

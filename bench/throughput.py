@@ -40,7 +40,7 @@ import jax.numpy as jnp  # noqa: E402
 import torch  # noqa: E402
 
 import jresnet  # noqa: E402
-from bench import project_step, report, timing, torch_models  # noqa: E402
+from bench import profile, project_step, report, timing, torch_models  # noqa: E402
 from jresnet.training import huge_pages  # noqa: E402
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16, SXM
@@ -99,6 +99,7 @@ VARIANTS = {
             Variant("pytorch", True, True, compiled=True)],
 }
 QUICK = {"batch": 2, "max_image_size": 64, "cifar_batch": 8}
+PROFILE_STEPS = 3
 
 
 def flops_per_image(w: Workload, image_size: int) -> float:
@@ -106,11 +107,19 @@ def flops_per_image(w: Workload, image_size: int) -> float:
   return 2 * macs * (3 if w.mode == "train" else 1)
 
 
-def measure_jax(w: Workload, v: Variant, batch: int, image_size: int, timing_args: dict) -> dict:
+def measure_jax(w: Workload, v: Variant, batch: int, image_size: int, timing_args: dict,
+                profile_dir: str | None = None) -> dict:
   model = MODELS[w.model](dtype=jnp.bfloat16 if v.bf16 else jnp.float32)
   build = project_step.train if w.mode == "train" else project_step.evaluate
   compile_s, step, sync = build(model, batch, image_size)
   row = {"compile_s": round(compile_s, 2), **timing.throughput(step, sync, batch, **timing_args)}
+  if profile_dir:
+    directory = os.path.join(profile_dir, f"{w.name}_{v.name}".replace(" ", "_"))
+    row["trace"] = profile.trace(step, sync, directory, PROFILE_STEPS)
+    try:  # the trace is kept whatever its reading gives
+      row["top_ops"] = profile.top_ops(row["trace"], PROFILE_STEPS)
+    except (KeyError, ValueError, TypeError) as e:
+      row["top_ops"] = {"note": f"the trace did not read: {type(e).__name__}: {e}"}
   peak = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
   if peak is not None:
     row["peak_mem_gib"] = round(peak / 2**30, 2)
@@ -161,6 +170,18 @@ def add_ratios(rows: list[dict], flops: float, peak_tflops: float | None) -> Non
                   and r["precision"] == row["precision"] and "images_per_s" in r), default=None)
       if best:
         row["vs_torch"] = round(row["images_per_s"] / best, 3)
+
+
+def profile_text(row: dict) -> str:
+  """The traced ops of a row ranked by time, as lines for the log."""
+  top = row["top_ops"]
+  if not top.get("ops"):
+    return f"# {row['variant']} trace {row['trace']}: {top.get('note')}"
+  lines = [f"# {row['variant']}: device {top['device_ms_per_step']} ms a step ({top['source']}), "
+           f"step {1e3 * row['batch'] / row['images_per_s']:.3f} ms; trace {row['trace']}"]
+  lines += [f"#   {op['ms_per_step']:8.3f} ms  {100 * op['fraction']:5.1f}%  "
+            f"x{op['calls_per_step']:g}  {op['name']}" for op in top["ops"]]
+  return "\n".join(lines)
 
 
 def peak_tflops(device: str, device_kind: str) -> tuple[float | None, str]:
@@ -217,6 +238,8 @@ def main(argv=None) -> list[dict]:
                       help="steps per repeat are chosen so that a repeat lasts this long")
   parser.add_argument("--quick", action="store_true",
                       help="tiny batches, images of at most 64x64, one repeat: a check")
+  parser.add_argument("--profile", metavar="DIR", help="after timing, trace a few jresnet steps "
+                      "into DIR/<workload>_<variant>/ and rank the device's ops by time")
   parser.add_argument("--out", default="bench/results.jsonl", help="JSON lines appended here")
   args = parser.parse_args(argv)
   device = args.device if args.device != "auto" else (
@@ -249,7 +272,8 @@ def main(argv=None) -> list[dict]:
     conditions = report.conditions()
     measured = []
     for v in variants:
-      row = (measure_jax(w, v, batch, image_size, timing_args) if v.framework == "jresnet"
+      row = (measure_jax(w, v, batch, image_size, timing_args, args.profile)
+             if v.framework == "jresnet"
              else measure_torch(w, v, batch, image_size, torch_device, timing_args))
       measured.append({"framework": v.framework, "variant": v.name, "precision": v.precision,
                        **row})
@@ -264,6 +288,8 @@ def main(argv=None) -> list[dict]:
     for row in measured:
       if row.get("note"):
         print(f"#   {row['framework']} {row['variant']}: {row['note']}")
+      if row.get("top_ops"):
+        print(profile_text(row))
     rows += measured
   print("\n# all workloads\n" + report.table(rows, COLUMNS))
   print("# PyTorch models: " + "; ".join(sorted({r["torch_model"] for r in rows

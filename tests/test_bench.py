@@ -3,6 +3,7 @@
 The GPU session script runs in processes that cannot import TensorFlow, as on the GPU machines.
 """
 
+import gzip
 import json
 import os
 import subprocess
@@ -13,7 +14,7 @@ import pytest
 from conftest import deadline
 
 import jresnet
-from bench import compile_time, input_pipeline, replicas, throughput
+from bench import compile_time, input_pipeline, profile, replicas, throughput
 from configs import default
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,7 +103,8 @@ def test_input_pipeline_streams_imagenet_like_jpegs(tmp_path):
 
 def test_gpu_session_script_at_tiny_sizes_without_tensorflow(tmp_path):
   """bench.gpu_run as on the GPU machines, where TensorFlow is not installed (blocked here in
-  every process it starts): CIFAR through train.py on an array file, then the GPU table."""
+  every process it starts): the throughput table with a trace, the loop against its step, then
+  CIFAR through train.py on an array file."""
   from jresnet import data  # noqa: PLC0415
 
   cfg = default.data_config()
@@ -115,23 +117,63 @@ def test_gpu_session_script_at_tiny_sizes_without_tensorflow(tmp_path):
   env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), REPO])}
   out, workdirs = tmp_path / "out", tmp_path / "workdirs"
   run = subprocess.run([sys.executable, "-m", "bench.gpu_run", "--smoke", "--out", str(out),
-                        "--arrays", str(tmp_path / "tiny.npz"), "--parts", "cifar20,throughput",
-                        "--replicas", "2", "--workdirs", str(workdirs)],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=deadline(150))
+                        "--arrays", str(tmp_path / "tiny.npz"), "--replicas", "2",
+                        "--parts", "throughput,loop,cifar20", "--workdirs", str(workdirs)],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=deadline(300))
   assert run.returncode == 0, run.stderr[-2000:]
   log = lambda part: (workdirs / "logs" / f"{part}.log").read_text()[-2000:]
-  cifar, table = read_jsonl(out / "results.jsonl")
+  table, loop, cifar = read_jsonl(out / "results.jsonl")
+  assert table["returncode"] == 0, log("throughput")
+  assert loop["returncode"] == 0, log("loop")
   assert cifar["returncode"] == 0, log("cifar20")
   assert cifar["steps"] == 4 and cifar["val_count"] == 20 and cifar["paper_test_error"] == 8.75
   assert len(cifar["val_accuracies"]) == 2  # a replica each
   assert "train on the devices; test on the devices" in log("cifar20")
-  assert table["returncode"] == 0, log("throughput")
   # What comes back from the device: at most 8 files, none in a folder.
   assert sorted(p.name for p in out.iterdir()) == [
       "cifar10_resnet20.msgpack", "records.tar.gz", "results.jsonl", "throughput.jsonl"]
   with tarfile.open(out / "records.tar.gz") as tar:
-    assert {"logs/cifar20.log", "logs/throughput.log", "cifar10_resnet20/metrics.jsonl",
-            "cifar10_resnet20/curves.png"} <= set(tar.getnames())
-  _check_throughput_rows(read_jsonl(out / "throughput.jsonl"), [
+    assert {"logs/throughput.log", "logs/loop.log", "logs/cifar20.log",
+            "cifar10_resnet20/metrics.jsonl", "cifar10_resnet20/curves.png",
+            "loop_resnet20/metrics.jsonl", "traces/ResNet-20_CIFAR_train_bf16.trace.json.gz",
+            } <= set(tar.getnames())
+  rows = read_jsonl(out / "throughput.jsonl")
+  _check_throughput_rows(rows[:3], [
       ("jresnet", "bf16"), ("pytorch", "bf16 autocast channels_last"),
       ("pytorch", "bf16 autocast channels_last torch.compile")])
+  assert rows[0]["top_ops"]["note"].startswith("no device in the trace")  # (a CPU)
+  assert (rows[3]["framework"], rows[3]["batch"]) == ("jresnet", 8)  # alone, a larger batch
+  [rate] = rows[4:]
+  assert rate["bench"] == "loop_rate" and rate["steps"] == 6 and rate["batch"] == 8
+  assert rate["loop_vs_step"] == round(rate["loop"] / rate["step"], 3) > 0
+  assert loop["loop_vs_step"] == {"resnet20": rate["loop_vs_step"]}
+  assert run.stdout.rstrip().splitlines()[-1].startswith("cifar20")  # the table, last
+
+
+def test_top_ops_ranks_the_device_ops_of_a_chrome_trace(tmp_path):
+  """Per-step times, fractions and calls of the 'XLA Ops' line of a device; host lines and the
+  device's other lines are not counted."""
+
+  meta = lambda kind, pid, tid, name: {"ph": "M", "name": kind, "pid": pid, "tid": tid,
+                                       "args": {"name": name}}
+  op = lambda tid, name, dur, pid=1: {"ph": "X", "pid": pid, "tid": tid, "ts": 0, "dur": dur,
+                                      "name": name}
+  events = [meta("process_name", 1, None, "/device:GPU:0"), meta("process_name", 2, None,
+                                                                 "/host:CPU"),
+            meta("thread_name", 1, 10, "XLA Ops"), meta("thread_name", 1, 11, "XLA Modules"),
+            meta("thread_name", 1, 12, "Stream #7(Compute)"), meta("thread_name", 2, 20, "python"),
+            op(10, "fusion.3", 3000), op(10, "fusion.3", 3000), op(10, "convolution.1", 2000),
+            op(10, "copy.2", 1000), op(11, "jit_train_step", 9000), op(12, "kernel", 9000),
+            op(20, "fusion.3", 99000, pid=2)]
+  path = tmp_path / "x.trace.json.gz"
+  with gzip.open(path, "wt") as f:
+    json.dump({"traceEvents": events}, f)
+  top = profile.top_ops(str(path), steps=2, count=2)
+  assert top == {"source": "XLA Ops", "device_ms_per_step": 4.5, "ops": [
+      {"name": "fusion.3", "ms_per_step": 3.0, "fraction": 0.6667, "calls_per_step": 1.0},
+      {"name": "convolution.1", "ms_per_step": 1.0, "fraction": 0.2222, "calls_per_step": 0.5}]}
+  events = [e for e in events if e.get("tid") != 10]  # no 'XLA Ops' line: the streams' kernels
+  with gzip.open(path, "wt") as f:
+    json.dump({"traceEvents": events}, f)
+  assert profile.top_ops(str(path), steps=3)["ops"] == [
+      {"name": "kernel", "ms_per_step": 3.0, "fraction": 1.0, "calls_per_step": 0.33}]
