@@ -153,7 +153,6 @@ def test_gpu_session_script_at_tiny_sizes_without_tensorflow(tmp_path):
 def test_top_ops_ranks_the_device_ops_of_a_chrome_trace(tmp_path):
   """Per-step times, fractions and calls of the 'XLA Ops' line of a device; host lines and the
   device's other lines are not counted."""
-
   meta = lambda kind, pid, tid, name: {"ph": "M", "name": kind, "pid": pid, "tid": tid,
                                        "args": {"name": name}}
   op = lambda tid, name, dur, pid=1: {"ph": "X", "pid": pid, "tid": tid, "ts": 0, "dur": dur,
