@@ -1,6 +1,7 @@
 """Scale-out: train.py as 2 processes x 2 CPU devices (jax.distributed on 127.0.0.1, gloo
 collectives) against 1 process x 4 devices on the same global batch, checkpoints crossing
-between the two, and BatchNorm statistics over groups of devices (BN span)."""
+between the two, replicas across processes, and BatchNorm statistics over groups of devices (BN
+span)."""
 
 import json
 import os
@@ -15,8 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import deadline
+from tiny_config import tiny_config
 
 import jresnet
+from jresnet.training import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL = "--config.num_train_steps=9"
@@ -75,6 +78,24 @@ def test_two_processes_match_one_process_and_checkpoints_cross(tmp_path):
   assert losses[0][0] > 1.0
   np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
 
+
+
+def test_replicas_across_two_processes_match_one_process(tmp_path):
+  """2 replicas as 2 processes x 2 devices against the same run in this process (8 devices):
+  each replica's losses agree up to the order of the cross-device sums, and process 0 alone
+  writes every replica's export."""
+  _train(tmp_path / "two", 2, 2, "--config.replicas=2")
+  loop.train_and_evaluate(tiny_config(replicas=2, num_train_steps=9, checkpoint_every_steps=3),
+                          str(tmp_path / "one"))
+  rows = {}
+  for name in ("two", "one"):
+    with open(tmp_path / name / "metrics.jsonl") as f:
+      rows[name] = [[r["loss_r0"], r["loss_r1"]] for r in map(json.loads, f)
+                    if r["split"] == "train"]
+  assert len(rows["two"]) == 9 and rows["two"][0][0] != rows["two"][0][1]  # two seeds
+  np.testing.assert_allclose(rows["two"], rows["one"], rtol=1e-5)
+  assert {"model.msgpack", "model.r0.msgpack", "model.r1.msgpack"} <= set(
+      os.listdir(tmp_path / "two"))
 
 def test_bn_span_normalises_over_groups_of_devices():
   assert jax.device_count() == 8
