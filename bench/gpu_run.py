@@ -7,10 +7,13 @@ On the development machine (network, TensorFlow), once:
 
 writes `runs/gpu_carry/`: the ml_collections wheel (the GPU machines lack it) and the CIFAR-10
 45,000/5,000 split as a JPEG-encoded array file (`train.py --mode=write_arrays`, ~45 MiB), to
-travel with the working tree (`carry=["runs/gpu_carry"]`). On the GPU machine, two calls:
+travel with the working tree (`carry=["runs/gpu_carry"]`). On the GPU machine, two calls, the
+second's deadline being what the session's device time has left, less a minute:
 
-    python -m bench.gpu_run --carry runs/gpu_carry --out $OUT --parts throughput,loop
-    python -m bench.gpu_run --carry runs/gpu_carry --out $OUT --parts cifar20,cifar56,cifar110
+    python -m bench.gpu_run --carry runs/gpu_carry --out $OUT --parts throughput,loop \
+        --deadline-s 420
+    python -m bench.gpu_run --carry runs/gpu_carry --out $OUT --parts cifar20,cifar56,cifar110 \
+        --deadline-s 420
 
 Parts, in the order given, each started only if its estimate fits before `--deadline-s`:
   throughput                  `bench.throughput --device gpu`: train.py's ResNet-50 bf16 train
@@ -51,7 +54,7 @@ ARRAYS = "cifar10_45k5k.npz"
 # depth -> (He et al. 2015's CIFAR-10 test error in %, minutes estimated on an H200, compile
 # included: ~140k images/s for ResNet-20, per-step cost ~ depth)
 CIFAR = {20: (8.75, 2.0), 56: (6.97, 4.0), 110: (6.43, 7.5)}
-MINUTES = {"throughput": 4.5, "loop": 3.0}  # estimated on an H200, compilation included
+MINUTES = {"throughput": 3.0, "loop": 2.5}  # estimated on an H200, compilation included
 SMOKE_OVERRIDES = ["--config.data.train_split=train", "--config.data.eval_split=test",
                    "--config.num_train_steps=4", "--config.eval_every_steps=2",
                    "--config.log_every_steps=1", "--config.batch_size=8", "--config.model.depth=8"]
