@@ -42,7 +42,8 @@ def compiler_options(platform: str) -> dict | None:
   if platform != "cpu":
     return None
   try:
-    jax.jit(lambda x: x + 1, backend="cpu").lower(0.0).compile(compiler_options=CPU_OPTIONS)
+    on_cpu = jax.device_put(0.0, jax.local_devices(backend="cpu")[0])
+    jax.jit(lambda x: x + 1).lower(on_cpu).compile(compiler_options=CPU_OPTIONS)
   except jax.errors.JaxRuntimeError as e:
     logging.warning("XLA:CPU compiler options not applied: %s", e)
     return None

@@ -96,9 +96,9 @@ def train_step(state: TrainState, batch: dict, cfg: StepConfig) -> tuple[TrainSt
       "loss": _mean(loss, cfg.axis_name),
       "accuracy": _mean(jnp.mean(jnp.argmax(logits, -1) == batch["label"]), cfg.axis_name),
       "learning_rate": cfg.schedule(state.step) * hyperparams.get("learning_rate_scale", 1.0),
-      "grad_norm": optax.global_norm(grads),
-      "update_norm": optax.global_norm(updates),
-      "param_norm": optax.global_norm(params),
+      "grad_norm": optax.tree.norm(grads),
+      "update_norm": optax.tree.norm(updates),
+      "param_norm": optax.tree.norm(params),
   }
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                             opt_state=opt_state, ema_params=ema_params)
