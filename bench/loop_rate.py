@@ -100,7 +100,7 @@ def measure(workload: str, args, fields: list[str]) -> dict:
   cache = os.path.join(args.workdirs, "xla_cache")
   command = [sys.executable, "train.py", "--config", config_file, "--workdir", workdir,
              *overrides(workload, batch, args.steps, args.log_every, args.arrays, cache), *fields]
-  subprocess.run(command, cwd=REPO, check=True)
+  subprocess.run(command, cwd=REPO, env=args.run_env, check=True)
   rates = {"loop": round(loop_rate(workdir), 2), **step_rates(workdir, args.repeats)}
   return {"bench": "loop_rate", "workload": workload, "batch": batch, "steps": args.steps,
           "log_every": args.log_every, **rates,
@@ -129,6 +129,10 @@ def main(argv=None) -> list[dict]:
   if args.steps < 3 * args.log_every:
     parser.error("--steps must be at least 3 x --log-every (the first log is warm-up)")
   args.workdirs = args.workdirs or tempfile.mkdtemp(prefix="loop_rate_")
+  # train.py runs in the environment given; this process, which measures each step after its run
+  # (before the next), takes the device's memory only as it needs it: the next run gets the rest.
+  args.run_env = dict(os.environ)
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # (read when jax starts)
   machine = report.machine()
   rows = [{**report.conditions(), **measure(workload, args, fields), **machine}
           for workload in workloads]

@@ -115,11 +115,11 @@ def measure_jax(w: Workload, v: Variant, batch: int, image_size: int, timing_arg
   row = {"compile_s": round(compile_s, 2), **timing.throughput(step, sync, batch, **timing_args)}
   if profile_dir:
     directory = os.path.join(profile_dir, f"{w.name}_{v.name}".replace(" ", "_"))
-    row["trace"] = profile.trace(step, sync, directory, PROFILE_STEPS)
-    try:  # the trace is kept whatever its reading gives
+    try:  # a trace that fails (no profiler on the machine, a format it did not expect) is noted
+      row["trace"] = profile.trace(step, sync, directory, PROFILE_STEPS)
       row["top_ops"] = profile.top_ops(row["trace"], PROFILE_STEPS)
-    except (KeyError, ValueError, TypeError) as e:
-      row["top_ops"] = {"note": f"the trace did not read: {type(e).__name__}: {e}"}
+    except Exception as e:  # noqa: BLE001 (the measurement above stands)
+      row["top_ops"] = {"note": f"no profile: {type(e).__name__}: {str(e)[:200]}"}
   peak = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
   if peak is not None:
     row["peak_mem_gib"] = round(peak / 2**30, 2)
@@ -176,7 +176,7 @@ def profile_text(row: dict) -> str:
   """The traced ops of a row ranked by time, as lines for the log."""
   top = row["top_ops"]
   if not top.get("ops"):
-    return f"# {row['variant']} trace {row['trace']}: {top.get('note')}"
+    return f"# {row['variant']} trace {row.get('trace')}: {top.get('note')}"
   lines = [f"# {row['variant']}: device {top['device_ms_per_step']} ms a step ({top['source']}), "
            f"step {1e3 * row['batch'] / row['images_per_s']:.3f} ms; trace {row['trace']}"]
   lines += [f"#   {op['ms_per_step']:8.3f} ms  {100 * op['fraction']:5.1f}%  "
