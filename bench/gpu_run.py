@@ -94,18 +94,16 @@ def environment(carry: str) -> dict:
 
 
 def run_part(name: str, commands: list[list[str]], logs: str, env: dict) -> tuple[int, float]:
-  """Runs `commands` in turn into <logs>/<name>.log, up to the first that fails; (its return
-  code or 0, seconds)."""
+  """Runs each of `commands` (a failure does not stop the next) into <logs>/<name>.log; (the
+  first non-zero return code or 0, seconds)."""
   os.makedirs(logs, exist_ok=True)
-  start, rc = time.perf_counter(), 0
+  start, codes = time.perf_counter(), []
   with open(os.path.join(logs, f"{name}.log"), "w") as log:
     for command in commands:
       print(f"$ {' '.join(command)}", file=log, flush=True)
-      rc = subprocess.run(command, cwd=REPO, env=env, stdout=log,
-                          stderr=subprocess.STDOUT).returncode
-      if rc:
-        break
-  return rc, round(time.perf_counter() - start, 1)
+      codes.append(subprocess.run(command, cwd=REPO, env=env, stdout=log,
+                                  stderr=subprocess.STDOUT).returncode)
+  return next((code for code in codes if code), 0), round(time.perf_counter() - start, 1)
 
 
 def read_jsonl(path: str) -> list[dict]:
