@@ -290,6 +290,7 @@ def test_sigterm_at_any_moment_of_start_up_exits_0_saying_what_is_saved(
     ({"schedule.warmup_epochs": math.inf}, r"schedule.warmup_epochs=inf must be in \[0, inf\)"),
     ({"optimizer.momentum": -0.5}, r"optimizer.momentum=-0.5 must be in \[0, 1\)"),
     ({"label_smoothing": 1.5}, r"label_smoothing=1.5 must be in \[0, 1\)"),
+    ({"seed": 2**31}, r"seed=2147483648 must be in \[0, 2147483647\]"),
 ])
 def test_nonsense_config_values_are_refused_in_one_line_before_the_workdir(
     tmp_path, overrides, named):

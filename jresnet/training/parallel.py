@@ -90,18 +90,21 @@ class Runner:
     cfg = self.step_config
     create = functools.partial(create_train_state, cfg.model, cfg.tx, image_shape,
                                use_ema=self.use_ema)
-    if self.replicas == 1:
-      return self._place_new(lambda: create(seed=seed))
+    # The seeds and values are arguments of the compiled program, not constants in it: one
+    # program for every seed, which the persistent cache keeps (and XLA does not fold the draws).
     seeds = np.asarray(seed, np.int32)
+    if self.replicas == 1:
+      return self._place_new(lambda s: create(seed=s), seeds)
     values = {k: np.asarray(v, np.float32) for k, v in (hyperparams or {}).items()}
     if seeds.shape != (self.replicas,) or any(v.shape != seeds.shape for v in values.values()):
       raise ValueError(f"{self.replicas} replicas need a seed and hyperparameters each; got "
                        f"seeds {seeds.tolist()} and {values}")
-    return self._place_new(lambda: jax.vmap(lambda s: create(seed=s))(seeds).replace(
-        hyperparams=values, frozen_at=jnp.full(self.replicas, -1, jnp.int32)))
+    return self._place_new(lambda s, v: jax.vmap(lambda x: create(seed=x))(s).replace(
+        hyperparams=v, frozen_at=jnp.full(self.replicas, -1, jnp.int32)), seeds, values)
 
   # What differs between the runners.
-  def _place_new(self, create: Callable[[], TrainState]) -> TrainState:
+  def _place_new(self, create: Callable[..., TrainState], *args) -> TrainState:
+    """`create(*args)`, compiled, its state placed as the runner keeps it."""
     raise NotImplementedError
 
   def put_state(self, state: TrainState) -> TrainState:
@@ -151,8 +154,8 @@ class JitMesh(Runner):
         eval_step, in_shardings=(self.replicated, self.batch_sharding),
         out_shardings=self.replicated, compiler_options=options)
 
-  def _place_new(self, create):
-    return jax.jit(create, out_shardings=self.replicated)()
+  def _place_new(self, create, *args):
+    return jax.jit(create, out_shardings=self.replicated)(*args)
 
   def put_state(self, state):
     def put(x):  # arrays already replicated stay where they are
@@ -196,8 +199,8 @@ class Pmap(Runner):
     self.train_step = lambda state, batch: train_step(state, per_device(batch))
     self.eval_step = lambda variables, batch: eval_step(variables, per_device(batch))
 
-  def _place_new(self, create):
-    return flax.jax_utils.replicate(jax.jit(create)())
+  def _place_new(self, create, *args):
+    return flax.jax_utils.replicate(jax.jit(create)(*args))
 
   def put_state(self, state):
     return flax.jax_utils.replicate(state)

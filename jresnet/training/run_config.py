@@ -231,11 +231,13 @@ VALUE_RANGES = {
                      "ema_decay"), FRACTION),
     **dict.fromkeys(("model.bn_momentum", "schedule.final_lr_fraction", "schedule.boundaries",
                      "schedule.pct_start"), UNIT),
+    "seed": (0, 2**31 - 1, True, True),  # an int32: an argument of the compiled initialisation
 }
 
 
 def _interval(low, high, low_included, high_included) -> str:
-  return f"{'[' if low_included else '('}{low:g}, {high:g}{']' if high_included else ')'}"
+  bound = lambda x: str(x) if isinstance(x, int) else f"{x:g}"  # noqa: E731
+  return f"{'[' if low_included else '('}{bound(low)}, {bound(high)}{']' if high_included else ')'}"
 
 
 def _inside(value, low, high, low_included, high_included) -> bool:
