@@ -71,8 +71,9 @@ def prepare(carry: str, data: str) -> None:
                   "--workdir", workdir], check=True, cwd=REPO)
   os.replace(os.path.join(workdir, "arrays.npz"), os.path.join(carry, ARRAYS))
   shutil.rmtree(workdir)
-  size = sum(os.path.getsize(p) for p in glob.glob(os.path.join(carry, "**"), recursive=True)
-             if os.path.isfile(p))
+  size = sum(os.path.getsize(path) for path in glob.glob(os.path.join(carry, "**"),
+                                                           recursive=True)
+             if os.path.isfile(path))
   print(f"{carry}: {size / 2**20:.1f} MiB to carry")
 
 
@@ -217,7 +218,7 @@ def main(argv=None) -> list[dict]:
     return []
   if not args.out:
     parser.error("--out is required")
-  parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+  parts = [part.strip() for part in args.parts.split(",") if part.strip()]
   known = ["throughput", "loop"] + [f"cifar{d}" for d in CIFAR]
   if not parts or set(parts) - set(known):
     parser.error(f"--parts takes {', '.join(known)}; got {args.parts!r}")

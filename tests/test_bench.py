@@ -131,7 +131,7 @@ def test_gpu_session_script_at_tiny_sizes_without_tensorflow(tmp_path):
   assert len(cifar["val_accuracies"]) == 2  # a replica each
   assert "train on the devices; test on the devices" in log("cifar20")
   # What comes back from the device: at most 8 files, none in a folder.
-  assert sorted(p.name for p in out.iterdir()) == [
+  assert sorted(path.name for path in out.iterdir()) == [
       "cifar10_resnet20.msgpack", "records.tar.gz", "results.jsonl", "throughput.jsonl"]
   with tarfile.open(out / "records.tar.gz") as tar:
     assert {"logs/throughput.log", "logs/loop.log", "logs/cifar20.log",

@@ -39,7 +39,7 @@ def _imported(path: pathlib.Path) -> set[str]:
 
 def _sources():
   files = [*REPO.glob("jresnet/**/*.py"), REPO / "train.py"]
-  return {str(p.relative_to(REPO)): _imported(p) for p in files}
+  return {str(path.relative_to(REPO)): _imported(path) for path in files}
 
 
 def test_tensorflow_only_in_the_tf_data_modules():
@@ -108,7 +108,8 @@ def test_the_device_input_path_imports_without_tensorflow():
 
 
 def test_every_config_loads_without_tensorflow():
-  names = sorted(p.stem for p in (REPO / "configs").glob("*.py") if p.stem != "__init__")
+  names = sorted(path.stem for path in (REPO / "configs").glob("*.py")
+                 if path.stem != "__init__")
   code = ("import importlib; "
           f"[importlib.import_module('configs.' + n).get_config() for n in {names!r}]")
   out = _run_blocked(TENSORFLOW, code)

@@ -153,8 +153,8 @@ def stopped(stopped_run, tmp_path):
 
 
 def _files(workdir) -> dict:
-  return {str(p.relative_to(workdir)): p.read_bytes() for p in sorted(workdir.rglob("*"))
-          if p.is_file()}
+  return {str(path.relative_to(workdir)): path.read_bytes()
+          for path in sorted(workdir.rglob("*")) if path.is_file()}
 
 
 def test_a_torn_last_metrics_line_is_dropped_with_a_note_on_resume(stopped, capsys):

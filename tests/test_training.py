@@ -422,12 +422,8 @@ def test_finetune_config_runs_on_an_image_folder_from_converted_weights(tmp_path
                "data.path": str(tmp_path / "images"), "data.image_size": 32, "data.threads": 1,
                "data.cache_dir": None, "batch_size": 8, "num_train_steps": 3,
                "eval_every_steps": 3, "log_every_steps": 1, "async_checkpoints": False}
-  for key, value in overrides.items():
-    *parents, leaf = key.split(".")
-    target = config
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
+  for field, value in overrides.items():
+    run_config.set_field(config, field, value)
   metrics = loop.train_and_evaluate(config, str(tmp_path / "run"))
   assert np.isfinite(metrics["loss"]) and metrics["count"] == 8
   _, tuned = _final_state(tmp_path / "run", config)
@@ -461,12 +457,12 @@ def _small_state(step, seed):
 CORRUPTIONS = {
     "missing _METADATA": lambda c: os.remove(c / "state" / "_METADATA"),
     "truncated data file": lambda c: _truncate(_largest(c / "state" / "ocdbt.process_0")),
-    "overwritten data file": lambda c: open(p := _largest(c / "state" / "ocdbt.process_0"),
-                                            "wb").write(os.urandom(os.path.getsize(p))),
+    "overwritten data file": lambda c: open(path := _largest(c / "state" / "ocdbt.process_0"),
+                                            "wb").write(os.urandom(os.path.getsize(path))),
     "garbled meta/metadata": lambda c: (c / "meta" / "metadata").write_bytes(os.urandom(300)),
     "deleted manifest": lambda c: os.remove(c / "state" / "manifest.ocdbt"),
     "4 flipped bytes in each data file": lambda c: [
-        _flip_4_bytes(p) for p in _files(c / "state" / "ocdbt.process_0")],
+        _flip_4_bytes(path) for path in _files(c / "state" / "ocdbt.process_0")],
 }
 
 
