@@ -75,22 +75,26 @@ def step_rates(workdir: str, repeats: int) -> dict:
   dataset = data.open(config.data)
   config, runner = loop.build(config, dataset.info)
   state = [loop.init_state(config, runner, dataset.info.image_shape)]
+  per_call = config.steps_per_call  # (and the replicas' seeds) as the loop calls its step
+  seeds = [seed for seed, _ in run_config.replicas(config)]
   batches = dataset.train_batches(runner.batch_sharding, batch_size=config.batch_size,
-                                  seed=config.seed)
+                                  seed=seeds if runner.replicas > 1 else config.seed,
+                                  steps_per_call=per_call)
+  train_call = runner.train_steps if per_call > 1 else runner.train_step
   batch = next(batches)
 
   def step():
-    state[0], _ = runner.train_step(state[0], batch)
+    state[0], _ = train_call(state[0], batch)
 
   def step_with_data():
-    state[0], _ = runner.train_step(state[0], next(batches))
+    state[0], _ = train_call(state[0], next(batches))
 
   def sync():
     jax.block_until_ready(state[0])
 
-  return {"step": timing.throughput(step, sync, config.batch_size, repeats)["images_per_s"],
-          "with_data": timing.throughput(step_with_data, sync, config.batch_size,
-                                         repeats)["images_per_s"]}
+  images = config.batch_size * runner.replicas * per_call
+  return {"step": timing.throughput(step, sync, images, repeats)["images_per_s"],
+          "with_data": timing.throughput(step_with_data, sync, images, repeats)["images_per_s"]}
 
 
 def measure(workload: str, args, fields: list[str]) -> dict:
