@@ -75,12 +75,7 @@ def step_rates(workdir: str, repeats: int) -> dict:
   dataset = data.open(config.data)
   config, runner = loop.build(config, dataset.info)
   state = [loop.init_state(config, runner, dataset.info.image_shape)]
-  per_call = config.steps_per_call  # (and the replicas' seeds) as the loop calls its step
-  seeds = [seed for seed, _ in run_config.replicas(config)]
-  batches = dataset.train_batches(runner.batch_sharding, batch_size=config.batch_size,
-                                  seed=seeds if runner.replicas > 1 else config.seed,
-                                  steps_per_call=per_call)
-  train_call = runner.train_steps if per_call > 1 else runner.train_step
+  batches, train_call = loop.train_batches(config, runner, dataset)  # as the loop calls its step
   batch = next(batches)
 
   def step():
@@ -92,7 +87,7 @@ def step_rates(workdir: str, repeats: int) -> dict:
   def sync():
     jax.block_until_ready(state[0])
 
-  images = config.batch_size * runner.replicas * per_call
+  images = config.batch_size * runner.replicas * config.steps_per_call
   return {"step": timing.throughput(step, sync, images, repeats)["images_per_s"],
           "with_data": timing.throughput(step_with_data, sync, images, repeats)["images_per_s"]}
 

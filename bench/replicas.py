@@ -31,10 +31,7 @@ def measure(replicas: int, steps_per_call: int, batch: int, depth: int, repeats:
   dataset = data.open(config.data)
   config, runner = loop.build(config, dataset.info)
   state = [loop.init_state(config, runner, dataset.info.image_shape)]
-  seeds = list(range(replicas)) if replicas > 1 else 0
-  batches = dataset.train_batches(runner.batch_sharding, batch_size=batch, seed=seeds,
-                                  steps_per_call=steps_per_call)
-  train_call = runner.train_steps if steps_per_call > 1 else runner.train_step
+  batches, train_call = loop.train_batches(config, runner, dataset)
 
   def step():
     state[0], _ = train_call(state[0], next(batches))

@@ -10,6 +10,7 @@ compiled. Process 0 writes the records and the export.
 
 import logging
 import os
+from collections.abc import Callable, Iterator
 
 import jax
 import numpy as np
@@ -51,6 +52,17 @@ def init_state(config: ConfigDict, runner: parallel.Runner, image_shape: tuple[i
     return runner.init_state(image_shape, config.seed)
   return runner.init_state(image_shape, [seed for seed, _ in run_config.replicas(config)],
                            run_config.replica_hyperparams(config))
+
+
+def train_batches(config: ConfigDict, runner: parallel.Runner, dataset: data.Dataset,
+                  start_step: int = 0) -> tuple[Iterator[dict], Callable]:
+  """The run's train batches from `start_step` (each replica's, config.steps_per_call steps a
+  call) and the compiled call that takes them: `state, metrics = call(state, next(batches))`."""
+  seeds = [seed for seed, _ in run_config.replicas(config)]
+  batches = dataset.train_batches(runner.batch_sharding, batch_size=config.batch_size,
+                                  seed=seeds if runner.replicas > 1 else config.seed,
+                                  start_step=start_step, steps_per_call=config.steps_per_call)
+  return batches, runner.train_steps if config.steps_per_call > 1 else runner.train_step
 
 
 def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
@@ -150,11 +162,7 @@ def _train(config: ConfigDict, dataset: data.Dataset, runner: parallel.Runner, w
 
   # ---- The loop: train (steps_per_call steps a call), evaluate on schedule, guard, checkpoint.
   replicas = run_config.replicas(config)  # (seed, swept values) of each, worked out once
-  seeds = [seed for seed, _ in replicas]
-  batches = dataset.train_batches(runner.batch_sharding, batch_size=config.batch_size,
-                                  seed=seeds if runner.replicas > 1 else config.seed,
-                                  start_step=start, steps_per_call=per_call)
-  train_call = runner.train_steps if per_call > 1 else runner.train_step
+  batches, train_call = train_batches(config, runner, dataset, start)
   eval_batch_size = config.eval_batch_size or config.batch_size
   agreed_stop = distributed.AgreedStop()
   sigterm = agreed_stop.now(distributed.sigterm_requested())  # any process: every one stops

@@ -236,7 +236,9 @@ VALUE_RANGES = {
 
 
 def _interval(low, high, low_included, high_included) -> str:
-  bound = lambda x: str(x) if isinstance(x, int) else f"{x:g}"  # noqa: E731
+  def bound(x) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
   return f"{'[' if low_included else '('}{bound(low)}, {bound(high)}{']' if high_included else ')'}"
 
 
